@@ -1,0 +1,1 @@
+//! Records → audit events. (Being written.)

@@ -1,0 +1,1 @@
+//! Security events derived from audit events. (Being written.)

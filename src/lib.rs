@@ -1,0 +1,24 @@
+//! `azureiotsecurity`: an IoT Edge module that turns auditd's live event stream into
+//! Microsoft Defender for IoT security messages.
+//!
+//! # Layout
+//!
+//! ```text
+//! auditd --af_unix socket--> source --lines--> parse --records--> coalesce --audit events-->
+//!   derive (ProcessCreate, ConnectionCreate, Login) --security events--> sink
+//! ```
+//!
+//! - [`audit::source`]: readers of the socket (reconnecting) and of audit.log text.
+//! - [`audit::parse`]: the zero-copy record parser.
+//! - [`audit::coalesce`]: records into events (EOE, single-record types, timeouts, bounds).
+//! - [`audit::decode`]: hex values, EXECVE argv, PROCTITLE, SOCKADDR.
+//! - [`events`]: the security events and how they are derived.
+//! - [`rules`]: the audit rules the module needs.
+//! - [`settings`]: defaults < file < environment.
+//!
+//! Each stage that does the work is a plain synchronous state machine with no I/O and no
+//! clock of its own: time comes in as an argument, so tests are deterministic.
+
+pub mod audit;
+pub mod events;
+pub mod rules;

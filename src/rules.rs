@@ -1,0 +1,1 @@
+//! The audit rules the module needs. (Being written.)
