@@ -1,1 +1,555 @@
-//! Readers of the audit stream. (Being written.)
+//! Readers of the audit stream: auditd's af_unix socket (live) and audit.log text (replay).
+//!
+//! Quirks this handles (see `shared/reference/auditd-here.md` A.2 and A.4):
+//!
+//! - The plugin socket is a byte stream of `\n`-terminated records. auditd writes one record
+//!   per `write()`, but nothing promises that a `read()` ends on a newline, so partial lines
+//!   are carried over to the next read.
+//! - auditd re-creates the socket on every restart, and its 3.0 plugin serves one client at a
+//!   time: a second client is accepted by the kernel but gets no data until the first leaves.
+//!   The reader reconnects with capped exponential back-off and never gives up.
+//! - auditd 3.0's dispatcher writes to the socket with a *blocking* `write()`: a reader that
+//!   stops draining stalls auditd, whose kernel backlog then stalls every audited syscall on
+//!   the host. So the socket is drained continuously into a [`LineQueue`] of our own that is
+//!   bounded in bytes; when the pipeline falls behind, whole chunks of lines are dropped *here*
+//!   and counted, never left in the socket.
+//! - Lines are bounded: an over-long line (no newline within `max_line_bytes`) is skipped to
+//!   its end and counted.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::sync::Notify;
+
+/// Counters of the source, shared with the statistics reporter.
+#[derive(Debug, Default)]
+pub struct SourceStats {
+    pub bytes_read: AtomicU64,
+    pub lines_read: AtomicU64,
+    /// Lines dropped because the queue to the pipeline was full.
+    pub lines_dropped: AtomicU64,
+    pub bytes_dropped: AtomicU64,
+    /// Lines longer than the limit, skipped.
+    pub oversized_lines: AtomicU64,
+    /// Partial lines lost when a connection ended mid-line.
+    pub partial_lines: AtomicU64,
+    pub connects: AtomicU64,
+}
+
+impl SourceStats {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Splits a byte stream into whole lines, bounding their length.
+///
+/// `feed` appends data and returns the span of complete lines (ending with `\n`) that can be
+/// handed on; the partial tail is kept. A line longer than `max_line` is dropped to its end.
+#[derive(Debug)]
+pub struct LineSplitter {
+    buf: Vec<u8>,
+    max_line: usize,
+    /// Inside an over-long line: drop bytes until the next newline.
+    skipping: bool,
+    /// Complete-line bytes at the front of `buf` ready to be taken.
+    ready: usize,
+}
+
+impl LineSplitter {
+    pub fn new(max_line: usize) -> Self {
+        LineSplitter {
+            buf: Vec::with_capacity(64 << 10),
+            max_line,
+            skipping: false,
+            ready: 0,
+        }
+    }
+
+    /// Add bytes. Returns the number of over-long lines skipped in them.
+    pub fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut oversized = 0;
+        if self.skipping {
+            match memchr::memchr(b'\n', data) {
+                Some(p) => {
+                    self.skipping = false;
+                    data = &data[p + 1..];
+                }
+                None => return 0,
+            }
+        }
+        self.buf.extend_from_slice(data);
+        if let Some(p) = memchr::memrchr(b'\n', &self.buf[self.ready..]) {
+            self.ready += p + 1;
+        }
+        // Whole lines inside the ready part that are too long are removed.
+        if self.ready > 0 && self.ready > self.max_line {
+            oversized += self.drop_long_lines();
+        }
+        // The partial tail is too long: drop it and skip to its newline.
+        let tail = self.buf.len() - self.ready;
+        if tail > self.max_line {
+            self.buf.truncate(self.ready);
+            self.skipping = true;
+            oversized += 1;
+        }
+        oversized
+    }
+
+    /// Remove over-long lines from the ready part (rare: only when the ready part is long).
+    fn drop_long_lines(&mut self) -> u64 {
+        let mut dropped = 0;
+        let mut out = Vec::with_capacity(self.buf.len());
+        let mut start = 0;
+        while start < self.ready {
+            let end = memchr::memchr(b'\n', &self.buf[start..self.ready])
+                .map_or(self.ready, |p| start + p + 1);
+            if end - start - 1 > self.max_line {
+                dropped += 1;
+            } else {
+                out.extend_from_slice(&self.buf[start..end]);
+            }
+            start = end;
+        }
+        let new_ready = out.len();
+        out.extend_from_slice(&self.buf[self.ready..]);
+        self.buf = out;
+        self.ready = new_ready;
+        dropped
+    }
+
+    /// Take the complete lines gathered so far (each ending with `\n`), or `None`.
+    pub fn take_ready(&mut self) -> Option<Vec<u8>> {
+        if self.ready == 0 {
+            return None;
+        }
+        let tail = self.buf.split_off(self.ready);
+        let chunk = std::mem::replace(&mut self.buf, tail);
+        self.ready = 0;
+        Some(chunk)
+    }
+
+    /// Forget a partial line (the connection ended). Returns whether there was one.
+    pub fn reset(&mut self) -> bool {
+        let had = self.buf.len() > self.ready || self.skipping;
+        self.buf.truncate(self.ready);
+        self.skipping = false;
+        had
+    }
+
+    /// The partial tail at end of input, as a last line if it is not empty.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
+        let mut all = std::mem::take(&mut self.buf);
+        self.ready = 0;
+        let skipping = std::mem::replace(&mut self.skipping, false);
+        if all.is_empty() || skipping && all.is_empty() {
+            return None;
+        }
+        if all.last() != Some(&b'\n') {
+            all.push(b'\n');
+        }
+        Some(all)
+    }
+}
+
+/// Iterate the lines of a chunk of whole lines (each without its `\n`).
+pub fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
+    chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty())
+}
+
+/// A queue of line chunks, bounded in bytes, between the socket reader and the pipeline.
+///
+/// `push` never waits: when the chunk does not fit it is refused and the caller counts the
+/// drop. `pop` waits for a chunk or for the queue to be closed.
+#[derive(Debug)]
+pub struct LineQueue {
+    inner: Mutex<QueueInner>,
+    notify: Notify,
+    max_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct QueueInner {
+    chunks: VecDeque<Vec<u8>>,
+    bytes: usize,
+    closed: bool,
+}
+
+impl LineQueue {
+    pub fn new(max_bytes: usize) -> Arc<Self> {
+        Arc::new(LineQueue {
+            inner: Mutex::new(QueueInner::default()),
+            notify: Notify::new(),
+            max_bytes,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
+        // A poisoned lock only means another thread panicked while holding it; the queue's
+        // data is still consistent (every update is a single push/pop).
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add a chunk; `Err(chunk)` when it does not fit.
+    pub fn push(&self, chunk: Vec<u8>) -> Result<(), Vec<u8>> {
+        {
+            let mut q = self.lock();
+            if q.bytes + chunk.len() > self.max_bytes {
+                return Err(chunk);
+            }
+            q.bytes += chunk.len();
+            q.chunks.push_back(chunk);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    /// Take the next chunk, waiting for one; `None` once closed and empty.
+    pub async fn pop(&self) -> Option<Vec<u8>> {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(c) = self.try_pop() {
+                return Some(c);
+            }
+            if self.lock().closed {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// Take the next chunk if there is one.
+    pub fn try_pop(&self) -> Option<Vec<u8>> {
+        let mut q = self.lock();
+        let c = q.chunks.pop_front()?;
+        q.bytes -= c.len();
+        Some(c)
+    }
+
+    /// No more chunks will come.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+
+    /// Bytes queued now.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
+
+/// The state of the socket connection, logged once per change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketState {
+    Connected,
+    /// The socket file does not exist (auditd not running, plugin inactive, wrong path).
+    NoSocket,
+    /// connect() needs write permission on the `srw-r-----` socket.
+    PermissionDenied,
+    /// The file exists but nobody listens (auditd stopped without removing it).
+    Refused,
+    /// The connection ended (auditd stopped or restarted).
+    Closed,
+    Other,
+}
+
+impl SocketState {
+    fn from_error(e: &io::Error) -> SocketState {
+        match e.kind() {
+            io::ErrorKind::NotFound => SocketState::NoSocket,
+            io::ErrorKind::PermissionDenied => SocketState::PermissionDenied,
+            io::ErrorKind::ConnectionRefused => SocketState::Refused,
+            _ => SocketState::Other,
+        }
+    }
+}
+
+/// Settings of the socket reader.
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    pub path: PathBuf,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub max_line: usize,
+}
+
+/// Read auditd's af_unix socket forever, reconnecting, into `queue`.
+///
+/// Returns only when `stop` is notified.
+pub async fn read_socket(
+    cfg: SocketConfig,
+    queue: Arc<LineQueue>,
+    stats: Arc<SourceStats>,
+    stop: Arc<Notify>,
+) {
+    let mut backoff = cfg.reconnect_min;
+    let mut last_state: Option<SocketState> = None;
+    let mut splitter = LineSplitter::new(cfg.max_line);
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        let conn = tokio::select! {
+            c = UnixStream::connect(&cfg.path) => c,
+            _ = stop.notified() => return,
+        };
+        let mut stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                let state = SocketState::from_error(&e);
+                if last_state != Some(state) {
+                    log_state(state, &cfg.path, Some(&e));
+                    last_state = Some(state);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.notified() => return,
+                }
+                backoff = (backoff * 2).min(cfg.reconnect_max);
+                continue;
+            }
+        };
+        SourceStats::add(&stats.connects, 1);
+        log_state(SocketState::Connected, &cfg.path, None);
+        backoff = cfg.reconnect_min;
+        let end = loop {
+            let n = tokio::select! {
+                r = stream.read(&mut buf) => r,
+                _ = stop.notified() => return,
+            };
+            match n {
+                Ok(0) => break None,
+                Ok(n) => {
+                    let data = buf.get(..n).unwrap_or_default();
+                    SourceStats::add(&stats.bytes_read, n as u64);
+                    let over = splitter.feed(data);
+                    if over > 0 {
+                        SourceStats::add(&stats.oversized_lines, over);
+                        tracing::warn!(
+                            lines = over,
+                            limit = cfg.max_line,
+                            "over-long audit line skipped"
+                        );
+                    }
+                    if let Some(chunk) = splitter.take_ready() {
+                        let nlines = memchr::memchr_iter(b'\n', &chunk).count() as u64;
+                        SourceStats::add(&stats.lines_read, nlines);
+                        if let Err(chunk) = queue.push(chunk) {
+                            let first =
+                                stats.lines_dropped.fetch_add(nlines, Ordering::Relaxed) == 0;
+                            SourceStats::add(&stats.bytes_dropped, chunk.len() as u64);
+                            if first {
+                                tracing::warn!(
+                                    lines = nlines,
+                                    queue_bytes = queue.bytes(),
+                                    "pipeline behind: audit lines dropped to keep draining auditd's socket (counted)"
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        if splitter.reset() {
+            SourceStats::add(&stats.partial_lines, 1);
+        }
+        // A closed connection is always worth a line; the next failure to reconnect is
+        // logged once more only if it differs from "closed".
+        log_state(SocketState::Closed, &cfg.path, end.as_ref());
+        last_state = Some(SocketState::Closed);
+    }
+}
+
+fn log_state(state: SocketState, path: &std::path::Path, err: Option<&io::Error>) {
+    let path = path.display();
+    let err = err.map(|e| e.to_string()).unwrap_or_default();
+    match state {
+        SocketState::Connected => tracing::info!(%path, "connected to auditd's af_unix socket"),
+        SocketState::NoSocket => tracing::warn!(
+            %path,
+            "no audit socket: is auditd running with its af_unix plugin active (format = string)? retrying"
+        ),
+        SocketState::PermissionDenied => tracing::error!(
+            %path,
+            "permission denied on the audit socket: connecting needs write permission on it (run as root or fix the socket mode); retrying"
+        ),
+        SocketState::Refused => {
+            tracing::warn!(%path, "audit socket refused the connection: auditd is not listening; retrying")
+        }
+        SocketState::Closed => {
+            tracing::warn!(%path, error = %err, "audit socket closed (auditd stopped or restarted); reconnecting")
+        }
+        SocketState::Other => {
+            tracing::warn!(%path, error = %err, "cannot connect to the audit socket; retrying")
+        }
+    }
+}
+
+/// Read audit.log text from a reader, line by line, calling `f` for each bounded line.
+/// Returns the number of over-long lines skipped.
+pub fn read_lines<R: BufRead>(
+    mut r: R,
+    max_line: usize,
+    mut f: impl FnMut(&[u8]),
+) -> io::Result<u64> {
+    let mut splitter = LineSplitter::new(max_line);
+    let mut oversized = 0;
+    loop {
+        let data = r.fill_buf()?;
+        if data.is_empty() {
+            break;
+        }
+        let n = data.len();
+        oversized += splitter.feed(data);
+        r.consume(n);
+        if let Some(chunk) = splitter.take_ready() {
+            lines(&chunk).for_each(&mut f);
+        }
+    }
+    if let Some(chunk) = splitter.finish() {
+        lines(&chunk).for_each(&mut f);
+    }
+    Ok(oversized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(data: &[&[u8]], max: usize) -> (Vec<Vec<u8>>, u64) {
+        let mut s = LineSplitter::new(max);
+        let mut out = Vec::new();
+        let mut over = 0;
+        for d in data {
+            over += s.feed(d);
+            if let Some(c) = s.take_ready() {
+                out.extend(lines(&c).map(<[u8]>::to_vec));
+            }
+        }
+        if let Some(c) = s.finish() {
+            out.extend(lines(&c).map(<[u8]>::to_vec));
+        }
+        (out, over)
+    }
+
+    #[test]
+    fn splits_across_reads() {
+        let (l, over) = collect(&[b"type=A x", b"=1\ntype=B", b" y=2\n", b"tail"], 100);
+        assert_eq!(
+            l,
+            vec![
+                b"type=A x=1".to_vec(),
+                b"type=B y=2".to_vec(),
+                b"tail".to_vec()
+            ]
+        );
+        assert_eq!(over, 0);
+    }
+
+    #[test]
+    fn long_lines_are_skipped_whole() {
+        let long = vec![b'x'; 50];
+        let mut a = b"ok1\n".to_vec();
+        a.extend_from_slice(&long);
+        // The long line ends in a later read.
+        let (l, over) = collect(&[&a, b"xxxx\nok2\n"], 20);
+        assert_eq!(l, vec![b"ok1".to_vec(), b"ok2".to_vec()]);
+        assert_eq!(over, 1);
+        // A long line complete in one read, between short ones.
+        let mut b = b"ok1\n".to_vec();
+        b.extend_from_slice(&long);
+        b.extend_from_slice(b"\nok2\n");
+        let (l, over) = collect(&[&b], 20);
+        assert_eq!(l, vec![b"ok1".to_vec(), b"ok2".to_vec()]);
+        assert_eq!(over, 1);
+    }
+
+    #[test]
+    fn reset_forgets_partial_line() {
+        let mut s = LineSplitter::new(100);
+        s.feed(b"a\nparti");
+        assert!(s.reset());
+        assert_eq!(s.take_ready(), Some(b"a\n".to_vec()));
+        s.feed(b"b\n");
+        assert_eq!(s.take_ready(), Some(b"b\n".to_vec()));
+        assert!(!s.reset());
+    }
+
+    #[test]
+    fn queue_is_bounded_in_bytes() {
+        let q = LineQueue::new(10);
+        assert!(q.push(vec![0; 6]).is_ok());
+        assert_eq!(q.push(vec![0; 6]), Err(vec![0; 6]));
+        assert!(q.push(vec![0; 4]).is_ok());
+        assert_eq!(q.bytes(), 10);
+        assert_eq!(q.try_pop().map(|c| c.len()), Some(6));
+        assert_eq!(q.bytes(), 4);
+    }
+
+    #[test]
+    fn read_lines_from_text() {
+        let text = b"l1\r\nl2\n\nl3";
+        let mut got = Vec::new();
+        let over = read_lines(&text[..], 100, |l| got.push(l.to_vec())).unwrap();
+        assert_eq!(over, 0);
+        assert_eq!(got, vec![b"l1\r".to_vec(), b"l2".to_vec(), b"l3".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn socket_reader_reconnects_and_drains() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let queue = LineQueue::new(1 << 20);
+        let stats = Arc::new(SourceStats::default());
+        let stop = Arc::new(Notify::new());
+        let cfg = SocketConfig {
+            path: path.clone(),
+            reconnect_min: Duration::from_millis(10),
+            reconnect_max: Duration::from_millis(40),
+            max_line: 1000,
+        };
+        let task = tokio::spawn(read_socket(cfg, queue.clone(), stats.clone(), stop.clone()));
+        // No socket yet: the reader keeps trying.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for round in 0..2 {
+            let listener = tokio::net::UnixListener::bind(&path).unwrap();
+            let (mut conn, _) = listener.accept().await.unwrap();
+            conn.write_all(format!("type=EOE msg=audit(1.0:{round}):\npart").as_bytes())
+                .await
+                .unwrap();
+            drop(conn);
+            drop(listener);
+            std::fs::remove_file(&path).unwrap();
+            let chunk = tokio::time::timeout(Duration::from_secs(5), queue.pop())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                chunk,
+                format!("type=EOE msg=audit(1.0:{round}):\n").into_bytes()
+            );
+        }
+        // Wait until the second close is seen.
+        for _ in 0..100 {
+            if stats.partial_lines.load(Ordering::Relaxed) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.connects.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.lines_read.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.partial_lines.load(Ordering::Relaxed), 2);
+        stop.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

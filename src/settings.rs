@@ -1,0 +1,272 @@
+//! Settings: built-in defaults < a settings file (TOML) < environment variables.
+//!
+//! Environment variables are named `AZUREIOTSECURITY_<SECTION>__<KEY>`, for example
+//! `AZUREIOTSECURITY_AUDIT__SOCKET_PATH=/run/audit/audispd_events`. The module twin (a later
+//! layer) feeds the same struct.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::audit::coalesce::CoalesceConfig;
+
+/// Why the settings could not be built.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    #[error("settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("settings file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("setting {key}: {why}")]
+    Invalid { key: &'static str, why: String },
+}
+
+/// Everything the module can be told.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub audit: AuditSettings,
+    pub events: EventSettings,
+    pub debug: DebugSettings,
+}
+
+/// Where the audit stream comes from and how much of it may be held.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// auditd's af_unix plugin socket (`/var/run/audispd_events` on auditd 3.0,
+    /// `/run/audit/audispd_events` on newer ones).
+    pub socket_path: PathBuf,
+    /// First reconnect delay, doubled up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// The queue between the socket reader and the pipeline, in bytes.
+    pub queue_max_bytes: usize,
+    /// A line longer than this is counted and skipped (auditd's longest record is 8970 bytes).
+    pub max_line_bytes: usize,
+    /// Events without EOE complete this long (record time) after their timestamp.
+    pub record_timeout_ms: u64,
+    /// On the live socket, an event that received nothing for this long completes.
+    pub idle_ms: u64,
+    pub max_inflight_events: usize,
+    pub max_inflight_bytes: usize,
+    pub max_event_bytes: usize,
+    /// With no event carrying the module's rule key for this long, say once that the rules
+    /// may not be loaded.
+    pub rules_warning_after_secs: u64,
+}
+
+/// How security events are derived.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// Entries of the pid → command line cache ConnectionCreate reads.
+    pub process_cache_entries: usize,
+    /// Bytes of command lines held by that cache.
+    pub process_cache_bytes: usize,
+    /// A command line longer than this is shortened (and the event says so).
+    pub max_command_line_bytes: usize,
+}
+
+/// Test and diagnosis knobs; all off by default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugSettings {
+    /// Stop the pipeline (downstream of the socket reader) for `pause_pipeline_ms`, starting
+    /// this long after start. 0 = never. Shows that the reader keeps draining auditd.
+    pub pause_pipeline_after_ms: u64,
+    pub pause_pipeline_ms: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            socket_path: PathBuf::from("/var/run/audispd_events"),
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 5_000,
+            queue_max_bytes: 16 << 20,
+            max_line_bytes: 64 << 10,
+            record_timeout_ms: 2_000,
+            idle_ms: 500,
+            max_inflight_events: 1024,
+            max_inflight_bytes: 8 << 20,
+            max_event_bytes: 1 << 20,
+            rules_warning_after_secs: 300,
+        }
+    }
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        EventSettings {
+            process_cache_entries: 4096,
+            process_cache_bytes: 4 << 20,
+            max_command_line_bytes: 32 << 10,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            audit: AuditSettings::default(),
+            events: EventSettings::default(),
+            debug: DebugSettings::default(),
+        }
+    }
+}
+
+/// The environment prefix.
+pub const ENV_PREFIX: &str = "AZUREIOTSECURITY";
+
+impl Settings {
+    /// Defaults, then `file` (when given), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, SettingsError> {
+        Self::load_from(file, None)
+    }
+
+    /// As [`Settings::load`], with an explicit environment (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Settings, SettingsError> {
+        let defaults = config::Config::try_from(&Settings::default())?;
+        let mut b = config::Config::builder().add_source(defaults);
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(SettingsError::MissingFile(f.to_path_buf()));
+            }
+            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+        }
+        let mut envsrc = config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true);
+        if let Some(map) = env {
+            envsrc = envsrc.source(Some(map));
+        }
+        let s: Settings = b.add_source(envsrc).build()?.try_deserialize()?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Reject values the module cannot work with.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let a = &self.audit;
+        let bad = |key, why: &str| {
+            Err(SettingsError::Invalid {
+                key,
+                why: why.to_string(),
+            })
+        };
+        if a.max_line_bytes < 9000 {
+            return bad(
+                "audit.max_line_bytes",
+                "must be at least 9000 (auditd records reach 8970 bytes)",
+            );
+        }
+        if a.queue_max_bytes < a.max_line_bytes {
+            return bad("audit.queue_max_bytes", "must hold at least one line");
+        }
+        if a.reconnect_min_ms == 0 || a.reconnect_max_ms < a.reconnect_min_ms {
+            return bad(
+                "audit.reconnect_max_ms",
+                "need 0 < reconnect_min_ms <= reconnect_max_ms",
+            );
+        }
+        if a.max_inflight_events == 0 || a.max_event_bytes == 0 {
+            return bad("audit.max_inflight_events", "must be positive");
+        }
+        if a.max_inflight_bytes < a.max_event_bytes {
+            return bad(
+                "audit.max_inflight_bytes",
+                "must be at least audit.max_event_bytes",
+            );
+        }
+        if self.events.process_cache_entries == 0 {
+            return bad("events.process_cache_entries", "must be positive");
+        }
+        if self.events.max_command_line_bytes < 256 {
+            return bad("events.max_command_line_bytes", "must be at least 256");
+        }
+        Ok(())
+    }
+
+    /// The coalescer's part of the settings.
+    pub fn coalesce_config(&self) -> CoalesceConfig {
+        let a = &self.audit;
+        CoalesceConfig {
+            max_inflight_events: a.max_inflight_events,
+            max_inflight_bytes: a.max_inflight_bytes,
+            max_event_bytes: a.max_event_bytes,
+            record_timeout_ms: a.record_timeout_ms,
+            idle_ms: a.idle_ms,
+            ..CoalesceConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(
+            s.audit.socket_path,
+            PathBuf::from("/var/run/audispd_events")
+        );
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[audit]\nsocket_path = \"/from/file\"\nidle_ms = 900\n[events]\nprocess_cache_entries = 10"
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(f.path()),
+            env(&[("AZUREIOTSECURITY_AUDIT__SOCKET_PATH", "/from/env")]),
+        )
+        .unwrap();
+        assert_eq!(s.audit.socket_path, PathBuf::from("/from/env"));
+        assert_eq!(s.audit.idle_ms, 900);
+        assert_eq!(s.events.process_cache_entries, 10);
+        assert_eq!(s.audit.record_timeout_ms, 2000);
+    }
+
+    #[test]
+    fn env_numbers_are_parsed() {
+        let s = Settings::load_from(None, env(&[("AZUREIOTSECURITY_AUDIT__IDLE_MS", "42")])).unwrap();
+        assert_eq!(s.audit.idle_ms, 42);
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let e = Settings::load_from(Some(Path::new("/nonexistent.toml")), env(&[])).unwrap_err();
+        assert_eq!(e.to_string(), "settings file /nonexistent.toml does not exist");
+        let e = Settings::load_from(None, env(&[("AZUREIOTSECURITY_AUDIT__MAX_LINE_BYTES", "10")]))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("setting audit.max_line_bytes:"), "{e}");
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[audit]\nno_such_key = 1").unwrap();
+        let e = Settings::load_from(Some(f.path()), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("no_such_key"), "{e}");
+    }
+}
