@@ -1,0 +1,96 @@
+//! Shared helpers of the black-box tests.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `shared/schemas`, beside the repository (never copied into it).
+pub fn schema_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("AZUREIOTSECURITY_SCHEMAS") {
+        return PathBuf::from(d);
+    }
+    root().join("../shared/schemas")
+}
+
+/// The Python of the venv that has jsonschema and rfc3339-validator (made by `.ci/run`).
+pub fn venv_python() -> PathBuf {
+    if let Ok(p) = std::env::var("AZUREIOTSECURITY_PYTHON") {
+        return PathBuf::from(p);
+    }
+    root().join(".venv/bin/python")
+}
+
+/// Validate JSON-lines messages with the reference validator (python-jsonschema, draft-07,
+/// format checking on). Returns one verdict per message: "ok" or "invalid: …".
+/// Panics (fails the test) when the validator cannot run: a missing validator must never
+/// pass as "valid".
+pub fn reference_validate(messages: &[String]) -> Vec<String> {
+    let py = venv_python();
+    let mut child = Command::new(&py)
+        .arg(root().join("tests/support/schema_validate.py"))
+        .arg(schema_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run the reference validator {}: {e} (run .ci/run to make the venv)", py.display()));
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for m in messages {
+            assert!(!m.contains('\n'), "one message per line");
+            writeln!(stdin, "{m}").expect("write to validator");
+        }
+    }
+    let out = child.wait_with_output().expect("validator output");
+    assert!(
+        out.status.success(),
+        "reference validator failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdicts: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(verdicts.len(), messages.len(), "one verdict per message");
+    verdicts
+}
+
+/// Wrap event objects (JSON) in a security message envelope.
+pub fn envelope(events: &[serde_json::Value]) -> String {
+    serde_json::json!({
+        "AgentVersion": env!("CARGO_PKG_VERSION"),
+        "AgentId": "00000000-0000-4000-8000-000000000000",
+        "MessageSchemaVersion": "1.0",
+        "Events": events,
+    })
+    .to_string()
+}
+
+/// Run the module binary with arguments and stdin; return (exit code, stdout, stderr).
+pub fn run_bin(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        .args(args)
+        .env("TZ", "UTC")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the module binary");
+    {
+        let mut si = child.stdin.take().expect("stdin");
+        // The child may exit before reading everything (bad arguments): ignore EPIPE.
+        let _ = si.write_all(stdin);
+    }
+    let out = child.wait_with_output().expect("module output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
