@@ -5,4 +5,5 @@ pub mod coalesce;
 pub mod decode;
 pub mod parse;
 pub mod source;
+pub mod syscalls;
 pub mod types;
