@@ -19,6 +19,9 @@
 //! Each stage that does the work is a plain synchronous state machine with no I/O and no
 //! clock of its own: time comes in as an argument, so tests are deterministic.
 
+pub mod app;
 pub mod audit;
 pub mod events;
+pub mod pipeline;
 pub mod rules;
+pub mod settings;

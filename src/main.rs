@@ -1,14 +1,22 @@
 //! The `azureiotsecurity` command line.
 
+use std::io::{BufReader, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
-use azureiotsecurity::rules;
+use azureiotsecurity::settings::Settings;
+use azureiotsecurity::{app, rules};
 
 #[derive(Parser)]
-#[command(version, about = "Defender for IoT security module: auditd stream to security messages")]
+#[command(
+    version,
+    about = "Defender for IoT security module: auditd stream to security messages"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,16 +24,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the module: read auditd's af_unix socket and print the security events derived.
+    Run {
+        /// Settings file (TOML); environment variables AZUREIOTSECURITY_<SECTION>__<KEY> override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Audit log text (a file, or - for stdin) to security events, one JSON object per line.
+    Replay {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// audit.log text; - or nothing for standard input.
+        file: Option<PathBuf>,
+    },
     /// Print the audit rules the module needs (auditctl -R format).
     Rules {
         /// Architecture (uname -m form: x86_64, i686, aarch64, armv7l); default: this machine's.
         #[arg(long)]
         arch: Option<String>,
     },
+    /// Validate the settings and print the effective ones.
+    CheckConfig {
+        /// Settings file (TOML).
+        file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -33,6 +60,28 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Logs go to stderr (stdout carries the output). `RUST_LOG` or `RuntimeLogLevel` (set by
+/// IoT Edge's edgeAgent) choose the level; default info.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| {
+            let lvl = std::env::var("RuntimeLogLevel").unwrap_or_else(|_| "info".into());
+            let lvl = match lvl.to_ascii_lowercase().as_str() {
+                "verbose" | "trace" => "trace",
+                "debug" => "debug",
+                "warning" | "warn" => "warn",
+                "error" | "fatal" => "error",
+                _ => "info",
+            };
+            EnvFilter::try_new(lvl)
+        })
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -43,12 +92,83 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => uname_machine().context("reading the machine architecture")?,
             };
             let Some(arch) = rules::Arch::from_uname(&machine) else {
-                bail!("unsupported architecture {machine:?} (x86_64, i386/i686, aarch64, arm* are)");
+                bail!(
+                    "unsupported architecture {machine:?} (x86_64, i386/i686, aarch64, arm* are)"
+                );
             };
             print!("{}", rules::render(arch));
             Ok(ExitCode::SUCCESS)
         }
+        Command::CheckConfig { file } => {
+            let s = Settings::load(file.as_deref())?;
+            println!("{}", toml_like(&s)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay { config, file } => {
+            let settings = Settings::load(config.as_deref())?;
+            let stdout = std::io::stdout().lock();
+            let out = std::io::BufWriter::new(stdout);
+            let stats = match file.as_deref() {
+                None => app::replay(&settings, std::io::stdin().lock(), out)?,
+                Some(p) if p.as_os_str() == "-" => {
+                    app::replay(&settings, std::io::stdin().lock(), out)?
+                }
+                Some(p) => {
+                    let f = std::fs::File::open(p)
+                        .with_context(|| format!("opening {}", p.display()))?;
+                    app::replay(&settings, BufReader::with_capacity(1 << 20, f), out)?
+                }
+            };
+            tracing::debug!(?stats, "replay finished");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(async move {
+                let shutdown = Arc::new(tokio::sync::Notify::new());
+                let sd = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("stopping: flushing what is in flight");
+                    sd.notify_one();
+                });
+                let mut out = std::io::LineWriter::new(std::io::stdout());
+                app::run(settings, shutdown, move |ev| {
+                    serde_json::to_writer(&mut out, ev)?;
+                    out.write_all(b"\n").map_err(app::AppError::Write)
+                })
+                .await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn toml_like(s: &Settings) -> Result<String> {
+    Ok(serde_json::to_string_pretty(s)?)
 }
 
 fn uname_machine() -> Result<String> {

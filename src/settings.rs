@@ -23,7 +23,7 @@ pub enum SettingsError {
 }
 
 /// Everything the module can be told.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub audit: AuditSettings,
@@ -103,16 +103,6 @@ impl Default for EventSettings {
             process_cache_entries: 4096,
             process_cache_bytes: 4 << 20,
             max_command_line_bytes: 32 << 10,
-        }
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            audit: AuditSettings::default(),
-            events: EventSettings::default(),
-            debug: DebugSettings::default(),
         }
     }
 }
@@ -253,17 +243,27 @@ mod tests {
 
     #[test]
     fn env_numbers_are_parsed() {
-        let s = Settings::load_from(None, env(&[("AZUREIOTSECURITY_AUDIT__IDLE_MS", "42")])).unwrap();
+        let s =
+            Settings::load_from(None, env(&[("AZUREIOTSECURITY_AUDIT__IDLE_MS", "42")])).unwrap();
         assert_eq!(s.audit.idle_ms, 42);
     }
 
     #[test]
     fn errors_are_clear() {
         let e = Settings::load_from(Some(Path::new("/nonexistent.toml")), env(&[])).unwrap_err();
-        assert_eq!(e.to_string(), "settings file /nonexistent.toml does not exist");
-        let e = Settings::load_from(None, env(&[("AZUREIOTSECURITY_AUDIT__MAX_LINE_BYTES", "10")]))
-            .unwrap_err();
-        assert!(e.to_string().starts_with("setting audit.max_line_bytes:"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "settings file /nonexistent.toml does not exist"
+        );
+        let e = Settings::load_from(
+            None,
+            env(&[("AZUREIOTSECURITY_AUDIT__MAX_LINE_BYTES", "10")]),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("setting audit.max_line_bytes:"),
+            "{e}"
+        );
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "[audit]\nno_such_key = 1").unwrap();
         let e = Settings::load_from(Some(f.path()), env(&[])).unwrap_err();

@@ -1,1 +1,150 @@
-//! Security events derived from audit events. (Being written.)
+//! Security events: the payloads of `shared/schemas` (ProcessCreate, ConnectionCreate, Login)
+//! and the event object that carries them.
+//!
+//! An event serializes to the schema's event object:
+//! `{Id, TimestampLocal, TimestampUTC, Category, Name, EventType, IsEmpty,
+//! PayloadSchemaVersion, Payload: [ … ]}`. The triggered events here are always
+//! `"Category":"Triggered"` with one payload item. ExtraDetails values are strings, as the
+//! schema's `extradetails` type demands.
+
+pub mod connection_create;
+pub mod derive;
+pub mod login;
+pub mod process_create;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Local, SecondsFormat, TimeZone, Utc};
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use uuid::Uuid;
+
+pub use connection_create::ConnectionCreate;
+pub use derive::{DeriveStats, Deriver};
+pub use login::Login;
+pub use process_create::ProcessCreate;
+
+/// Extra details: a string → string map, serialized in key order.
+pub type ExtraDetails = BTreeMap<&'static str, String>;
+
+/// The payload of a security event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Payload {
+    ProcessCreate(ProcessCreate),
+    ConnectionCreate(ConnectionCreate),
+    Login(Login),
+}
+
+impl Payload {
+    /// The event's `Name`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Payload::ProcessCreate(_) => "ProcessCreate",
+            Payload::ConnectionCreate(_) => "ConnectionCreate",
+            Payload::Login(_) => "Login",
+        }
+    }
+}
+
+/// One security event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityEvent {
+    /// Deterministic: the same audit record never yields two different Ids.
+    pub id: Uuid,
+    /// When it happened: the audit record time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub payload: Payload,
+}
+
+/// The namespace of our event Ids (UUIDv5): a fixed random UUID of this project.
+const ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_52d4_3c0e_4f57_9a51_8e4b_2d7a_c3e1);
+
+/// A deterministic event Id from the event's identity: node, audit event id, event name and
+/// a discriminator (for several security events derived from one audit event).
+pub fn event_id(
+    node: &[u8],
+    audit_id: &crate::audit::parse::EventId,
+    name: &str,
+    disc: u32,
+) -> Uuid {
+    let mut key = Vec::with_capacity(node.len() + 64);
+    key.extend_from_slice(node);
+    key.push(0);
+    key.extend_from_slice(audit_id.to_string().as_bytes());
+    key.push(0);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(disc.to_string().as_bytes());
+    Uuid::new_v5(&ID_NAMESPACE, &key)
+}
+
+/// RFC 3339 with milliseconds: UTC with `Z`, local with its offset.
+pub fn timestamps(time_ms: u64) -> (String, String) {
+    let ms = i64::try_from(time_ms).unwrap_or(i64::MAX);
+    let utc: DateTime<Utc> = Utc
+        .timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let local = utc.with_timezone(&Local);
+    (
+        local.to_rfc3339_opts(SecondsFormat::Millis, false),
+        utc.to_rfc3339_opts(SecondsFormat::Millis, true),
+    )
+}
+
+impl Serialize for SecurityEvent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (local, utc) = timestamps(self.time_ms);
+        let mut m = s.serialize_map(Some(9))?;
+        m.serialize_entry("Id", &self.id.hyphenated().to_string())?;
+        m.serialize_entry("TimestampLocal", &local)?;
+        m.serialize_entry("TimestampUTC", &utc)?;
+        m.serialize_entry("Category", "Triggered")?;
+        m.serialize_entry("Name", self.payload.name())?;
+        m.serialize_entry("EventType", "Security")?;
+        m.serialize_entry("IsEmpty", &false)?;
+        m.serialize_entry("PayloadSchemaVersion", "1.0")?;
+        m.serialize_entry("Payload", &[&self.payload])?;
+        m.end()
+    }
+}
+
+/// Whether text is an IPv4 or IPv6 address (the schema's `ip` type).
+pub fn is_ip(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::parse::EventId;
+
+    #[test]
+    fn ids_are_deterministic_and_distinct() {
+        let a = EventId {
+            sec: 1,
+            msec: 2,
+            serial: 3,
+        };
+        let b = EventId {
+            sec: 1,
+            msec: 2,
+            serial: 4,
+        };
+        assert_eq!(event_id(b"", &a, "Login", 0), event_id(b"", &a, "Login", 0));
+        assert_ne!(event_id(b"", &a, "Login", 0), event_id(b"", &b, "Login", 0));
+        assert_ne!(
+            event_id(b"", &a, "Login", 0),
+            event_id(b"n", &a, "Login", 0)
+        );
+        assert_ne!(event_id(b"", &a, "Login", 0), event_id(b"", &a, "Login", 1));
+        assert_eq!(event_id(b"", &a, "Login", 0).get_version_num(), 5);
+    }
+
+    #[test]
+    fn utc_timestamp_format() {
+        let (_, utc) = timestamps(1_700_000_000_123);
+        assert_eq!(utc, "2023-11-14T22:13:20.123Z");
+    }
+}

@@ -1,0 +1,395 @@
+//! Login events from PAM's and sshd's user-space audit records.
+//!
+//! What the records look like on this kind of machine (`auditd-here.md` A.2, "Logins"):
+//!
+//! - A password check writes `USER_AUTH op=PAM:authentication acct=… res=success|failed`.
+//!   sudo writes one too on every use; sudo is not a login, so USER_AUTH from sudo is ignored.
+//! - A terminal login writes `USER_LOGIN op=login id=UID … res=…` (sshd with a tty, login).
+//! - A failed password through sshd writes USER_AUTH res=failed and then USER_LOGIN
+//!   res=failed from the same pid; an invalid user writes USER_LOGIN res=failed with
+//!   `acct=(invalid user)` and then `USER_ERR op=PAM:bad_ident`. Each is one attempt, so a
+//!   failure record of another type from a pid that already reported a failure within a few
+//!   seconds is not a new Login. Repeated USER_AUTH failures (three password tries) are three.
+//! - A key-based ssh login without a tty writes neither USER_AUTH nor USER_LOGIN: its only
+//!   trace is `USER_START op=PAM:session_open` from sshd. So USER_START from sshd or login
+//!   becomes a successful Login unless that pid writes a USER_LOGIN soon after (with a tty,
+//!   USER_LOGIN follows USER_START). It is therefore held until the pid's USER_LOGIN (dropped),
+//!   its USER_END, or a few seconds of record time (emitted).
+//! - `USER_LOGOUT` is a Login with Operation `logout`.
+//! - User-space records carry their content in a nested `msg='…'`: `acct` is hex when it
+//!   has spaces or non-ASCII (`28696E76616C6964207573657229` = "(invalid user)"); `addr` is
+//!   `?` or a host name when there is no IP.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{ExtraDetails, is_ip};
+use crate::audit::parse::{Record, Value};
+use crate::audit::types;
+
+/// The Login payload (`messageEventSecurityLogin_v1_0.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Login {
+    pub process_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    pub operation: String,
+    pub executable: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote_address: Option<String>,
+    pub result: LoginResult,
+    #[serde(skip_serializing_if = "ExtraDetails::is_empty")]
+    pub extra_details: ExtraDetails,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LoginResult {
+    Success,
+    Fail,
+}
+
+/// How long (record time) a failure suppresses a failure record of another type from the
+/// same pid, and how long a USER_START waits for its pid's USER_LOGIN.
+const PAIR_WINDOW_MS: u64 = 5_000;
+
+/// Bound on the per-pid state (a pid per concurrent login attempt; never more than this).
+const MAX_PIDS: usize = 1024;
+
+/// A Login waiting for its pid's USER_LOGIN (which would make it redundant).
+#[derive(Debug, Clone)]
+struct PendingStart {
+    login: Login,
+    at_ms: u64,
+    key: LoginKey,
+}
+
+/// What identifies the record a Login came from (for its Id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginKey {
+    pub id: crate::audit::parse::EventId,
+}
+
+/// The login state machine: per-pid memory of failures and held USER_STARTs.
+#[derive(Debug, Default)]
+pub struct LoginTracker {
+    /// pid → (record type, time) of the last failure reported.
+    failures: HashMap<i64, (u16, u64)>,
+    /// pid → USER_START held back.
+    pending: HashMap<i64, PendingStart>,
+}
+
+fn text(v: Option<Value<'_>>) -> Option<String> {
+    let v = v?;
+    let d = v.decoded()?;
+    if d.is_empty() || &*d == b"?" || &*d == b"(null)" {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&d).into_owned())
+}
+
+fn user_id(v: Option<Value<'_>>) -> Option<String> {
+    // 4294967295 is (uid_t)-1: unset.
+    v.and_then(|v| v.as_u64())
+        .filter(|&u| u != u64::from(u32::MAX))
+        .map(|u| u.to_string())
+}
+
+fn basename(exe: &str) -> &str {
+    exe.rsplit('/').next().unwrap_or(exe)
+}
+
+impl LoginTracker {
+    /// Feed one single-record user-space event. Logins that are due are appended to `out`
+    /// with the key of the record they came from.
+    pub fn record(&mut self, r: &Record<'_>, out: &mut Vec<(LoginKey, Login)>) {
+        let time = r.id.millis();
+        self.expire(time, out);
+        let rtype = r.rtype;
+        if !matches!(
+            rtype,
+            types::USER_AUTH
+                | types::USER_LOGIN
+                | types::USER_ERR
+                | types::USER_START
+                | types::USER_END
+                | types::USER_LOGOUT
+        ) {
+            return;
+        }
+        let Some(pid) = r.get(b"pid").and_then(|v| v.as_i64()) else {
+            return;
+        };
+        let exe = text(r.get(b"exe")).unwrap_or_default();
+        let op = text(r.get(b"op")).unwrap_or_default();
+        let key = LoginKey { id: r.id };
+        match rtype {
+            types::USER_END => {
+                if let Some(p) = self.pending.remove(&pid) {
+                    out.push((p.key, p.login));
+                }
+                return;
+            }
+            types::USER_START => {
+                let b = basename(&exe);
+                if op != "PAM:session_open" || !(b == "sshd" || b == "login") {
+                    return;
+                }
+            }
+            types::USER_AUTH if basename(&exe) == "sudo" => return,
+            _ => {}
+        }
+        let res = r.get(b"res").map(|v| v.raw());
+        let result = match (rtype, res) {
+            (types::USER_ERR, _) => LoginResult::Fail,
+            (_, Some(b"success" | b"yes")) => LoginResult::Success,
+            (_, Some(_)) => LoginResult::Fail,
+            (_, None) => return,
+        };
+        let mut extra = ExtraDetails::new();
+        if let Some(t) = text(r.get(b"terminal")) {
+            extra.insert("Terminal", t);
+        }
+        if let Some(h) = text(r.get(b"hostname")) {
+            extra.insert("Hostname", h);
+        }
+        extra.insert(
+            "RecordType",
+            String::from_utf8_lossy(r.type_name).into_owned(),
+        );
+        if let Some(auid) = user_id(r.get(b"auid")) {
+            extra.insert("AuditUserId", auid);
+        }
+        let addr = text(r.get(b"addr")).filter(|a| is_ip(a));
+        let user_name = text(r.get(b"acct"));
+        let uid = user_id(r.get(b"id"));
+        let user_id = uid.or_else(|| {
+            if user_name.is_none() {
+                user_id(r.get(b"uid"))
+            } else {
+                None
+            }
+        });
+        let login = Login {
+            process_id: pid,
+            user_id,
+            user_name,
+            operation: if rtype == types::USER_LOGOUT {
+                "logout".to_string()
+            } else {
+                op
+            },
+            executable: exe,
+            remote_address: addr,
+            result,
+            extra_details: extra,
+        };
+        if login.user_id.is_none() && login.user_name.is_none() {
+            return;
+        }
+        match rtype {
+            types::USER_START => {
+                if self.pending.len() >= MAX_PIDS {
+                    // Bound reached: emit the oldest held login rather than lose it.
+                    if let Some((&oldest, _)) = self.pending.iter().min_by_key(|(_, p)| p.at_ms) {
+                        if let Some(p) = self.pending.remove(&oldest) {
+                            out.push((p.key, p.login));
+                        }
+                    }
+                }
+                self.pending.insert(
+                    pid,
+                    PendingStart {
+                        login,
+                        at_ms: time,
+                        key,
+                    },
+                );
+            }
+            _ => {
+                if rtype == types::USER_LOGIN {
+                    // The USER_START of this pid was this login's session: not a second login.
+                    self.pending.remove(&pid);
+                }
+                if result == LoginResult::Fail {
+                    if let Some(&(prev_type, at)) = self.failures.get(&pid) {
+                        if prev_type != rtype && time.saturating_sub(at) <= PAIR_WINDOW_MS {
+                            // The same attempt, told by a second record type.
+                            self.failures.insert(pid, (rtype, time));
+                            return;
+                        }
+                    }
+                    if self.failures.len() >= MAX_PIDS {
+                        self.failures.clear();
+                    }
+                    self.failures.insert(pid, (rtype, time));
+                }
+                out.push((key, login));
+            }
+        }
+    }
+
+    /// Emit held USER_START logins older than the window (record time `now_ms`).
+    pub fn expire(&mut self, now_ms: u64, out: &mut Vec<(LoginKey, Login)>) {
+        if self.pending.is_empty() && self.failures.is_empty() {
+            return;
+        }
+        let due: Vec<i64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_ms.saturating_sub(p.at_ms) > PAIR_WINDOW_MS)
+            .map(|(&pid, _)| pid)
+            .collect();
+        let mut emitted: Vec<PendingStart> = due
+            .into_iter()
+            .filter_map(|pid| self.pending.remove(&pid))
+            .collect();
+        emitted.sort_by_key(|p| (p.at_ms, p.key.id.serial));
+        out.extend(emitted.into_iter().map(|p| (p.key, p.login)));
+        self.failures
+            .retain(|_, (_, at)| now_ms.saturating_sub(*at) <= PAIR_WINDOW_MS);
+    }
+
+    /// Emit everything held (end of input, shutdown).
+    pub fn flush(&mut self, out: &mut Vec<(LoginKey, Login)>) {
+        self.expire(u64::MAX, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(t: &mut LoginTracker, lines: &[&str]) -> Vec<Login> {
+        let mut out = Vec::new();
+        for l in lines {
+            let r = Record::parse(l.as_bytes()).unwrap();
+            t.record(&r, &mut out);
+        }
+        out.into_iter().map(|(_, l)| l).collect()
+    }
+
+    const AUTH_FAIL: &str = "type=USER_AUTH msg=audit(100.000:10): pid=500 uid=0 auid=4294967295 ses=4294967295 msg='op=PAM:authentication grantors=? acct=\"bob\" exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=ssh res=failed'";
+    const LOGIN_FAIL: &str = "type=USER_LOGIN msg=audit(101.000:11): pid=500 uid=0 auid=4294967295 ses=4294967295 msg='op=login acct=\"bob\" exe=\"/usr/sbin/sshd\" hostname=? addr=127.0.0.1 terminal=ssh res=failed'";
+
+    #[test]
+    fn failed_password_is_one_fail() {
+        let mut t = LoginTracker::default();
+        let got = feed(&mut t, &[AUTH_FAIL, LOGIN_FAIL]);
+        assert_eq!(got.len(), 1);
+        let l = &got[0];
+        assert_eq!(l.result, LoginResult::Fail);
+        assert_eq!(l.operation, "PAM:authentication");
+        assert_eq!(l.user_name.as_deref(), Some("bob"));
+        assert_eq!(l.remote_address.as_deref(), Some("127.0.0.1"));
+        assert_eq!(l.executable, "/usr/sbin/sshd");
+        assert_eq!(l.process_id, 500);
+    }
+
+    #[test]
+    fn three_password_tries_are_three() {
+        let mut t = LoginTracker::default();
+        let got = feed(&mut t, &[AUTH_FAIL, AUTH_FAIL, AUTH_FAIL, LOGIN_FAIL]);
+        assert_eq!(got.len(), 3);
+    }
+
+    #[test]
+    fn sudo_is_not_a_login() {
+        let mut t = LoginTracker::default();
+        let got = feed(
+            &mut t,
+            &[
+                "type=USER_AUTH msg=audit(100.000:10): pid=7 uid=1000 auid=1000 ses=1 msg='op=PAM:authentication grantors=pam_permit acct=\"root\" exe=\"/usr/bin/sudo\" hostname=? addr=? terminal=/dev/pts/0 res=success'",
+                "type=USER_START msg=audit(100.000:11): pid=7 uid=0 auid=1000 ses=1 msg='op=PAM:session_open grantors=pam_limits acct=\"root\" exe=\"/usr/bin/sudo\" hostname=? addr=? terminal=/dev/pts/0 res=success'",
+            ],
+        );
+        assert!(got.is_empty());
+        let mut out = Vec::new();
+        t.flush(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn key_login_without_tty_from_user_start() {
+        let mut t = LoginTracker::default();
+        let start = "type=USER_START msg=audit(200.000:20): pid=600 uid=0 auid=1001 ses=3 msg='op=PAM:session_open grantors=pam_selinux acct=\"alice\" exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=ssh res=success'";
+        let end = "type=USER_END msg=audit(201.000:21): pid=600 uid=0 auid=1001 ses=3 msg='op=PAM:session_close grantors=pam_selinux acct=\"alice\" exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=ssh res=success'";
+        let got = feed(&mut t, &[start]);
+        assert!(
+            got.is_empty(),
+            "held until the pid's USER_LOGIN or USER_END"
+        );
+        let got = feed(&mut t, &[end]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].result, LoginResult::Success);
+        assert_eq!(got[0].operation, "PAM:session_open");
+        assert_eq!(got[0].user_name.as_deref(), Some("alice"));
+        assert_eq!(
+            got[0].extra_details.get("AuditUserId").map(String::as_str),
+            Some("1001")
+        );
+    }
+
+    #[test]
+    fn tty_login_is_one_user_login() {
+        let mut t = LoginTracker::default();
+        let start = "type=USER_START msg=audit(200.000:20): pid=600 uid=0 auid=1001 ses=3 msg='op=PAM:session_open grantors=pam_selinux acct=\"alice\" exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=ssh res=success'";
+        let login = "type=USER_LOGIN msg=audit(200.500:22): pid=600 uid=0 auid=1001 ses=3 msg='op=login id=1001 exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=/dev/pts/0 res=success'";
+        let got = feed(&mut t, &[start, login]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].user_id.as_deref(), Some("1001"));
+        assert_eq!(got[0].operation, "login");
+        let mut out = Vec::new();
+        t.flush(&mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn held_start_expires_in_record_time() {
+        let mut t = LoginTracker::default();
+        let start = "type=USER_START msg=audit(200.000:20): pid=600 uid=0 auid=1001 ses=3 msg='op=PAM:session_open acct=\"alice\" exe=\"/usr/sbin/sshd\" hostname=? addr=? terminal=ssh res=success'";
+        let other = "type=CRED_ACQ msg=audit(206.000:30): pid=9 uid=0 auid=1 ses=1 msg='op=PAM:setcred acct=\"x\" exe=\"/usr/bin/x\" hostname=? addr=? terminal=? res=success'";
+        assert!(feed(&mut t, &[start]).is_empty());
+        let got = feed(&mut t, &[other]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].remote_address, None);
+    }
+
+    #[test]
+    fn invalid_user_is_one_fail_and_logout() {
+        let mut t = LoginTracker::default();
+        let got = feed(
+            &mut t,
+            &[
+                "type=USER_LOGIN msg=audit(300.000:40): pid=700 uid=0 auid=4294967295 ses=4294967295 msg='op=login acct=28696E76616C6964207573657229 exe=\"/usr/sbin/sshd\" hostname=::1 addr=::1 terminal=ssh res=failed'",
+                "type=USER_ERR msg=audit(300.100:41): pid=700 uid=0 auid=4294967295 ses=4294967295 msg='op=PAM:bad_ident grantors=? acct=\"?\" exe=\"/usr/sbin/sshd\" hostname=::1 addr=::1 terminal=ssh res=failed'",
+                "type=USER_LOGOUT msg=audit(400.000:50): pid=800 uid=0 auid=1001 ses=3 msg='op=logout id=1001 exe=\"/usr/sbin/sshd\" hostname=? addr=? terminal=/dev/pts/0 res=success'",
+            ],
+        );
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].user_name.as_deref(), Some("(invalid user)"));
+        assert_eq!(got[0].remote_address.as_deref(), Some("::1"));
+        assert_eq!(got[0].result, LoginResult::Fail);
+        assert_eq!(got[1].operation, "logout");
+        assert_eq!(got[1].user_id.as_deref(), Some("1001"));
+    }
+
+    #[test]
+    fn user_err_alone_is_a_fail() {
+        let mut t = LoginTracker::default();
+        let got = feed(
+            &mut t,
+            &[
+                "type=USER_ERR msg=audit(300.100:41): pid=701 uid=0 auid=4294967295 ses=4294967295 msg='op=PAM:bad_ident grantors=? acct=\"?\" exe=\"/usr/sbin/sshd\" hostname=::1 addr=::1 terminal=ssh res=failed'",
+            ],
+        );
+        // acct "?" is no name; uid 0 stands in as the identity.
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].result, LoginResult::Fail);
+        assert_eq!(got[0].user_name, None);
+        assert_eq!(got[0].user_id.as_deref(), Some("0"));
+    }
+}

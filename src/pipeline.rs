@@ -1,0 +1,127 @@
+//! The synchronous audit pipeline shared by `run` and `replay`: lines → records → audit
+//! events → security events. No I/O and no clock: the caller passes a monotonic time for
+//! the idle timeouts of the live socket (replay never ticks, it flushes at the end).
+
+use serde::Serialize;
+
+use crate::audit::coalesce::{AuditEvent, CoalesceStats, Coalescer};
+use crate::audit::parse::ParseError;
+use crate::events::{DeriveStats, Deriver, SecurityEvent};
+use crate::settings::Settings;
+
+/// The rule key the module's audit rules carry.
+pub const RULE_KEY: &[u8] = b"azureiotsecurity";
+
+/// Counters of the pipeline.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PipelineStats {
+    pub lines: u64,
+    /// Lines that are not UTF-8 (auditd writes ASCII: the kernel hex-encodes other bytes).
+    pub non_utf8_lines: u64,
+    pub coalesce: CoalesceStats,
+    pub derive: DeriveStats,
+}
+
+/// Lines in, security events out.
+#[derive(Debug)]
+pub struct Pipeline {
+    coalescer: Coalescer,
+    deriver: Deriver,
+    events: Vec<AuditEvent>,
+    non_utf8_lines: u64,
+    lines: u64,
+    /// Monotonic time of the last record carrying the module's rule key.
+    last_rule_key_ms: Option<u64>,
+    first_line_ms: Option<u64>,
+    bad_line_logged: bool,
+}
+
+impl Pipeline {
+    pub fn new(settings: &Settings) -> Self {
+        Pipeline {
+            coalescer: Coalescer::new(settings.coalesce_config()),
+            deriver: Deriver::new(&settings.events),
+            events: Vec::new(),
+            non_utf8_lines: 0,
+            lines: 0,
+            last_rule_key_ms: None,
+            first_line_ms: None,
+            bad_line_logged: false,
+        }
+    }
+
+    /// Feed one line (no trailing newline). Security events derived are appended to `out`.
+    pub fn push_line(&mut self, line: &[u8], now_ms: u64, out: &mut Vec<SecurityEvent>) {
+        self.lines += 1;
+        self.first_line_ms.get_or_insert(now_ms);
+        if std::str::from_utf8(line).is_err() {
+            self.non_utf8_lines += 1;
+            if !self.bad_line_logged {
+                self.bad_line_logged = true;
+                tracing::warn!(
+                    line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
+                    "skipping a line that is not UTF-8 (counted; further ones are only counted)"
+                );
+            }
+            return;
+        }
+        if let Err(e) = self.coalescer.push(line, now_ms, &mut self.events) {
+            self.log_bad_line(line, e);
+        }
+        self.derive_pending(now_ms, out);
+    }
+
+    fn log_bad_line(&mut self, line: &[u8], e: ParseError) {
+        if !self.bad_line_logged {
+            self.bad_line_logged = true;
+            tracing::warn!(
+                error = %e,
+                line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
+                "skipping a line that is not an audit record (counted; further ones are only counted)"
+            );
+        }
+    }
+
+    fn derive_pending(&mut self, now_ms: u64, out: &mut Vec<SecurityEvent>) {
+        for ev in self.events.drain(..) {
+            let keyed = ev.records().any(|r| {
+                r.rtype == crate::audit::types::SYSCALL
+                    && r.get(b"key").is_some_and(|k| k.raw() == RULE_KEY)
+            });
+            if keyed {
+                self.last_rule_key_ms = Some(now_ms);
+            }
+            self.deriver.derive(&ev, out);
+        }
+    }
+
+    /// Monotonic time since a record with the module's rule key was last seen (or since the
+    /// first line, when none was): the app warns when the rules seem not to be loaded.
+    pub fn ms_without_rule_key(&self, now_ms: u64) -> Option<u64> {
+        let since = self.last_rule_key_ms.or(self.first_line_ms)?;
+        Some(now_ms.saturating_sub(since))
+    }
+
+    /// Complete idle events (live socket only).
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<SecurityEvent>) {
+        self.coalescer.tick(now_ms, &mut self.events);
+        self.derive_pending(now_ms, out);
+        self.deriver.tick(out);
+    }
+
+    /// Complete everything in flight (end of input, shutdown).
+    pub fn flush(&mut self, out: &mut Vec<SecurityEvent>) {
+        self.coalescer.flush(&mut self.events);
+        self.derive_pending(u64::MAX, out);
+        self.deriver.flush(out);
+    }
+
+    pub fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            lines: self.lines,
+            non_utf8_lines: self.non_utf8_lines,
+            coalesce: self.coalescer.stats().clone(),
+            derive: self.deriver.stats().clone(),
+        }
+    }
+}
