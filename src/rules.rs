@@ -18,6 +18,11 @@
 //!   missed by `success=1` alone, although it is how most daemons connect. Other failures
 //!   (`ECONNREFUSED`, `ENETUNREACH` …) are not logged. `accept` and `accept4` with `success=1`
 //!   give the inbound side (their `SOCKADDR` is the peer's address).
+//! * **Protocol of a connect:** connect records carry no socket type, and every DNS lookup
+//!   connects a UDP socket. So successful `socket()` calls of the inet families (`a0=2`
+//!   AF_INET, `a0=10` AF_INET6; on i386 also `socketcall` with `a0=1`, whose family the
+//!   filter cannot see) are audited too, and the module remembers (pid, fd) → SOCK_STREAM or
+//!   SOCK_DGRAM to tell TCP from UDP.
 //! * **Login** needs no rule: PAM, sshd, su and login write `USER_AUTH`, `USER_LOGIN`,
 //!   `USER_START` … from user space, and the kernel's `LOGIN` record (the write to
 //!   `/proc/self/loginuid`) is always emitted.
@@ -138,7 +143,7 @@ const IN_PROGRESS: &[&str] = &["exit=-EINPROGRESS"];
 
 /// The rules of an ABI whose table has direct `connect`, `accept` and `accept4`
 /// (x86_64, aarch64, arm EABI).
-fn direct(abi: Abi, table: Table) -> [Rule; 4] {
+fn direct(abi: Abi, table: Table) -> [Rule; 6] {
     [
         Rule {
             abi,
@@ -164,11 +169,23 @@ fn direct(abi: Abi, table: Table) -> [Rule; 4] {
             syscalls: &["accept", "accept4"],
             filters: SUCCESS,
         },
+        Rule {
+            abi,
+            table,
+            syscalls: &["socket"],
+            filters: &["a0=2", "success=1"],
+        },
+        Rule {
+            abi,
+            table,
+            syscalls: &["socket"],
+            filters: &["a0=10", "success=1"],
+        },
     ]
 }
 
 /// The i386 rules (native on i386, the b32 ABI on x86_64): no `accept`, plus `socketcall`.
-fn i386() -> [Rule; 8] {
+fn i386() -> [Rule; 11] {
     let abi = Abi::B32;
     let table = Table::I386;
     [
@@ -219,6 +236,24 @@ fn i386() -> [Rule; 8] {
             table,
             syscalls: &["socketcall"],
             filters: &["a0=18", "success=1"],
+        },
+        Rule {
+            abi,
+            table,
+            syscalls: &["socket"],
+            filters: &["a0=2", "success=1"],
+        },
+        Rule {
+            abi,
+            table,
+            syscalls: &["socket"],
+            filters: &["a0=10", "success=1"],
+        },
+        Rule {
+            abi,
+            table,
+            syscalls: &["socketcall"],
+            filters: &["a0=1", "success=1"],
         },
     ]
 }
@@ -316,6 +351,9 @@ mod tests {
 -a always,exit -F arch=b32 -S socketcall -F a0=3 -F exit=-EINPROGRESS -k azureiotsecurity
 -a always,exit -F arch=b32 -S socketcall -F a0=5 -F success=1 -k azureiotsecurity
 -a always,exit -F arch=b32 -S socketcall -F a0=18 -F success=1 -k azureiotsecurity
+-a always,exit -F arch=b32 -S socket -F a0=2 -F success=1 -k azureiotsecurity
+-a always,exit -F arch=b32 -S socket -F a0=10 -F success=1 -k azureiotsecurity
+-a always,exit -F arch=b32 -S socketcall -F a0=1 -F success=1 -k azureiotsecurity
 ";
 
     const ARM_LINES: &str = "\
@@ -323,6 +361,8 @@ mod tests {
 -a always,exit -F arch=b32 -S connect -F success=1 -k azureiotsecurity
 -a always,exit -F arch=b32 -S connect -F exit=-EINPROGRESS -k azureiotsecurity
 -a always,exit -F arch=b32 -S accept,accept4 -F success=1 -k azureiotsecurity
+-a always,exit -F arch=b32 -S socket -F a0=2 -F success=1 -k azureiotsecurity
+-a always,exit -F arch=b32 -S socket -F a0=10 -F success=1 -k azureiotsecurity
 ";
 
     const B64_LINES: &str = "\
@@ -330,6 +370,8 @@ mod tests {
 -a always,exit -F arch=b64 -S connect -F success=1 -k azureiotsecurity
 -a always,exit -F arch=b64 -S connect -F exit=-EINPROGRESS -k azureiotsecurity
 -a always,exit -F arch=b64 -S accept,accept4 -F success=1 -k azureiotsecurity
+-a always,exit -F arch=b64 -S socket -F a0=2 -F success=1 -k azureiotsecurity
+-a always,exit -F arch=b64 -S socket -F a0=10 -F success=1 -k azureiotsecurity
 ";
 
     #[test]
@@ -388,8 +430,8 @@ mod tests {
                 .map(|r| (r.abi, r.table))
                 .collect::<Vec<_>>(),
             [
-                vec![(Abi::B64, Table::X86_64); 4],
-                vec![(Abi::B32, Table::I386); 8]
+                vec![(Abi::B64, Table::X86_64); 6],
+                vec![(Abi::B32, Table::I386); 11]
             ]
             .concat()
         );
