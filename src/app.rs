@@ -38,15 +38,13 @@ pub fn replay<R: BufRead, W: Write>(
     let mut pipeline = Pipeline::new(settings);
     let mut events = Vec::new();
     let mut write_err = None;
+    let mut buf = Vec::with_capacity(4096);
     let mut emit = |events: &mut Vec<SecurityEvent>, out: &mut W| {
         for ev in events.drain(..) {
             if write_err.is_some() {
                 continue;
             }
-            let r = serde_json::to_writer(&mut *out, &ev)
-                .map_err(AppError::from)
-                .and_then(|()| out.write_all(b"\n").map_err(AppError::Write));
-            if let Err(e) = r {
+            if let Err(e) = write_event(&mut buf, &ev, out) {
                 write_err = Some(e);
             }
         }
@@ -66,6 +64,18 @@ pub fn replay<R: BufRead, W: Write>(
         tracing::warn!(lines = oversized, "over-long lines skipped");
     }
     Ok(pipeline.stats())
+}
+
+/// Write one event as a JSON line (serialized first, so that an I/O error stays an I/O error).
+pub fn write_event<W: Write>(
+    buf: &mut Vec<u8>,
+    ev: &SecurityEvent,
+    out: &mut W,
+) -> Result<(), AppError> {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, ev)?;
+    buf.push(b'\n');
+    out.write_all(buf).map_err(AppError::Write)
 }
 
 /// How often idle events are completed and held logins expired.

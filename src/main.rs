@@ -55,6 +55,8 @@ fn main() -> ExitCode {
     init_tracing();
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output went away (`… | head`): nothing more to say.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("azureiotsecurity: {e:#}");
             ExitCode::from(2)
@@ -96,7 +98,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "unsupported architecture {machine:?} (x86_64, i386/i686, aarch64, arm* are)"
                 );
             };
-            print!("{}", rules::render(arch));
+            let mut out = std::io::stdout().lock();
+            out.write_all(rules::render(arch).as_bytes())?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
@@ -138,9 +142,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     sd.notify_one();
                 });
                 let mut out = std::io::LineWriter::new(std::io::stdout());
+                let mut buf = Vec::with_capacity(4096);
                 app::run(settings, shutdown, move |ev| {
-                    serde_json::to_writer(&mut out, ev)?;
-                    out.write_all(b"\n").map_err(app::AppError::Write)
+                    app::write_event(&mut buf, ev, &mut out)
                 })
                 .await
             })?;
@@ -169,6 +173,13 @@ async fn wait_for_signal() {
 
 fn toml_like(s: &Settings) -> Result<String> {
     Ok(serde_json::to_string_pretty(s)?)
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn uname_machine() -> Result<String> {

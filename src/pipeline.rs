@@ -92,6 +92,8 @@ impl Pipeline {
                 self.last_rule_key_ms = Some(now_ms);
             }
             self.deriver.derive(&ev, out);
+            // Hand the buffers back: the steady state allocates nothing per event.
+            self.coalescer.recycle(ev);
         }
     }
 

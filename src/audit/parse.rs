@@ -152,6 +152,7 @@ fn parse_id(s: &[u8]) -> Option<EventId> {
     let colon = memchr::memchr(b':', &s[dot..])? + dot;
     let sec = parse_u64(&s[..dot])?;
     let msec_digits = &s[dot + 1..colon];
+    // auditd writes `%03u` (three digits); shorter forms from other tools are read as written.
     if msec_digits.is_empty() || msec_digits.len() > 3 {
         return None;
     }
@@ -321,8 +322,15 @@ impl<'a> Iterator for Fields<'a> {
                 }
                 Some(b'\'') => {
                     let body = &s[vstart + 1..];
-                    let close = memchr::memchr(b'\'', body);
-                    if key == b"msg" && self.nested_end.is_none() {
+                    let nested = key == b"msg" && self.nested_end.is_none();
+                    // The nested msg='…' is the record's last field, and an apostrophe inside
+                    // it is not encoded (`acct="o'brien"`): it ends at the *last* quote.
+                    let close = if nested {
+                        memchr::memrchr(b'\'', body)
+                    } else {
+                        memchr::memchr(b'\'', body)
+                    };
+                    if nested {
                         // Walk into the nested message.
                         let ne = close.map_or(end, |q| vstart + 1 + q);
                         self.nested_end = Some(ne);
@@ -478,6 +486,14 @@ mod tests {
         );
         assert_eq!(r.get(b"res"), Some(Value::Bare(b"failed")));
         assert_eq!(r.get_enriched(b"UID"), Some(Value::Quoted(b"root")));
+    }
+
+    #[test]
+    fn apostrophe_inside_nested_msg_does_not_end_it() {
+        let r = Record::parse(b"type=USER_LOGIN msg=audit(1.000:3): pid=1 msg='op=login acct=\"o'brien\" exe=\"/usr/sbin/sshd\" res=failed'\x1dUID=\"root\"").unwrap();
+        assert_eq!(r.get(b"acct"), Some(Value::Quoted(b"o'brien")));
+        assert_eq!(r.get(b"res"), Some(Value::Bare(b"failed")));
+        assert_eq!(r.fields().count(), 5);
     }
 
     #[test]

@@ -84,6 +84,9 @@ const TABLE: &[(&[u8], u16)] = &[
     (b"DAEMON_CONFIG", DAEMON_CONFIG),
     (b"DAEMON_ROTATE", DAEMON_ROTATE),
     (b"DAEMON_RESUME", DAEMON_RESUME),
+    (b"DAEMON_ACCEPT", 1207),
+    (b"DAEMON_CLOSE", 1208),
+    (b"DAEMON_ERR", 1209),
     (b"IPC", IPC),
     (b"CONFIG_CHANGE", CONFIG_CHANGE),
     (b"CAPSET", CAPSET),
@@ -147,11 +150,13 @@ pub fn number(name: &[u8]) -> u16 {
         .map_or(0, |&(_, num)| num)
 }
 
-/// Whether a record of this type is a whole event by itself (auparse's rule: types below
-/// 1300 other than LOGIN, which belongs to its SYSCALL event). DAEMON_* records also use
-/// auditd's own serial counter, so they must never be joined to kernel events.
+/// Whether a record of this type is a whole event by itself: types below 1300 other than
+/// LOGIN, which belongs to its SYSCALL event (auparse's rule), and the second range of
+/// user-space messages, 2100–2999 (ANOM_LOGIN_*, ROLE_*, …, written by PAM modules and
+/// tools, never with EOE). DAEMON_* records also use auditd's own serial counter, so they
+/// must never be joined to kernel events.
 pub fn is_single_record(rtype: u16) -> bool {
-    rtype != 0 && rtype < FIRST_EVENT && rtype != LOGIN
+    rtype != 0 && (rtype < FIRST_EVENT && rtype != LOGIN || (2100..3000).contains(&rtype))
 }
 
 #[cfg(test)]
@@ -171,6 +176,8 @@ mod tests {
         assert!(!is_single_record(LOGIN));
         assert!(!is_single_record(SYSCALL));
         assert!(!is_single_record(0));
+        assert!(is_single_record(number(b"ANOM_LOGIN_FAILURES")));
+        assert!(!is_single_record(number(b"AVC")));
     }
 
     #[test]

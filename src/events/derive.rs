@@ -38,6 +38,8 @@ pub struct DeriveStats {
     pub command_lines_shortened: u64,
     /// Connections whose command line came from PROCTITLE (the process was not seen starting).
     pub command_line_from_proctitle: u64,
+    /// connect() to 0.0.0.0 or :: (address probes), not reported.
+    pub unspecified_address: u64,
     /// Entries pushed out of the process cache.
     pub process_cache_evicted: u64,
 }
@@ -353,6 +355,12 @@ impl Deriver {
             },
             _ => return, // not an IP connection (unix, netlink, …) or unreadable
         };
+        if addr == "0.0.0.0" || addr == "::" {
+            // A UDP socket connected to the unspecified address (sshd and getaddrinfo's
+            // AI_ADDRCONFIG probes do this) reaches no remote host: not a connection.
+            self.stats.unspecified_address += 1;
+            return;
+        }
         let r = &sc.rec;
         let mut extra = ExtraDetails::new();
         common_extra(r, &mut extra);

@@ -6,10 +6,15 @@
 //!   sudo writes one too on every use; sudo is not a login, so USER_AUTH from sudo is ignored.
 //! - A terminal login writes `USER_LOGIN op=login id=UID … res=…` (sshd with a tty, login).
 //! - A failed password through sshd writes USER_AUTH res=failed and then USER_LOGIN
-//!   res=failed from the same pid; an invalid user writes USER_LOGIN res=failed with
-//!   `acct=(invalid user)` and then `USER_ERR op=PAM:bad_ident`. Each is one attempt, so a
-//!   failure record of another type from a pid that already reported a failure within a few
-//!   seconds is not a new Login. Repeated USER_AUTH failures (three password tries) are three.
+//!   res=failed from the same pid. An invalid user writes USER_LOGIN res=failed with
+//!   `acct=(invalid user)` several times (seen here: twice before and once after the
+//!   USER_AUTH res=failed of the password try), or USER_LOGIN and then
+//!   `USER_ERR op=PAM:bad_ident`. So USER_AUTH is the attempt (each one counts: three password
+//!   tries are three), and a failed USER_LOGIN or USER_ERR only summarizes it: it is held for
+//!   a few seconds, dropped when its pid writes a USER_AUTH failure, and otherwise emitted
+//!   once per pid.
+//! - A password login writes USER_AUTH res=success, then USER_START (and USER_LOGIN with a
+//!   tty) from the same pid: one Login, the USER_AUTH.
 //! - A key-based ssh login without a tty writes neither USER_AUTH nor USER_LOGIN: its only
 //!   trace is `USER_START op=PAM:session_open` from sshd. So USER_START from sshd or login
 //!   becomes a successful Login unless that pid writes a USER_LOGIN soon after (with a tty,
@@ -52,20 +57,14 @@ pub enum LoginResult {
     Fail,
 }
 
-/// How long (record time) a failure suppresses a failure record of another type from the
-/// same pid, and how long a USER_START waits for its pid's USER_LOGIN.
-const PAIR_WINDOW_MS: u64 = 5_000;
+/// How long (record time) a USER_START or a failed USER_LOGIN/USER_ERR is held back.
+const HOLD_MS: u64 = 5_000;
+/// How long (record time) a pid's USER_AUTH result is remembered: sshd writes its closing
+/// USER_LOGIN failure when the client gives up, seconds after the password try.
+const MEMORY_MS: u64 = 60_000;
 
 /// Bound on the per-pid state (a pid per concurrent login attempt; never more than this).
 const MAX_PIDS: usize = 1024;
-
-/// A Login waiting for its pid's USER_LOGIN (which would make it redundant).
-#[derive(Debug, Clone)]
-struct PendingStart {
-    login: Login,
-    at_ms: u64,
-    key: LoginKey,
-}
 
 /// What identifies the record a Login came from (for its Id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,13 +72,30 @@ pub struct LoginKey {
     pub id: crate::audit::parse::EventId,
 }
 
-/// The login state machine: per-pid memory of failures and held USER_STARTs.
+/// A Login held back until its pid tells more.
+#[derive(Debug, Clone)]
+struct Held {
+    login: Login,
+    at_ms: u64,
+    key: LoginKey,
+}
+
+/// Per-pid memory.
+#[derive(Debug, Default, Clone)]
+struct PidState {
+    /// Time of the last USER_AUTH of this pid, and whether it succeeded.
+    auth: Option<(u64, bool)>,
+    /// A USER_START (success) or a failed USER_LOGIN/USER_ERR waiting.
+    held: Option<Held>,
+    /// A summary failure was already emitted or dropped for this pid.
+    summarized: bool,
+    last_ms: u64,
+}
+
+/// The login state machine: per-pid memory of USER_AUTH results and held records.
 #[derive(Debug, Default)]
 pub struct LoginTracker {
-    /// pid → (record type, time) of the last failure reported.
-    failures: HashMap<i64, (u16, u64)>,
-    /// pid → USER_START held back.
-    pending: HashMap<i64, PendingStart>,
+    pids: HashMap<i64, PidState>,
 }
 
 fn text(v: Option<Value<'_>>) -> Option<String> {
@@ -128,8 +144,8 @@ impl LoginTracker {
         let key = LoginKey { id: r.id };
         match rtype {
             types::USER_END => {
-                if let Some(p) = self.pending.remove(&pid) {
-                    out.push((p.key, p.login));
+                if let Some(h) = self.pids.get_mut(&pid).and_then(|st| st.held.take()) {
+                    out.push((h.key, h.login));
                 }
                 return;
             }
@@ -149,108 +165,92 @@ impl LoginTracker {
             (_, Some(_)) => LoginResult::Fail,
             (_, None) => return,
         };
-        let mut extra = ExtraDetails::new();
-        if let Some(t) = text(r.get(b"terminal")) {
-            extra.insert("Terminal", t);
-        }
-        if let Some(h) = text(r.get(b"hostname")) {
-            extra.insert("Hostname", h);
-        }
-        extra.insert(
-            "RecordType",
-            String::from_utf8_lossy(r.type_name).into_owned(),
-        );
-        if let Some(auid) = user_id(r.get(b"auid")) {
-            extra.insert("AuditUserId", auid);
-        }
-        let addr = text(r.get(b"addr")).filter(|a| is_ip(a));
-        let user_name = text(r.get(b"acct"));
-        let uid = user_id(r.get(b"id"));
-        let user_id = uid.or_else(|| {
-            if user_name.is_none() {
-                user_id(r.get(b"uid"))
-            } else {
-                None
-            }
-        });
-        let login = Login {
-            process_id: pid,
-            user_id,
-            user_name,
-            operation: if rtype == types::USER_LOGOUT {
-                "logout".to_string()
-            } else {
-                op
-            },
-            executable: exe,
-            remote_address: addr,
-            result,
-            extra_details: extra,
-        };
-        if login.user_id.is_none() && login.user_name.is_none() {
+        let Some(login) = build(r, rtype, pid, exe, op, result) else {
             return;
+        };
+        if !self.pids.contains_key(&pid) && self.pids.len() >= MAX_PIDS {
+            self.evict_oldest(out);
         }
-        match rtype {
-            types::USER_START => {
-                if self.pending.len() >= MAX_PIDS {
-                    // Bound reached: emit the oldest held login rather than lose it.
-                    if let Some((&oldest, _)) = self.pending.iter().min_by_key(|(_, p)| p.at_ms) {
-                        if let Some(p) = self.pending.remove(&oldest) {
-                            out.push((p.key, p.login));
-                        }
-                    }
-                }
-                self.pending.insert(
-                    pid,
-                    PendingStart {
-                        login,
-                        at_ms: time,
-                        key,
-                    },
-                );
-            }
-            _ => {
-                if rtype == types::USER_LOGIN {
-                    // The USER_START of this pid was this login's session: not a second login.
-                    self.pending.remove(&pid);
-                }
+        let st = self.pids.entry(pid).or_default();
+        st.last_ms = time;
+        let recent_auth = st
+            .auth
+            .filter(|(at, _)| time.saturating_sub(*at) <= MEMORY_MS)
+            .map(|(_, ok)| ok);
+        let held = Held {
+            login,
+            at_ms: time,
+            key,
+        };
+        match (rtype, result) {
+            (types::USER_AUTH, _) => {
+                st.auth = Some((time, result == LoginResult::Success));
                 if result == LoginResult::Fail {
-                    if let Some(&(prev_type, at)) = self.failures.get(&pid) {
-                        if prev_type != rtype && time.saturating_sub(at) <= PAIR_WINDOW_MS {
-                            // The same attempt, told by a second record type.
-                            self.failures.insert(pid, (rtype, time));
-                            return;
-                        }
+                    // The attempt itself: a held summary of it is redundant.
+                    if st
+                        .held
+                        .as_ref()
+                        .is_some_and(|h| h.login.result == LoginResult::Fail)
+                    {
+                        st.held = None;
                     }
-                    if self.failures.len() >= MAX_PIDS {
-                        self.failures.clear();
-                    }
-                    self.failures.insert(pid, (rtype, time));
+                    st.summarized = true;
                 }
-                out.push((key, login));
+                out.push((held.key, held.login));
+            }
+            (types::USER_START, _) => {
+                // After a successful password check this session is that login.
+                if recent_auth != Some(true) {
+                    st.held = Some(held);
+                }
+            }
+            (types::USER_LOGIN, LoginResult::Success) => {
+                // The pid's held USER_START was this login's session.
+                st.held = None;
+                if recent_auth != Some(true) {
+                    out.push((held.key, held.login));
+                }
+            }
+            (types::USER_LOGIN | types::USER_ERR, LoginResult::Fail) => {
+                if recent_auth == Some(false) || st.summarized || st.held.is_some() {
+                    // A summary of an attempt already reported or held.
+                    return;
+                }
+                st.held = Some(held);
+                st.summarized = true;
+            }
+            _ => out.push((held.key, held.login)),
+        }
+    }
+
+    fn evict_oldest(&mut self, out: &mut Vec<(LoginKey, Login)>) {
+        if let Some((&oldest, _)) = self.pids.iter().min_by_key(|(_, st)| st.last_ms) {
+            if let Some(h) = self.pids.remove(&oldest).and_then(|st| st.held) {
+                out.push((h.key, h.login));
             }
         }
     }
 
-    /// Emit held USER_START logins older than the window (record time `now_ms`).
+    /// Emit held logins older than the hold time, and forget quiet pids (record time
+    /// `now_ms`).
     pub fn expire(&mut self, now_ms: u64, out: &mut Vec<(LoginKey, Login)>) {
-        if self.pending.is_empty() && self.failures.is_empty() {
+        if self.pids.is_empty() {
             return;
         }
-        let due: Vec<i64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now_ms.saturating_sub(p.at_ms) > PAIR_WINDOW_MS)
-            .map(|(&pid, _)| pid)
-            .collect();
-        let mut emitted: Vec<PendingStart> = due
-            .into_iter()
-            .filter_map(|pid| self.pending.remove(&pid))
-            .collect();
-        emitted.sort_by_key(|p| (p.at_ms, p.key.id.serial));
-        out.extend(emitted.into_iter().map(|p| (p.key, p.login)));
-        self.failures
-            .retain(|_, (_, at)| now_ms.saturating_sub(*at) <= PAIR_WINDOW_MS);
+        let mut due: Vec<Held> = Vec::new();
+        for st in self.pids.values_mut() {
+            if st
+                .held
+                .as_ref()
+                .is_some_and(|h| now_ms.saturating_sub(h.at_ms) > HOLD_MS)
+            {
+                due.extend(st.held.take());
+            }
+        }
+        due.sort_by_key(|h| (h.at_ms, h.key.id.serial));
+        out.extend(due.into_iter().map(|h| (h.key, h.login)));
+        self.pids
+            .retain(|_, st| st.held.is_some() || now_ms.saturating_sub(st.last_ms) <= MEMORY_MS);
     }
 
     /// Emit everything held (end of input, shutdown).
@@ -259,9 +259,68 @@ impl LoginTracker {
     }
 }
 
+/// The Login payload of a record, when it names somebody.
+fn build(
+    r: &Record<'_>,
+    rtype: u16,
+    pid: i64,
+    exe: String,
+    op: String,
+    result: LoginResult,
+) -> Option<Login> {
+    let mut extra = ExtraDetails::new();
+    if let Some(t) = text(r.get(b"terminal")) {
+        extra.insert("Terminal", t);
+    }
+    if let Some(h) = text(r.get(b"hostname")) {
+        extra.insert("Hostname", h);
+    }
+    extra.insert(
+        "RecordType",
+        String::from_utf8_lossy(r.type_name).into_owned(),
+    );
+    if let Some(auid) = user_id(r.get(b"auid")) {
+        extra.insert("AuditUserId", auid);
+    }
+    let addr = text(r.get(b"addr")).filter(|a| is_ip(a));
+    let user_name = text(r.get(b"acct"));
+    let user_id = user_id(r.get(b"id")).or_else(|| {
+        if user_name.is_none() {
+            user_id(r.get(b"uid"))
+        } else {
+            None
+        }
+    });
+    if user_id.is_none() && user_name.is_none() {
+        return None;
+    }
+    Some(Login {
+        process_id: pid,
+        user_id,
+        user_name,
+        operation: if rtype == types::USER_LOGOUT {
+            "logout".to_string()
+        } else {
+            op
+        },
+        executable: exe,
+        remote_address: addr,
+        result,
+        extra_details: extra,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn feed_and_flush(t: &mut LoginTracker, lines: &[&str]) -> Vec<Login> {
+        let mut got = feed(t, lines);
+        let mut out = Vec::new();
+        t.flush(&mut out);
+        got.extend(out.into_iter().map(|(_, l)| l));
+        got
+    }
 
     fn feed(t: &mut LoginTracker, lines: &[&str]) -> Vec<Login> {
         let mut out = Vec::new();
@@ -361,26 +420,62 @@ mod tests {
     #[test]
     fn invalid_user_is_one_fail_and_logout() {
         let mut t = LoginTracker::default();
-        let got = feed(
+        let got = feed_and_flush(
             &mut t,
             &[
                 "type=USER_LOGIN msg=audit(300.000:40): pid=700 uid=0 auid=4294967295 ses=4294967295 msg='op=login acct=28696E76616C6964207573657229 exe=\"/usr/sbin/sshd\" hostname=::1 addr=::1 terminal=ssh res=failed'",
                 "type=USER_ERR msg=audit(300.100:41): pid=700 uid=0 auid=4294967295 ses=4294967295 msg='op=PAM:bad_ident grantors=? acct=\"?\" exe=\"/usr/sbin/sshd\" hostname=::1 addr=::1 terminal=ssh res=failed'",
-                "type=USER_LOGOUT msg=audit(400.000:50): pid=800 uid=0 auid=1001 ses=3 msg='op=logout id=1001 exe=\"/usr/sbin/sshd\" hostname=? addr=? terminal=/dev/pts/0 res=success'",
+                "type=USER_LOGOUT msg=audit(300.200:50): pid=800 uid=0 auid=1001 ses=3 msg='op=logout id=1001 exe=\"/usr/sbin/sshd\" hostname=? addr=? terminal=/dev/pts/0 res=success'",
             ],
         );
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].user_name.as_deref(), Some("(invalid user)"));
-        assert_eq!(got[0].remote_address.as_deref(), Some("::1"));
+        assert_eq!(got[0].operation, "logout");
+        assert_eq!(got[0].user_id.as_deref(), Some("1001"));
+        assert_eq!(got[1].user_name.as_deref(), Some("(invalid user)"));
+        assert_eq!(got[1].remote_address.as_deref(), Some("::1"));
+        assert_eq!(got[1].result, LoginResult::Fail);
+    }
+
+    #[test]
+    fn invalid_user_with_password_try_is_one_fail() {
+        // As captured (tests/data/login_ssh.log): two summaries, the try, a late summary.
+        let summary = |t: &str, n: u32| {
+            format!(
+                "type=USER_LOGIN msg=audit({t}:{n}): pid=15194 uid=0 auid=4294967295 ses=4294967295 msg='op=login acct=28696E76616C6964207573657229 exe=\"/usr/sbin/sshd\" hostname=? addr=127.0.0.1 terminal=sshd res=failed'"
+            )
+        };
+        let lines = [
+            summary("100.782", 1),
+            summary("100.786", 2),
+            "type=USER_AUTH msg=audit(100.790:3): pid=15194 uid=0 auid=4294967295 ses=4294967295 msg='op=PAM:authentication grantors=? acct=\"nosuchuser\" exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=ssh res=failed'".to_string(),
+            summary("103.458", 4),
+        ];
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let got = feed_and_flush(&mut LoginTracker::default(), &refs);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].user_name.as_deref(), Some("nosuchuser"));
         assert_eq!(got[0].result, LoginResult::Fail);
-        assert_eq!(got[1].operation, "logout");
-        assert_eq!(got[1].user_id.as_deref(), Some("1001"));
+    }
+
+    #[test]
+    fn password_login_is_one_success() {
+        let got = feed_and_flush(
+            &mut LoginTracker::default(),
+            &[
+                "type=USER_AUTH msg=audit(100.000:1): pid=9 uid=0 auid=4294967295 ses=4294967295 msg='op=PAM:authentication grantors=pam_unix acct=\"alice\" exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=ssh res=success'",
+                "type=USER_START msg=audit(100.040:2): pid=9 uid=0 auid=1001 ses=3 msg='op=PAM:session_open grantors=pam_unix acct=\"alice\" exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=ssh res=success'",
+                "type=USER_LOGIN msg=audit(100.300:3): pid=9 uid=0 auid=1001 ses=3 msg='op=login id=1001 exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=/dev/pts/0 res=success'",
+            ],
+        );
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].operation, "PAM:authentication");
+        assert_eq!(got[0].result, LoginResult::Success);
     }
 
     #[test]
     fn user_err_alone_is_a_fail() {
         let mut t = LoginTracker::default();
-        let got = feed(
+        let got = feed_and_flush(
             &mut t,
             &[
                 "type=USER_ERR msg=audit(300.100:41): pid=701 uid=0 auid=4294967295 ses=4294967295 msg='op=PAM:bad_ident grantors=? acct=\"?\" exe=\"/usr/sbin/sshd\" hostname=::1 addr=::1 terminal=ssh res=failed'",
