@@ -14,19 +14,35 @@ fn samples() -> Value {
 #[test]
 fn official_samples_have_the_pinned_verdicts() {
     let s = samples();
-    let valid: Vec<String> = s["valid"].as_array().unwrap().iter().map(|m| m.to_string()).collect();
-    let invalid: Vec<String> = s["invalid"].as_array().unwrap().iter().map(|m| m.to_string()).collect();
+    let valid: Vec<String> = s["valid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    let invalid: Vec<String> = s["invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
     assert_eq!(valid.len(), 13);
     let v = support::reference_validate(&valid);
     for (i, verdict) in v.iter().enumerate() {
         if i <= 8 {
             assert_eq!(verdict, "ok", "valid item {i}");
         } else {
-            assert!(verdict.contains("is not a 'date-time'"), "valid item {i}: {verdict}");
+            assert!(
+                verdict.contains("is not a 'date-time'"),
+                "valid item {i}: {verdict}"
+            );
         }
     }
     for (i, verdict) in support::reference_validate(&invalid).iter().enumerate() {
-        assert!(verdict.starts_with("invalid"), "invalid item {i}: {verdict}");
+        assert!(
+            verdict.starts_with("invalid"),
+            "invalid item {i}: {verdict}"
+        );
     }
 }
 
@@ -36,5 +52,9 @@ fn space_separated_timestamp_is_rejected() {
     let mut m = s["valid"][0].clone();
     m["Events"][0]["TimestampUTC"] = Value::String("2018-10-09 13:22:50Z".into());
     let v = support::reference_validate(&[m.to_string()]);
-    assert!(v[0].contains("'2018-10-09 13:22:50Z' is not a 'date-time'"), "{}", v[0]);
+    assert!(
+        v[0].contains("'2018-10-09 13:22:50Z' is not a 'date-time'"),
+        "{}",
+        v[0]
+    );
 }

@@ -39,7 +39,12 @@ pub fn reference_validate(messages: &[String]) -> Vec<String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run the reference validator {}: {e} (run .ci/run to make the venv)", py.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run the reference validator {}: {e} (run .ci/run to make the venv)",
+                py.display()
+            )
+        });
     {
         let mut stdin = child.stdin.take().expect("stdin");
         for m in messages {
