@@ -641,6 +641,25 @@ fn tcp_and_udp_connections() {
     want.push(key("In", "127.0.0.1", peer.port(), "TCP", None, None));
     drop((c, _a));
 
+    // A dual-stack IPv6 listener accepting an IPv4 client: the peer is a v4-mapped address,
+    // reported as IPv4.
+    let ld = TcpListener::bind("[::]:0").expect("bind dual-stack");
+    let pd = ld.local_addr().expect("addr").port();
+    let c = TcpStream::connect(("127.0.0.1", pd)).expect("connect dual-stack");
+    let (_a, peer) = ld.accept().expect("accept dual-stack");
+    assert_eq!(peer.port(), c.local_addr().expect("addr").port());
+    assert_eq!(peer.ip().to_string(), "::ffff:127.0.0.1");
+    want.push(key("Out", "127.0.0.1", pd, "TCP", None, None));
+    want.push(key(
+        "In",
+        "127.0.0.1",
+        peer.port(),
+        "TCP",
+        None,
+        Some("inet6-v4mapped"),
+    ));
+    drop((c, _a, ld));
+
     // A refused blocking connect is no connection: no event.
     let closed = free_port_v4();
     let e = TcpStream::connect(("127.0.0.1", closed)).expect_err("connect to a closed port");
@@ -767,30 +786,11 @@ impl LoginHost {
         assert!(chpasswd.wait().expect("chpasswd").success());
         host.uid = run_ok("id", &["-u", &user]).trim().to_string();
         let d = host.dir.path().to_str().expect("utf-8").to_string();
-        run_ok(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-f",
-                &format!("{d}/id_ed25519"),
-            ],
-        );
-        run_ok(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-f",
-                &format!("{d}/host_ed25519"),
-            ],
-        );
+        // The user's key, sshd's host key, and a key the user does not authorize.
+        for k in ["id_ed25519", "host_ed25519", "other_ed25519"] {
+            let f = format!("{d}/{k}");
+            run_ok("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &f]);
+        }
         let ssh_dir = format!("/home/{user}/.ssh");
         run_ok(
             "install",
@@ -901,8 +901,10 @@ impl LoginHost {
                 "NumberOfPasswordPrompts=1",
             ]);
         } else {
-            let key = self.dir.path().join("id_ed25519");
-            cmd.args(["-i", key.to_str().expect("utf-8")]);
+            if !extra_args.contains(&"-i") {
+                let key = self.dir.path().join("id_ed25519");
+                cmd.args(["-i", key.to_str().expect("utf-8")]);
+            }
             cmd.args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"]);
         }
         cmd.args(extra_args);
@@ -1002,6 +1004,7 @@ fn logins_ssh_su_pamtester_sudo() {
     let uid = host.uid.clone();
     let bad_user = format!("aiosnouser{}", harness::nonce(3));
     let sshd = host.sshd_pid();
+    let host_port = host.port;
     let t0 = SystemTime::now();
 
     let m = Module::start(&[]);
@@ -1035,6 +1038,19 @@ fn logins_ssh_su_pamtester_sudo() {
         "ssh -tt key",
         host.ssh(&user, None, &["-tt"]),
         true,
+        &mut attempts,
+    );
+    let pw_tty = ssh(
+        "ssh -tt right password",
+        host.ssh(&user, Some(PASSWORD), &["-tt"]),
+        true,
+        &mut attempts,
+    );
+    let other_key = host.dir.path().join("other_ed25519");
+    let wrong_key = ssh(
+        "ssh wrong key",
+        host.ssh(&user, None, &["-i", other_key.to_str().expect("utf-8")]),
+        false,
         &mut attempts,
     );
     let su = run_local(
@@ -1163,6 +1179,64 @@ fn logins_ssh_su_pamtester_sudo() {
         "{ev}"
     );
 
+    // Password with a tty: USER_AUTH res=success, USER_START, USER_LOGIN: one login.
+    let ev = check(
+        "ssh -tt right password",
+        pw_tty,
+        sshd_exe,
+        "Success",
+        "PAM:authentication",
+        Some(&user),
+        lo,
+    );
+    assert_eq!(extra(&ev, "RecordType"), Some("USER_AUTH"));
+
+    // A key the user does not authorize: public key authentication does not go through PAM,
+    // so there is no USER_AUTH; sshd writes USER_LOGIN res=failed when the client gives up.
+    let ev = check(
+        "ssh wrong key",
+        wrong_key,
+        sshd_exe,
+        "Fail",
+        "login",
+        Some(&user),
+        lo,
+    );
+    assert_eq!(extra(&ev, "RecordType"), Some("USER_LOGIN"), "{ev}");
+
+    // The ssh connections themselves: each client's connect (ssh connects non-blocking) and
+    // sshd's accept of it.
+    let port = host_port.to_string();
+    let ssh_exe = canonical("/usr/bin/ssh");
+    let outs = fin.select(|e| {
+        name(e) == "ConnectionCreate"
+            && field(e, "Direction") == "Out"
+            && field(e, "Executable") == ssh_exe
+            && field(e, "RemotePort") == port
+    });
+    let ins = fin.select(|e| {
+        name(e) == "ConnectionCreate" && field(e, "Direction") == "In" && pid_of(e) == sshd
+    });
+    assert_eq!(outs.len(), attempts.len(), "ssh connects: {outs:#?}");
+    assert_eq!(ins.len(), attempts.len(), "sshd accepts: {ins:#?}");
+    for e in &outs {
+        assert_eq!(field(e, "RemoteAddress"), "127.0.0.1", "{e}");
+        assert_eq!(field(e, "Protocol"), "TCP", "{e}");
+        assert_eq!(extra(e, "Status"), Some("InProgress"), "{e}");
+        assert!(
+            field(e, "CommandLine").starts_with("ssh -F /dev/null -p "),
+            "{e}"
+        );
+    }
+    for e in &ins {
+        assert_eq!(field(e, "RemoteAddress"), "127.0.0.1", "{e}");
+        assert_eq!(field(e, "Protocol"), "TCP", "{e}");
+        assert_eq!(field(e, "Executable"), sshd_exe, "{e}");
+        assert_eq!(extra(e, "Status"), None, "{e}");
+    }
+    let client_ports: BTreeSet<&str> = ins.iter().map(|e| field(e, "RemotePort")).collect();
+    assert_eq!(client_ports.len(), attempts.len(), "{ins:#?}");
+
     // su as root: pam_rootok's USER_AUTH res=success.
     let ev = check(
         "su",
@@ -1224,14 +1298,14 @@ fn logins_ssh_su_pamtester_sudo() {
     // su - user -c true: a login shell as the user (which may run more from its profile).
     let ev = *children_of(su).first().expect("su started no shell");
     as_user(ev, "-bash -c true", &bash, &my_auid);
-    // The three ssh logins that got in ran `true` in the user's shell, with the user's audit
+    // The four ssh logins that got in ran `true` in the user's shell, with the user's audit
     // user id (pam_loginuid).
     let shells = fin.select(|e| {
         name(e) == "ProcessCreate"
             && field(e, "CommandLine") == "bash -c true"
             && field(e, "UserName") == user
     });
-    assert_eq!(shells.len(), 3, "{shells:#?}");
+    assert_eq!(shells.len(), 4, "{shells:#?}");
     for e in shells {
         as_user(e, "bash -c true", &bash, &uid);
     }
