@@ -23,6 +23,8 @@ mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -252,6 +254,13 @@ fn exec_special_cases_are_reported_exactly() {
         .args(["-c", &format!("{missing} 2>/dev/null; true")])
         .current_dir(&root));
     let long = run(Command::new("/bin/true").arg(&long_arg).current_dir(&root));
+    let renamed = run(Command::new("/bin/echo")
+        .arg0("renamed-echo")
+        .arg("x")
+        .current_dir(&root));
+    let not_utf8 = run(Command::new("/bin/echo")
+        .arg(std::ffi::OsStr::from_bytes(b"bad\xffbyte"))
+        .current_dir(&root));
     let fin = m.finish();
 
     let execs_of = |pid: i64| fin.select(|e| name(e) == "ProcessCreate" && pid_of(e) == pid);
@@ -340,6 +349,13 @@ fn exec_special_cases_are_reported_exactly() {
             (&echo, "echo via-fexecve", &root_s, "echo"),
         ],
     );
+    // argv[0] is whatever the caller passed; the executable and Comm are the file's.
+    expect(renamed, &[(&echo, "renamed-echo x", &root_s, "echo")]);
+    // A byte that is not UTF-8 becomes U+FFFD.
+    expect(
+        not_utf8,
+        &[(&echo, "/bin/echo bad\u{fffd}byte", &root_s, "echo")],
+    );
     // A failed exec (ENOENT) is no process.
     expect(
         failed,
@@ -382,6 +398,55 @@ fn exec_special_cases_are_reported_exactly() {
         extra(ev, "CommandLineLength"),
         Some(full.len().to_string().as_str())
     );
+}
+
+/// Several processes exec at once: their records interleave on the socket, and each exec is
+/// still reported once, with its own argv.
+#[test]
+fn concurrent_execs_are_each_reported_once() {
+    let _serial = serial();
+    let token = format!("azureiotsecurity-concurrent-{}", harness::nonce(4));
+    const THREADS: usize = 4;
+    const EACH: usize = 150;
+    let m = Module::start(&[]);
+    let spawned: Vec<(i64, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let token = &token;
+                s.spawn(move || {
+                    (0..EACH)
+                        .map(|i| {
+                            let args = [token.clone(), format!("t{t}"), format!("n{i}")];
+                            let mut child = spawn_quiet(Command::new("/bin/true").args(&args));
+                            let pid = i64::from(child.id());
+                            assert!(child.wait().expect("wait").success());
+                            (pid, format!("/bin/true {}", args.join(" ")))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("spawner"))
+            .collect()
+    });
+    let fin = m.finish();
+    let mut got: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for e in fin
+        .select(|e| name(e) == "ProcessCreate" && field(e, "CommandLine").contains(token.as_str()))
+    {
+        got.entry(pid_of(e))
+            .or_default()
+            .push(field(e, "CommandLine").to_string());
+    }
+    let want: BTreeMap<i64, Vec<String>> = spawned
+        .into_iter()
+        .map(|(pid, cl)| (pid, vec![cl]))
+        .collect();
+    assert_eq!(got.len(), THREADS * EACH, "execs reported");
+    assert_eq!(got, want);
+    assert_eq!(fin.stat("lines_dropped_queue_full"), 0);
 }
 
 // ------------------------------------------------------------------------------------------
