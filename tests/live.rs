@@ -825,6 +825,8 @@ struct LoginHost {
     dir: tempfile::TempDir,
     port: u16,
     sshd: Option<Child>,
+    /// /run/sshd (sshd's privilege separation directory) was made by this test.
+    made_run_sshd: bool,
 }
 
 impl LoginHost {
@@ -837,6 +839,7 @@ impl LoginHost {
             dir,
             port: 0,
             sshd: None,
+            made_run_sshd: !Path::new("/run/sshd").exists(),
         };
         run_ok("useradd", &["-m", "-s", "/bin/bash", &user]);
         let mut chpasswd = Command::new("chpasswd")
@@ -990,10 +993,25 @@ impl Drop for LoginHost {
                 .status();
             let _ = sshd.wait();
         }
-        let _ = Command::new("userdel")
-            .args(["-r", &self.user])
+        // userdel refuses while a process of the user still exits; retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Command::new("id")
+            .arg(&self.user)
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .status()
+            .is_ok_and(|s| s.success())
+            && Instant::now() < deadline
+        {
+            let _ = Command::new("userdel")
+                .args(["-r", &self.user])
+                .stderr(Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if self.made_run_sshd {
+            let _ = std::fs::remove_dir("/run/sshd");
+        }
     }
 }
 
@@ -1136,6 +1154,10 @@ fn logins_ssh_su_pamtester_sudo() {
     let sudo = run_local(Command::new("sudo").args(["-u", &user, "id"]), "", true);
     let fin = m.finish();
     drop(host);
+    assert!(
+        !harness::output("id", &[&user]).status.success(),
+        "the test user {user} was not removed"
+    );
 
     let logins_of = |pid: i64| fin.select(|e| name(e) == "Login" && pid_of(e) == pid);
     let all_sshd_children: BTreeSet<i64> = fin
