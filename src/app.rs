@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::Notify;
 
-use crate::audit::source::{self, LineQueue, SocketConfig, SourceStats};
+use crate::audit::source::{self, Chunk, LineQueue, SocketConfig, SourceStats};
 use crate::events::SecurityEvent;
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::settings::Settings;
@@ -135,10 +135,7 @@ pub async fn run(
             tokio::select! {
                 chunk = queue.pop() => {
                     let Some(chunk) = chunk else { return Ok(()) };
-                    let now = now_ms();
-                    for line in source::lines(&chunk) {
-                        pipeline.push_line(line, now, &mut events);
-                    }
+                    feed(&mut pipeline, chunk, now_ms(), &mut events);
                 }
                 _ = ticker.tick() => {
                     pipeline.tick(now_ms(), &mut events);
@@ -169,10 +166,7 @@ pub async fn run(
     stop_reader.notify_one();
     let _ = reader.await;
     while let Some(chunk) = queue.try_pop() {
-        let now = now_ms();
-        for line in source::lines(&chunk) {
-            pipeline.push_line(line, now, &mut events);
-        }
+        feed(&mut pipeline, chunk, now_ms(), &mut events);
     }
     pipeline.flush(&mut events);
     for ev in events.drain(..) {
@@ -184,12 +178,25 @@ pub async fn run(
     Ok(stats)
 }
 
+fn feed(pipeline: &mut Pipeline, chunk: Chunk, now: u64, events: &mut Vec<SecurityEvent>) {
+    match chunk {
+        Chunk::Lines(lines) => {
+            for line in source::lines(&lines) {
+                pipeline.push_line(line, now, events);
+            }
+        }
+        Chunk::Dropped { serials, .. } => pipeline.dropped_upstream(serials),
+    }
+}
+
 fn log_stats(p: &PipelineStats, s: &SourceStats, queue_bytes: usize) {
     let c = &p.coalesce;
     tracing::info!(
         bytes_read = s.bytes_read.load(Ordering::Relaxed),
         lines_read = s.lines_read.load(Ordering::Relaxed),
         lines_dropped_queue_full = s.lines_dropped.load(Ordering::Relaxed),
+        bytes_dropped_queue_full = s.bytes_dropped.load(Ordering::Relaxed),
+        partial_lines = s.partial_lines.load(Ordering::Relaxed),
         oversized_lines = s.oversized_lines.load(Ordering::Relaxed),
         connects = s.connects.load(Ordering::Relaxed),
         queue_bytes,
@@ -199,6 +206,9 @@ fn log_stats(p: &PipelineStats, s: &SourceStats, queue_bytes: usize) {
         evicted = c.evicted,
         estimated_kernel_loss = c.estimated_lost,
         security_events = p.derive.events,
+        process_create = p.derive.process_create,
+        connection_create = p.derive.connection_create,
+        login = p.derive.login,
         "audit statistics"
     );
 }

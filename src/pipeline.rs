@@ -104,6 +104,15 @@ impl Pipeline {
         Some(now_ms.saturating_sub(since))
     }
 
+    /// Lines were dropped before reaching us (the reader's queue was full), carrying these
+    /// kernel serials: they are our loss, counted by the reader, not the kernel's.
+    pub fn dropped_upstream(&mut self, serials: Option<(u64, u64)>) {
+        if let Some((lo, hi)) = serials {
+            tracing::debug!(lo, hi, "serials dropped by our queue");
+            self.coalescer.mark_seen(lo, hi);
+        }
+    }
+
     /// Complete idle events (live socket only).
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<SecurityEvent>) {
         self.coalescer.tick(now_ms, &mut self.events);

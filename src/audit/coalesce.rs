@@ -436,6 +436,38 @@ impl SerialWindow {
         SerialVerdict::Lost(lost)
     }
 
+    /// Serials `lo..=hi` count as seen (their lines were dropped by us, not lost upstream).
+    /// Serials the window leaves on the way are judged as by [`SerialWindow::observe`];
+    /// returns how many of those were lost.
+    fn observe_range(&mut self, lo: u64, hi: u64) -> u64 {
+        let lo = lo.max(self.base);
+        if hi < lo {
+            return 0;
+        }
+        let end = self.base + SERIAL_WINDOW;
+        let new_base = (hi + 1).saturating_sub(SERIAL_WINDOW).max(self.base);
+        let in_range = |s: u64| (lo..=hi).contains(&s);
+        let mut lost = 0;
+        for s in self.base..new_base.min(end) {
+            if !self.take(s) && !in_range(s) {
+                lost += 1;
+            }
+        }
+        // Serials between the old window's end and the new base were never in the window:
+        // lost unless inside the range.
+        if new_base > end {
+            let gap = new_base - end;
+            let covered = new_base.min(hi + 1).saturating_sub(end.max(lo));
+            lost += gap - covered.min(gap);
+        }
+        self.base = new_base;
+        for s in lo.max(new_base)..=hi {
+            self.set(s);
+        }
+        self.top = self.top.max(hi);
+        lost
+    }
+
     /// End of input: serials in `[base, top]` not seen are lost.
     fn finish(&mut self) -> u64 {
         let mut lost = 0;
@@ -704,6 +736,28 @@ impl Coalescer {
                     ns.fifo.pop_front();
                 }
             }
+        }
+    }
+
+    /// Serials `lo..=hi` of the local node (no `node=`) were carried by lines that *we*
+    /// dropped (the reader's queue was full): count them as seen, so the serial-gap estimate
+    /// of kernel loss does not count our own drops a second time. Call it in stream order.
+    pub fn mark_seen(&mut self, lo: u64, hi: u64) {
+        if hi < lo || hi > u64::from(u32::MAX) {
+            return;
+        }
+        let node = self.intern(None);
+        let Some(ns) = self.nodes.get_mut(node as usize) else {
+            return;
+        };
+        match ns.serials.as_mut() {
+            None => self.observe_serial(node, hi),
+            Some(w) if hi.saturating_sub(w.top) > SERIAL_MAX_JUMP => {
+                // A reboot in between: start over from the range's top.
+                self.stats.serial_resets += 1;
+                w.start(hi);
+            }
+            Some(w) => self.stats.estimated_lost += w.observe_range(lo, hi),
         }
     }
 
@@ -1416,6 +1470,33 @@ mod tests {
         c.push(syscall(&id).as_bytes(), 0, &mut out).unwrap();
         c.push(eoe(&id).as_bytes(), 0, &mut out).unwrap();
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn serials_we_dropped_are_not_kernel_loss() {
+        let mut c = Coalescer::new(CoalesceConfig::default());
+        for s in 100..110 {
+            serial_event(&mut c, s);
+        }
+        // The reader dropped the lines of serials 110..=20000 (wider than the window), then
+        // 20001..20010 arrive, and 20011 is really missing.
+        c.mark_seen(110, 20_000);
+        for s in 20_001..20_011 {
+            serial_event(&mut c, s);
+        }
+        let mut out = Vec::new();
+        serial_event(&mut c, 20_012);
+        c.flush(&mut out);
+        assert_eq!(c.stats().estimated_lost, 1);
+        assert_eq!(c.stats().serial_resets, 0);
+        // A range inside the window, and one below it (already judged): nothing changes.
+        let mut c = Coalescer::new(CoalesceConfig::default());
+        serial_event(&mut c, 10_000);
+        c.mark_seen(10_001, 10_005);
+        c.mark_seen(1, 5);
+        serial_event(&mut c, 10_006);
+        c.flush(&mut out);
+        assert_eq!(c.stats().estimated_lost, 0);
     }
 
     #[test]

@@ -163,10 +163,53 @@ pub fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
     chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty())
 }
 
+/// What the pipeline takes from the queue: lines, or the note that lines were dropped here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk {
+    /// Whole lines, each ending with `\n`.
+    Lines(Vec<u8>),
+    /// Lines the queue had to drop, in stream order with the lines around them: how many,
+    /// and the range of the audit serials they carried (so the pipeline does not count the
+    /// serials *we* dropped as lost by the kernel).
+    Dropped {
+        lines: u64,
+        serials: Option<(u64, u64)>,
+    },
+}
+
+/// The range of kernel serials of the records in a chunk of lines (DAEMON_* records carry
+/// auditd's own counter and are left out). Only run on chunks that are dropped.
+pub fn serial_range(chunk: &[u8]) -> Option<(u64, u64)> {
+    let mut range: Option<(u64, u64)> = None;
+    for line in lines(chunk) {
+        let Ok(r) = super::parse::Record::parse(line) else {
+            continue;
+        };
+        if r.type_name.starts_with(b"DAEMON_") {
+            continue;
+        }
+        let s = r.id.serial;
+        range = Some(match range {
+            None => (s, s),
+            Some((lo, hi)) => (lo.min(s), hi.max(s)),
+        });
+    }
+    range
+}
+
+fn merge_ranges(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    match (a, b) {
+        (Some((l1, h1)), Some((l2, h2))) => Some((l1.min(l2), h1.max(h2))),
+        (x, None) | (None, x) => x,
+    }
+}
+
 /// A queue of line chunks, bounded in bytes, between the socket reader and the pipeline.
 ///
-/// `push` never waits: when the chunk does not fit it is refused and the caller counts the
-/// drop. `pop` waits for a chunk or for the queue to be closed.
+/// `push` never waits: when the chunk does not fit it is refused, and the caller records
+/// the drop with [`LineQueue::push_dropped`], which takes no room: a drop note right behind
+/// another one is merged into it, so there is at most one note per chunk of lines.
+/// `pop` waits for a chunk or for the queue to be closed.
 #[derive(Debug)]
 pub struct LineQueue {
     inner: Mutex<QueueInner>,
@@ -176,7 +219,7 @@ pub struct LineQueue {
 
 #[derive(Debug, Default)]
 struct QueueInner {
-    chunks: VecDeque<Vec<u8>>,
+    chunks: VecDeque<Chunk>,
     bytes: usize,
     closed: bool,
 }
@@ -204,14 +247,32 @@ impl LineQueue {
                 return Err(chunk);
             }
             q.bytes += chunk.len();
-            q.chunks.push_back(chunk);
+            q.chunks.push_back(Chunk::Lines(chunk));
         }
         self.notify.notify_one();
         Ok(())
     }
 
+    /// Note, in stream order, that lines were dropped.
+    pub fn push_dropped(&self, lines: u64, serials: Option<(u64, u64)>) {
+        {
+            let mut q = self.lock();
+            if let Some(Chunk::Dropped {
+                lines: l,
+                serials: s,
+            }) = q.chunks.back_mut()
+            {
+                *l += lines;
+                *s = merge_ranges(*s, serials);
+            } else {
+                q.chunks.push_back(Chunk::Dropped { lines, serials });
+            }
+        }
+        self.notify.notify_one();
+    }
+
     /// Take the next chunk, waiting for one; `None` once closed and empty.
-    pub async fn pop(&self) -> Option<Vec<u8>> {
+    pub async fn pop(&self) -> Option<Chunk> {
         loop {
             let notified = self.notify.notified();
             if let Some(c) = self.try_pop() {
@@ -225,10 +286,12 @@ impl LineQueue {
     }
 
     /// Take the next chunk if there is one.
-    pub fn try_pop(&self) -> Option<Vec<u8>> {
+    pub fn try_pop(&self) -> Option<Chunk> {
         let mut q = self.lock();
         let c = q.chunks.pop_front()?;
-        q.bytes -= c.len();
+        if let Chunk::Lines(l) = &c {
+            q.bytes -= l.len();
+        }
         Some(c)
     }
 
@@ -343,6 +406,7 @@ pub async fn read_socket(
                             let first =
                                 stats.lines_dropped.fetch_add(nlines, Ordering::Relaxed) == 0;
                             SourceStats::add(&stats.bytes_dropped, chunk.len() as u64);
+                            queue.push_dropped(nlines, serial_range(&chunk));
                             if first {
                                 tracing::warn!(
                                     lines = nlines,
@@ -488,8 +552,42 @@ mod tests {
         assert_eq!(q.push(vec![0; 6]), Err(vec![0; 6]));
         assert!(q.push(vec![0; 4]).is_ok());
         assert_eq!(q.bytes(), 10);
-        assert_eq!(q.try_pop().map(|c| c.len()), Some(6));
+        assert_eq!(q.try_pop(), Some(Chunk::Lines(vec![0; 6])));
         assert_eq!(q.bytes(), 4);
+    }
+
+    #[test]
+    fn drop_notes_keep_their_place_and_merge() {
+        let q = LineQueue::new(100);
+        q.push(b"a\n".to_vec()).unwrap();
+        q.push_dropped(2, Some((10, 11)));
+        q.push_dropped(3, Some((5, 20)));
+        q.push(b"b\n".to_vec()).unwrap();
+        q.push_dropped(1, None);
+        assert_eq!(q.try_pop(), Some(Chunk::Lines(b"a\n".to_vec())));
+        assert_eq!(
+            q.try_pop(),
+            Some(Chunk::Dropped {
+                lines: 5,
+                serials: Some((5, 20))
+            })
+        );
+        assert_eq!(q.try_pop(), Some(Chunk::Lines(b"b\n".to_vec())));
+        assert_eq!(
+            q.try_pop(),
+            Some(Chunk::Dropped {
+                lines: 1,
+                serials: None
+            })
+        );
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn serial_range_of_a_chunk() {
+        let chunk = b"type=SYSCALL msg=audit(1.000:7): a=1\ntype=DAEMON_END msg=audit(1.000:2): x\ngarbage\ntype=EOE msg=audit(1.000:5):\n";
+        assert_eq!(serial_range(chunk), Some((5, 7)));
+        assert_eq!(serial_range(b"garbage\n"), None);
     }
 
     #[test]
@@ -533,7 +631,7 @@ mod tests {
                 .unwrap();
             assert_eq!(
                 chunk,
-                format!("type=EOE msg=audit(1.0:{round}):\n").into_bytes()
+                Chunk::Lines(format!("type=EOE msg=audit(1.0:{round}):\n").into_bytes())
             );
         }
         // Wait until the second close is seen.

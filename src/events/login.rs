@@ -63,6 +63,10 @@ const HOLD_MS: u64 = 5_000;
 /// USER_LOGIN failure when the client gives up, seconds after the password try.
 const MEMORY_MS: u64 = 60_000;
 
+/// sshd's `acct` for an account that does not exist (it hides the name typed, which may be
+/// a password typed into the wrong field).
+const INVALID_USER: &str = "(invalid user)";
+
 /// Bound on the per-pid state (a pid per concurrent login attempt; never more than this).
 const MAX_PIDS: usize = 1024;
 
@@ -185,14 +189,16 @@ impl LoginTracker {
         match (rtype, result) {
             (types::USER_AUTH, _) => {
                 st.auth = Some((time, result == LoginResult::Success));
+                let mut held = held;
                 if result == LoginResult::Fail {
-                    // The attempt itself: a held summary of it is redundant.
-                    if st
-                        .held
-                        .as_ref()
-                        .is_some_and(|h| h.login.result == LoginResult::Fail)
-                    {
-                        st.held = None;
+                    // The attempt itself: a held summary of it is redundant, but it tells
+                    // whether sshd knew the account.
+                    if let Some(h) = st.held.take_if(|h| h.login.result == LoginResult::Fail) {
+                        if h.login.user_name.as_deref() == Some(INVALID_USER) {
+                            held.login
+                                .extra_details
+                                .insert("InvalidUser", "true".to_string());
+                        }
                     }
                     st.summarized = true;
                 }
@@ -205,9 +211,14 @@ impl LoginTracker {
                 }
             }
             (types::USER_LOGIN, LoginResult::Success) => {
-                // The pid's held USER_START was this login's session.
-                st.held = None;
+                // The pid's held USER_START was this login's session; USER_LOGIN names the
+                // user only by id, its USER_START by name.
+                let start = st.held.take();
                 if recent_auth != Some(true) {
+                    let mut held = held;
+                    if held.login.user_name.is_none() {
+                        held.login.user_name = start.and_then(|h| h.login.user_name);
+                    }
                     out.push((held.key, held.login));
                 }
             }
@@ -400,6 +411,7 @@ mod tests {
         let got = feed(&mut t, &[start, login]);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].user_id.as_deref(), Some("1001"));
+        assert_eq!(got[0].user_name.as_deref(), Some("alice"));
         assert_eq!(got[0].operation, "login");
         let mut out = Vec::new();
         t.flush(&mut out);
@@ -454,6 +466,10 @@ mod tests {
         let got = feed_and_flush(&mut LoginTracker::default(), &refs);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].user_name.as_deref(), Some("nosuchuser"));
+        assert_eq!(
+            got[0].extra_details.get("InvalidUser").map(String::as_str),
+            Some("true")
+        );
         assert_eq!(got[0].result, LoginResult::Fail);
     }
 
