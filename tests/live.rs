@@ -1226,6 +1226,8 @@ fn logins_ssh_su_pamtester_sudo() {
     assert_eq!(field(ev, "RemoteAddress"), "127.0.0.1", "{ev}");
     assert_eq!(field(ev, "Operation"), "PAM:authentication", "{ev}");
     assert_eq!(field(ev, "UserName"), bad_user, "{ev}");
+    // sshd's own summary says the account does not exist.
+    assert_eq!(extra(ev, "InvalidUser"), Some("true"), "{ev}");
 
     // Right password: USER_AUTH res=success (then USER_START, no USER_LOGIN without a tty).
     let ev = check(
