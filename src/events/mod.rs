@@ -3,13 +3,15 @@
 //!
 //! An event serializes to the schema's event object:
 //! `{Id, TimestampLocal, TimestampUTC, Category, Name, EventType, IsEmpty,
-//! PayloadSchemaVersion, Payload: [ … ]}`. The triggered events here are always
-//! `"Category":"Triggered"` with one payload item. ExtraDetails values are strings, as the
-//! schema's `extradetails` type demands.
+//! PayloadSchemaVersion, Payload: [ … ]}`. Security events are always
+//! `"Category":"Triggered"` with one payload item, aggregated ones too (the classic agents'
+//! `"Aggregated"` is not valid under the published schema). ExtraDetails values are
+//! strings, as the schema's `extradetails` type demands.
 
 pub mod connection_create;
 pub mod derive;
 pub mod login;
+pub mod operational;
 pub mod process_create;
 
 use std::collections::BTreeMap;
@@ -22,18 +24,22 @@ use uuid::Uuid;
 pub use connection_create::ConnectionCreate;
 pub use derive::{DeriveStats, Deriver};
 pub use login::Login;
+pub use operational::{ConfigurationError, DroppedEvents, MessageStatistics};
 pub use process_create::ProcessCreate;
 
 /// Extra details: a string → string map, serialized in key order.
 pub type ExtraDetails = BTreeMap<&'static str, String>;
 
-/// The payload of a security event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
+/// The payload of an event: one item for the security events, one or more for the
+/// operational ones (DroppedEventsStatistics has one item per queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     ProcessCreate(ProcessCreate),
     ConnectionCreate(ConnectionCreate),
     Login(Login),
+    ConfigurationError(Vec<ConfigurationError>),
+    MessageStatistics(MessageStatistics),
+    DroppedEventsStatistics(Vec<DroppedEvents>),
 }
 
 impl Payload {
@@ -43,6 +49,50 @@ impl Payload {
             Payload::ProcessCreate(_) => "ProcessCreate",
             Payload::ConnectionCreate(_) => "ConnectionCreate",
             Payload::Login(_) => "Login",
+            Payload::ConfigurationError(_) => "ConfigurationError",
+            Payload::MessageStatistics(_) => "MessageStatistics",
+            Payload::DroppedEventsStatistics(_) => "DroppedEventsStatistics",
+        }
+    }
+
+    /// The event's `EventType`.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Payload::ProcessCreate(_) | Payload::ConnectionCreate(_) | Payload::Login(_) => {
+                "Security"
+            }
+            _ => "Operational",
+        }
+    }
+
+    /// The event's `Category`: statistics are periodic snapshots, the rest is triggered.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Payload::MessageStatistics(_) | Payload::DroppedEventsStatistics(_) => "Periodic",
+            _ => "Triggered",
+        }
+    }
+
+    /// The ExtraDetails of a security payload (aggregation adds to them).
+    pub fn extra_details_mut(&mut self) -> Option<&mut ExtraDetails> {
+        match self {
+            Payload::ProcessCreate(p) => Some(&mut p.extra_details),
+            Payload::ConnectionCreate(p) => Some(&mut p.extra_details),
+            Payload::Login(p) => Some(&mut p.extra_details),
+            _ => None,
+        }
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Payload::ProcessCreate(p) => [p].serialize(s),
+            Payload::ConnectionCreate(p) => [p].serialize(s),
+            Payload::Login(p) => [p].serialize(s),
+            Payload::ConfigurationError(v) => v.serialize(s),
+            Payload::MessageStatistics(p) => [p].serialize(s),
+            Payload::DroppedEventsStatistics(v) => v.serialize(s),
         }
     }
 }
@@ -55,6 +105,17 @@ pub struct SecurityEvent {
     /// When it happened: the audit record time, milliseconds since the Unix epoch.
     pub time_ms: u64,
     pub payload: Payload,
+}
+
+impl SecurityEvent {
+    /// `IsEmpty`: a periodic event with no payload item.
+    pub fn is_empty(&self) -> bool {
+        match &self.payload {
+            Payload::ConfigurationError(v) => v.is_empty(),
+            Payload::DroppedEventsStatistics(v) => v.is_empty(),
+            _ => false,
+        }
+    }
 }
 
 /// The namespace of our event Ids (UUIDv5): a fixed random UUID of this project.
@@ -100,12 +161,12 @@ impl Serialize for SecurityEvent {
         m.serialize_entry("Id", &self.id.hyphenated().to_string())?;
         m.serialize_entry("TimestampLocal", &local)?;
         m.serialize_entry("TimestampUTC", &utc)?;
-        m.serialize_entry("Category", "Triggered")?;
+        m.serialize_entry("Category", self.payload.category())?;
         m.serialize_entry("Name", self.payload.name())?;
-        m.serialize_entry("EventType", "Security")?;
-        m.serialize_entry("IsEmpty", &false)?;
+        m.serialize_entry("EventType", self.payload.event_type())?;
+        m.serialize_entry("IsEmpty", &self.is_empty())?;
         m.serialize_entry("PayloadSchemaVersion", "1.0")?;
-        m.serialize_entry("Payload", &[&self.payload])?;
+        m.serialize_entry("Payload", &self.payload)?;
         m.end()
     }
 }
