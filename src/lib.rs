@@ -25,3 +25,5 @@ pub mod events;
 pub mod pipeline;
 pub mod rules;
 pub mod settings;
+pub mod message;
+pub mod outbox;
