@@ -1,0 +1,65 @@
+//! `Record::parse` on arbitrary bytes, then everything a consumer can ask of the record:
+//! every field and enriched field, `decoded()` and the numeric readings of every value,
+//! `get`, and the text form of the encoded fields. Checks that every slice handed out lies
+//! inside the input (the parser borrows, never copies) and that a hex decoding is half the
+//! length of its text.
+
+#![no_main]
+
+use std::borrow::Cow;
+
+use azureiotsecurity::audit::decode;
+use azureiotsecurity::audit::parse::Record;
+use libfuzzer_sys::fuzz_target;
+
+fn within(outer: &[u8], inner: &[u8]) -> bool {
+    let o = outer.as_ptr_range();
+    let i = inner.as_ptr_range();
+    inner.is_empty() || (o.start <= i.start && i.end <= o.end)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(rec) = Record::parse(data) else {
+        return;
+    };
+    assert!(within(data, rec.type_name));
+    assert!(within(data, rec.body));
+    assert!(rec.node.is_none_or(|n| within(data, n)));
+    assert!(rec.enriched.is_none_or(|e| within(data, e)));
+    let _ = rec.id.millis();
+    let _ = rec.id.to_string();
+    for (part, fields) in [
+        (rec.body, rec.fields()),
+        (rec.enriched.unwrap_or_default(), rec.enriched_fields()),
+    ] {
+        let mut n = 0usize;
+        for f in fields {
+            n += 1;
+            assert!(n <= part.len(), "more fields than bytes");
+            assert!(within(part, f.key));
+            assert!(within(part, f.value.raw()));
+            let _ = f.value.as_u64();
+            let _ = f.value.as_i64();
+            match f.value.decoded() {
+                Some(Cow::Owned(d)) => assert_eq!(d.len() * 2, f.value.raw().len()),
+                Some(Cow::Borrowed(d)) => assert_eq!(d, f.value.raw()),
+                None => assert!(f.value.is_null()),
+            }
+            let _ = decode::field_string(f.value);
+        }
+    }
+    for key in [
+        &b"exe"[..],
+        b"comm",
+        b"cwd",
+        b"name",
+        b"proctitle",
+        b"msg",
+        b"res",
+    ] {
+        if let Some(v) = rec.get(key) {
+            let _ = v.decoded();
+        }
+    }
+    let _ = rec.get_enriched(b"SADDR");
+});
