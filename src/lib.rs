@@ -20,6 +20,7 @@
 //! clock of its own: time comes in as an argument, so tests are deterministic.
 
 pub mod agent_id;
+pub mod aggregate;
 pub mod app;
 pub mod audit;
 pub mod events;
