@@ -10,15 +10,17 @@
 //!
 //! Events are *identical* when their key fields are equal:
 //!
-//! - ProcessCreate: Executable, CommandLine, UserId, UserName.
+//! - ProcessCreate: Executable, CommandLine, UserId, UserName, and the ExtraDetails
+//!   EffectiveUserId (a setuid run is not the same as a plain one).
 //! - ConnectionCreate: Executable, CommandLine, UserId, Direction, RemoteAddress, Protocol,
-//!   and RemotePort for outbound connections only. For an inbound connection the remote
+//!   the ExtraDetails EffectiveUserId and Status (an in-progress connect is not a completed
+//!   one), and RemotePort for outbound connections only. For an inbound connection the remote
 //!   port is the client's ephemeral port, which differs on every connection: it is not part
 //!   of the key, and the aggregated event says RemotePort `"*"` (the schema's port type
 //!   allows it), also when the window saw a single hit.
 //!
 //! Nothing else is part of the key: ProcessId, ParentProcessId, the Id, the time and the
-//! ExtraDetails (Cwd, SessionId, EffectiveUserId, …) of the *first* event of a key in the
+//! other ExtraDetails (Cwd, SessionId, …) of the *first* event of a key in the
 //! window are the ones reported; those of later hits are counted, not kept.
 //!
 //! # What comes out
@@ -544,6 +546,7 @@ impl Aggregator {
                 p.command_line.hash(&mut h);
                 p.user_id.hash(&mut h);
                 p.user_name.hash(&mut h);
+                p.extra_details.get("EffectiveUserId").hash(&mut h);
             }
             Payload::ConnectionCreate(c) => {
                 c.executable.hash(&mut h);
@@ -551,6 +554,8 @@ impl Aggregator {
                 c.user_id.hash(&mut h);
                 c.remote_address.hash(&mut h);
                 c.protocol.hash(&mut h);
+                c.extra_details.get("EffectiveUserId").hash(&mut h);
+                c.extra_details.get("Status").hash(&mut h);
                 match c.direction {
                     Direction::In => 0u8.hash(&mut h),
                     Direction::Out => {
@@ -570,6 +575,8 @@ fn same_process(a: &ProcessCreate, b: &ProcessCreate) -> bool {
         && a.command_line == b.command_line
         && a.user_id == b.user_id
         && a.user_name == b.user_name
+        // A setuid run (same uid, euid 0) is not the same as a plain one.
+        && a.extra_details.get("EffectiveUserId") == b.extra_details.get("EffectiveUserId")
 }
 
 fn same_connection(a: &ConnectionCreate, b: &ConnectionCreate) -> bool {
@@ -580,6 +587,9 @@ fn same_connection(a: &ConnectionCreate, b: &ConnectionCreate) -> bool {
         && a.command_line == b.command_line
         && a.user_id == b.user_id
         && (a.direction == Direction::In || a.remote_port == b.remote_port)
+        && a.extra_details.get("EffectiveUserId") == b.extra_details.get("EffectiveUserId")
+        // A connect still in progress is told apart from a completed one.
+        && a.extra_details.get("Status") == b.extra_details.get("Status")
 }
 
 /// Whether two payloads have the same aggregation key.
@@ -826,20 +836,25 @@ mod tests {
             edit_process(process(5, T0 + 4), |p| {
                 p.executable = "/bin/curl".to_string()
             }),
-            // Not part of the key: pid, ppid, ExtraDetails.
+            // Part of the key: the effective user (a setuid run).
             edit_process(process(6, T0 + 5), |p| {
                 p.extra_details.insert("EffectiveUserId", "0".to_string());
+            }),
+            // Not part of the key: pid, ppid, other ExtraDetails.
+            edit_process(process(7, T0 + 6), |p| {
+                p.extra_details.insert("Cwd", "/elsewhere".to_string());
             }),
         ];
         let mut agg = Aggregator::new(hour());
         let mut out = run(&mut agg, &events, 0);
         agg.flush(&mut out);
         let expected = vec![
-            aggregated(events[0].clone(), 2, T0, T0 + 5),
+            aggregated(events[0].clone(), 2, T0, T0 + 6),
             aggregated(events[1].clone(), 1, T0 + 1, T0 + 1),
             aggregated(events[2].clone(), 1, T0 + 2, T0 + 2),
             aggregated(events[3].clone(), 1, T0 + 3, T0 + 3),
             aggregated(events[4].clone(), 1, T0 + 4, T0 + 4),
+            aggregated(events[5].clone(), 1, T0 + 5, T0 + 5),
         ];
         assert_eq!(out, expected);
     }
