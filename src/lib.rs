@@ -19,6 +19,7 @@
 //! Each stage that does the work is a plain synchronous state machine with no I/O and no
 //! clock of its own: time comes in as an argument, so tests are deterministic.
 
+pub mod agent_config;
 pub mod agent_id;
 pub mod aggregate;
 pub mod app;

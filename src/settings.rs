@@ -29,6 +29,12 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub events: EventSettings,
     pub debug: DebugSettings,
+    /// `[agent]`: the agent configuration (the module twin's
+    /// `ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration` settings), as plain values
+    /// (`highPriorityMessageFrequency = "PT7M"`) or `{ value = "PT7M" }` tables. Key names are
+    /// matched ignoring case (the environment's are lowercased). Read by
+    /// [`crate::agent_config::agent_config_from_settings`].
+    pub agent: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where the audit stream comes from and how much of it may be held.

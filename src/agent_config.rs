@@ -1,0 +1,2216 @@
+//! The agent configuration: the settings of the module twin object
+//! `ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration` (message frequencies, sizes,
+//! event priorities, aggregation), read by batching, priorities and aggregation.
+//!
+//! One function, [`apply`], turns the object's content into an [`AgentConfig`], whatever
+//! feeds it: the settings file and the environment ([`agent_config_from_settings`]) today,
+//! the module twin's desired properties later. Its contract is the published twin schema
+//! (`shared/schemas/azureiotsecurity_schema.json`, `…_definitions.json`,
+//! `azureiotsecurity_default.json`) and DESIGN.md's "Configuration":
+//!
+//! - Every setting is wrapped: `{"highPriorityMessageFrequency": {"value": "PT7M"}, …}`.
+//! - **The update is the whole configuration.** A key that is missing means its *default*,
+//!   not the previous value, as in the classic agents: the desired properties hold the
+//!   complete configuration, so removing a key from the twin returns it to the default.
+//!   A key whose value is `null`, `{}` or `{"value": null}` is missing too: in a twin patch
+//!   `null` deletes a property, so after `{"k": {"value": null}}` the twin holds `{"k": {}}`.
+//!   `update` itself being `null` (no object in the twin) means all defaults.
+//! - **A type error rejects the whole update**: a setting that is not `{"value": …}`, a
+//!   value of the wrong JSON type, a bad duration, an unknown priority, an integer outside
+//!   the range the schema's descriptions give (`maxMessageSizeInBytes` 8192..=262144,
+//!   `maxLocalCacheSizeInBytes` ≥ 8192; the classic agents never enforced these). The
+//!   previous configuration stays and each bad key gets one `TypeMismatch`
+//!   [`ConfigurationError`] naming the key, saying what is wrong and what was expected, with
+//!   the value still in force as `UsedConfiguration`.
+//! - **Unknown keys are ignored without an error**: the schema does not forbid additional
+//!   properties (no `additionalProperties: false`), and twins written for the classic agents
+//!   carry keys we do not implement (`hubResourceId`, `baselineCustomChecksEnabled`,
+//!   `eventPriorityOperational`). They are listed in [`Applied::ignored`] for a log line.
+//!   Extra members beside `"value"` inside a setting are ignored likewise. The settings
+//!   file is stricter (`deny_unknown_fields` everywhere else): there an unknown key is a
+//!   `TypeMismatch` error, but it does not reject the rest.
+//! - **Key names match ignoring ASCII case**, as the classic C# agent (Json.NET) did, and
+//!   because the `config` crate lowercases environment variable names
+//!   (`AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY` arrives as
+//!   `highprioritymessagefrequency`). One key given twice in different cases is a type error.
+//!   Priorities match ignoring case too (the C agent compared `high|low|off`); reported
+//!   properties use the schema's casing `High|Low|Off`.
+//! - Integers may be written `8192.0`: JSON Schema (draft 6 and later) counts a number with
+//!   no fraction as an integer.
+//! - **Checks after a successful parse** apply the update and report each problem as one
+//!   [`ConfigurationError`]:
+//!   - `maxLocalCacheSizeInBytes` < `maxMessageSizeInBytes` → `Conflict` on the cache size;
+//!     the cache takes its default (2560000, larger than any allowed message size).
+//!   - `maxMessageSizeInBytes` not a multiple of 4096 → `NotOptimal`; the value is kept.
+//!   - `highPriorityMessageFrequency` > `lowPriorityMessageFrequency` → `Conflict` on the
+//!     high frequency; it takes its default (PT7M), or the low frequency when that is
+//!     shorter still, so high-priority events never wait longer than low-priority ones.
+//!
+//!   The default rather than the previous value is used because the previous value may
+//!   conflict with the new settings as well; the default (capped as said) never does.
+//!
+//! Durations are ISO 8601 `P[nY][nM][nW][nD][T[nH][nM][nS]]` as the schema's pattern has
+//! them: units in that order, each at most once, at least one number after `P` and after
+//! `T`, a fraction (`.` only) only on the last number (`PT0.5S`, `PT1.5H`). A month is 30
+//! days (as in the C agent) and a year 365 days; the result saturates at [`Duration::MAX`]
+//! instead of overflowing. Negative durations, lowercase letters, spaces and anything else
+//! are rejected. [`format_duration`] writes days, hours, minutes and seconds only (`PT7M`,
+//! `P1D`, `PT1H30M`, `PT0.5S`, `PT0S`), so parsing its output gives the same duration back.
+//!
+//! A zero duration is accepted (the schema allows `PT0S`).
+
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::events::ExtraDetails;
+use crate::events::operational::{ConfigurationError, ConfigurationErrorType};
+use crate::settings::Settings;
+
+/// The module twin's desired (and reported) property object holding the settings.
+pub const OBJECT_NAME: &str = "ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration";
+
+/// `maxMessageSizeInBytes` range (schema description: "minimum 8192, maximum 262144").
+pub const MIN_MESSAGE_SIZE: u64 = 8192;
+pub const MAX_MESSAGE_SIZE: u64 = 262_144;
+/// `maxLocalCacheSizeInBytes` minimum (schema description: "minimum 8192").
+pub const MIN_CACHE_SIZE: u64 = 8192;
+/// Messages are billed per 4 KB chunk.
+pub const BILLING_CHUNK: u64 = 4096;
+
+const DEFAULT_HIGH_FREQUENCY: Duration = Duration::from_secs(7 * 60);
+const DEFAULT_LOW_FREQUENCY: Duration = Duration::from_secs(5 * 3600);
+const DEFAULT_SNAPSHOT_FREQUENCY: Duration = Duration::from_secs(13 * 3600);
+const DEFAULT_CACHE_SIZE: u64 = 2_560_000;
+const DEFAULT_MESSAGE_SIZE: u64 = 204_800;
+const DEFAULT_AGGREGATION: Aggregation = Aggregation {
+    enabled: true,
+    interval: Duration::from_secs(3600),
+};
+
+// The cache default resolves every cache/message size conflict.
+const _: () = assert!(DEFAULT_CACHE_SIZE >= MAX_MESSAGE_SIZE);
+
+/// The events that have a priority setting (`eventPriority<Name>`), in schema order.
+/// [`AgentConfig::event_priorities`] is indexed like this.
+pub const EVENT_NAMES: [&str; 14] = [
+    "ConnectedHardware",
+    "ListeningPorts",
+    "ProcessCreate",
+    "ProcessTerminate",
+    "SystemInformation",
+    "LocalUsers",
+    "Login",
+    "ConnectionCreate",
+    "FirewallConfiguration",
+    "OSBaseline",
+    "Diagnostic",
+    "ConfigurationError",
+    "DroppedEventsStatistics",
+    "MessageStatistics",
+];
+
+const PRIORITY_KEYS: [&str; 14] = [
+    "eventPriorityConnectedHardware",
+    "eventPriorityListeningPorts",
+    "eventPriorityProcessCreate",
+    "eventPriorityProcessTerminate",
+    "eventPrioritySystemInformation",
+    "eventPriorityLocalUsers",
+    "eventPriorityLogin",
+    "eventPriorityConnectionCreate",
+    "eventPriorityFirewallConfiguration",
+    "eventPriorityOSBaseline",
+    "eventPriorityDiagnostic",
+    "eventPriorityConfigurationError",
+    "eventPriorityDroppedEventsStatistics",
+    "eventPriorityMessageStatistics",
+];
+
+/// `azureiotsecurity_default.json`: High for ListeningPorts, LocalUsers and Login, Low for
+/// the rest (Diagnostic too, although the documentation's table says Off).
+const DEFAULT_PRIORITIES: [Priority; 14] = {
+    use Priority::{High, Low};
+    [
+        Low, High, Low, Low, Low, High, High, Low, Low, Low, Low, Low, Low, Low,
+    ]
+};
+
+/// The events that can be aggregated, in schema order. [`AgentConfig::aggregations`] is
+/// indexed like this.
+pub const AGGREGATED_EVENTS: [&str; 3] = ["ProcessCreate", "ConnectionCreate", "ProcessTerminate"];
+
+const AGGREGATION_ENABLED_KEYS: [&str; 3] = [
+    "aggregationEnabledProcessCreate",
+    "aggregationEnabledConnectionCreate",
+    "aggregationEnabledProcessTerminate",
+];
+
+const AGGREGATION_INTERVAL_KEYS: [&str; 3] = [
+    "aggregationIntervalProcessCreate",
+    "aggregationIntervalConnectionCreate",
+    "aggregationIntervalProcessTerminate",
+];
+
+/// The queue an event goes to; `Off` drops it (and turns its collector off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    High,
+    Low,
+    Off,
+}
+
+impl Priority {
+    /// The schema's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "High",
+            Priority::Low => "Low",
+            Priority::Off => "Off",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A priority that is none of `High`, `Low`, `Off` (in any case).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{} is not a priority: expected \"High\", \"Low\" or \"Off\"", quote(.0))]
+pub struct PriorityError(pub String);
+
+impl FromStr for Priority {
+    type Err = PriorityError;
+
+    /// Ignores ASCII case: `high`, `LOW` and `Off` are all accepted.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Priority::High, Priority::Low, Priority::Off]
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| PriorityError(s.to_string()))
+    }
+}
+
+/// Aggregation of one event type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Aggregation {
+    pub enabled: bool,
+    /// The window length.
+    pub interval: Duration,
+}
+
+/// The agent configuration in force. `Default` is the published default configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Longest wait before the pending high-priority events are sent.
+    pub high_priority_message_frequency: Duration,
+    /// Longest wait before the pending low-priority events are sent.
+    pub low_priority_message_frequency: Duration,
+    /// Period of the snapshot (Periodic) collectors.
+    pub snapshot_frequency: Duration,
+    /// Bytes of events held on the device before they are sent.
+    pub max_local_cache_size_in_bytes: u64,
+    /// Largest message.
+    pub max_message_size_in_bytes: u64,
+    /// One per [`EVENT_NAMES`] entry, same order; read with [`AgentConfig::priority`].
+    pub event_priorities: [Priority; 14],
+    /// One per [`AGGREGATED_EVENTS`] entry, same order; read with
+    /// [`AgentConfig::aggregation`].
+    pub aggregations: [Aggregation; 3],
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            high_priority_message_frequency: DEFAULT_HIGH_FREQUENCY,
+            low_priority_message_frequency: DEFAULT_LOW_FREQUENCY,
+            snapshot_frequency: DEFAULT_SNAPSHOT_FREQUENCY,
+            max_local_cache_size_in_bytes: DEFAULT_CACHE_SIZE,
+            max_message_size_in_bytes: DEFAULT_MESSAGE_SIZE,
+            event_priorities: DEFAULT_PRIORITIES,
+            aggregations: [DEFAULT_AGGREGATION; 3],
+        }
+    }
+}
+
+impl AgentConfig {
+    /// The priority of the event named `event_name` (the event's `Name`, exact case).
+    /// An event the schema has no setting for is `Low`, the schema's usual default.
+    pub fn priority(&self, event_name: &str) -> Priority {
+        EVENT_NAMES
+            .iter()
+            .position(|n| *n == event_name)
+            .and_then(|i| self.event_priorities.get(i).copied())
+            .unwrap_or(Priority::Low)
+    }
+
+    /// Sets the priority of `event_name`; false (and no change) when the schema has no such
+    /// event.
+    pub fn set_priority(&mut self, event_name: &str, priority: Priority) -> bool {
+        match EVENT_NAMES.iter().position(|n| *n == event_name) {
+            Some(i) => match self.event_priorities.get_mut(i) {
+                Some(p) => {
+                    *p = priority;
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        }
+    }
+
+    /// The aggregation window of `event_name`, or `None` when its aggregation is disabled
+    /// or it is not one of [`AGGREGATED_EVENTS`].
+    pub fn aggregation(&self, event_name: &str) -> Option<Duration> {
+        AGGREGATED_EVENTS
+            .iter()
+            .position(|n| *n == event_name)
+            .and_then(|i| self.aggregations.get(i))
+            .filter(|a| a.enabled)
+            .map(|a| a.interval)
+    }
+
+    /// The reported-properties form: the content of [`OBJECT_NAME`], every schema key
+    /// wrapped as `{"value": …}`, durations as ISO 8601, priorities `High|Low|Off`.
+    /// [`apply`] of it gives this configuration back.
+    pub fn to_twin_json(&self) -> Value {
+        let mut m = Map::new();
+        for key in KEYS {
+            let mut v = Map::new();
+            v.insert("value".to_string(), key.get(self).to_json());
+            m.insert(key.name().to_string(), Value::Object(v));
+        }
+        Value::Object(m)
+    }
+}
+
+/// The outcome of [`apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The configuration now in force: `previous` when rejected.
+    pub config: AgentConfig,
+    /// One per problem, in schema key order; send them as one ConfigurationError event.
+    pub errors: Vec<ConfigurationError>,
+    /// The update had a type error and was not applied.
+    pub rejected: bool,
+    /// Keys that are not settings, as given (ignored; worth a log line).
+    pub ignored: Vec<String>,
+}
+
+/// Applies `update`, the content of the twin object [`OBJECT_NAME`] (`{"key": {"value":
+/// …}, …}`), on top of the defaults. A missing key takes its default, not its `previous`
+/// value; `previous` is kept whole when the update has a type error. See the module
+/// documentation for every rule.
+pub fn apply(previous: &AgentConfig, update: &Value) -> Applied {
+    let empty = Map::new();
+    let object = match update {
+        Value::Null => &empty,
+        Value::Object(m) => m,
+        other => {
+            return Applied {
+                config: previous.clone(),
+                errors: vec![configuration_error(
+                    OBJECT_NAME,
+                    ConfigurationErrorType::TypeMismatch,
+                    previous.to_twin_json().to_string(),
+                    format!(
+                        "expected an object of settings such as {{\"highPriorityMessageFrequency\": {{\"value\": \"PT7M\"}}}}, found {}",
+                        describe(other)
+                    ),
+                )],
+                rejected: true,
+                ignored: Vec::new(),
+            };
+        }
+    };
+
+    let mut next = AgentConfig::default();
+    let mut errors: Vec<(usize, ConfigurationError)> = Vec::new();
+    let mut ignored = Vec::new();
+    // The spelling each key was given with.
+    let mut given: [Option<&str>; KEYS.len()] = [None; KEYS.len()];
+    for (name, value) in object {
+        let Some(index) = KEYS
+            .iter()
+            .position(|k| k.name().eq_ignore_ascii_case(name))
+        else {
+            ignored.push(name.clone());
+            continue;
+        };
+        let Some(key) = KEYS.get(index).copied() else {
+            continue;
+        };
+        let Some(slot) = given.get_mut(index) else {
+            continue;
+        };
+        if let Some(first) = *slot {
+            if !errors.iter().any(|(i, _)| *i == index) {
+                errors.push((
+                    index,
+                    type_mismatch(
+                        key,
+                        previous,
+                        format!(
+                            "given more than once, as {} and {} (key names are matched ignoring case)",
+                            quote(first),
+                            quote(name)
+                        ),
+                    ),
+                ));
+            }
+            continue;
+        }
+        *slot = Some(name.as_str());
+        match parse_entry(key, value) {
+            Ok(Some(setting)) => key.set(&mut next, setting),
+            Ok(None) => {}
+            Err(why) => errors.push((index, type_mismatch(key, previous, why))),
+        }
+    }
+
+    if !errors.is_empty() {
+        errors.sort_by_key(|(i, _)| *i);
+        return Applied {
+            config: previous.clone(),
+            errors: errors.into_iter().map(|(_, e)| e).collect(),
+            rejected: true,
+            ignored,
+        };
+    }
+
+    let errors = check(&mut next);
+    Applied {
+        config: next,
+        errors,
+        rejected: false,
+        ignored,
+    }
+}
+
+/// The checks between settings, on a parsed configuration; fixes `c` as documented.
+fn check(c: &mut AgentConfig) -> Vec<ConfigurationError> {
+    let mut errors = Vec::new();
+    let message = c.max_message_size_in_bytes;
+    if c.max_local_cache_size_in_bytes < message {
+        let used = DEFAULT_CACHE_SIZE.max(message);
+        errors.push(configuration_error(
+            Key::CacheSize.name(),
+            ConfigurationErrorType::Conflict,
+            used.to_string(),
+            format!(
+                "maxLocalCacheSizeInBytes ({}) is smaller than maxMessageSizeInBytes ({message}), so the cache could not hold one full message; using the default {used} instead",
+                c.max_local_cache_size_in_bytes
+            ),
+        ));
+        c.max_local_cache_size_in_bytes = used;
+    }
+    if message % BILLING_CHUNK != 0 {
+        errors.push(configuration_error(
+            Key::MessageSize.name(),
+            ConfigurationErrorType::NotOptimal,
+            message.to_string(),
+            format!(
+                "maxMessageSizeInBytes ({message}) is not a multiple of {BILLING_CHUNK}: messages are billed in 4 KB chunks, so the last chunk of a full message is paid for but not filled; the value is kept"
+            ),
+        ));
+    }
+    let (high, low) = (
+        c.high_priority_message_frequency,
+        c.low_priority_message_frequency,
+    );
+    if high > low {
+        let (used, how) = if DEFAULT_HIGH_FREQUENCY <= low {
+            (
+                DEFAULT_HIGH_FREQUENCY,
+                format!("the default {}", format_duration(DEFAULT_HIGH_FREQUENCY)),
+            )
+        } else {
+            (
+                low,
+                format!(
+                    "{} (lowPriorityMessageFrequency, as the default {} is longer too)",
+                    format_duration(low),
+                    format_duration(DEFAULT_HIGH_FREQUENCY)
+                ),
+            )
+        };
+        errors.push(configuration_error(
+            Key::HighFrequency.name(),
+            ConfigurationErrorType::Conflict,
+            format_duration(used),
+            format!(
+                "highPriorityMessageFrequency ({}) is longer than lowPriorityMessageFrequency ({}), so high-priority events would wait longer than low-priority ones; using {how} instead",
+                format_duration(high),
+                format_duration(low)
+            ),
+        ));
+        c.high_priority_message_frequency = used;
+    }
+    errors
+}
+
+/// The agent configuration of the settings file and environment (`[agent]`,
+/// `AZUREIOTSECURITY_AGENT__<KEY>`), applied on the defaults.
+///
+/// Plain values are wrapped as `{"value": v}`; tables are taken as they are. The `config`
+/// crate lowercases environment variable names but keeps the file's, so one key may arrive
+/// twice, as `highPriorityMessageFrequency` (file) and `highprioritymessagefrequency`
+/// (environment): the all-lowercase spelling wins, since the environment overrides the file.
+/// Unknown keys are errors here (`TypeMismatch`, the rest still applies), unlike in the
+/// twin, to match the settings file's `deny_unknown_fields`.
+pub fn agent_config_from_settings(s: &Settings) -> Applied {
+    let mut groups: BTreeMap<String, Vec<(&String, &Value)>> = BTreeMap::new();
+    for (name, value) in &s.agent {
+        groups
+            .entry(name.to_ascii_lowercase())
+            .or_default()
+            .push((name, value));
+    }
+    let mut update = Map::new();
+    for (folded, spellings) in &groups {
+        let env = spellings.iter().find(|(name, _)| *name == folded);
+        let chosen: Vec<(&String, &Value)> = match env {
+            Some(one) => vec![*one],
+            None => spellings.clone(),
+        };
+        for (name, value) in chosen {
+            let wrapped = if value.is_object() {
+                value.clone()
+            } else {
+                let mut m = Map::new();
+                m.insert("value".to_string(), value.clone());
+                Value::Object(m)
+            };
+            update.insert(name.clone(), wrapped);
+        }
+    }
+    let mut applied = apply(&AgentConfig::default(), &Value::Object(update));
+    for name in &applied.ignored {
+        applied.errors.push(configuration_error(
+            name,
+            ConfigurationErrorType::TypeMismatch,
+            String::new(),
+            format!(
+                "unknown setting {} in [agent] (AZUREIOTSECURITY_AGENT__<KEY>), ignored: the settings are the keys of {OBJECT_NAME}, such as highPriorityMessageFrequency",
+                quote(name)
+            ),
+        ));
+    }
+    applied
+}
+
+/// For `azureiotsecurity check-config`: the effective settings as JSON (the module
+/// settings, with `agent` the agent configuration in force in its twin form) and the
+/// agent configuration's problems.
+pub fn check_report(s: &Settings) -> (Value, Vec<ConfigurationError>) {
+    let applied = agent_config_from_settings(s);
+    let mut report = match serde_json::to_value(s) {
+        Ok(Value::Object(m)) => m,
+        Ok(other) => {
+            let mut m = Map::new();
+            m.insert("settings".to_string(), other);
+            m
+        }
+        Err(e) => {
+            let mut m = Map::new();
+            m.insert(
+                "settings_error".to_string(),
+                Value::String(format!("the module settings cannot be shown as JSON: {e}")),
+            );
+            m
+        }
+    };
+    report.insert("agent".to_string(), applied.config.to_twin_json());
+    (Value::Object(report), applied.errors)
+}
+
+/// One setting of the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    HighFrequency,
+    LowFrequency,
+    SnapshotFrequency,
+    CacheSize,
+    MessageSize,
+    /// Index into [`EVENT_NAMES`].
+    Priority(usize),
+    /// Index into [`AGGREGATED_EVENTS`].
+    AggregationEnabled(usize),
+    AggregationInterval(usize),
+}
+
+/// Every setting, in the schema's order.
+const KEYS: [Key; 25] = [
+    Key::HighFrequency,
+    Key::LowFrequency,
+    Key::SnapshotFrequency,
+    Key::CacheSize,
+    Key::MessageSize,
+    Key::Priority(0),
+    Key::Priority(1),
+    Key::Priority(2),
+    Key::Priority(3),
+    Key::Priority(4),
+    Key::Priority(5),
+    Key::Priority(6),
+    Key::Priority(7),
+    Key::Priority(8),
+    Key::Priority(9),
+    Key::Priority(10),
+    Key::Priority(11),
+    Key::Priority(12),
+    Key::Priority(13),
+    Key::AggregationEnabled(0),
+    Key::AggregationInterval(0),
+    Key::AggregationEnabled(1),
+    Key::AggregationInterval(1),
+    Key::AggregationEnabled(2),
+    Key::AggregationInterval(2),
+];
+
+/// What a setting's value is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Duration,
+    Integer { min: u64, max: u64 },
+    Priority,
+    Bool,
+}
+
+/// A setting's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setting {
+    Duration(Duration),
+    Integer(u64),
+    Priority(Priority),
+    Bool(bool),
+}
+
+impl Key {
+    fn name(self) -> &'static str {
+        match self {
+            Key::HighFrequency => "highPriorityMessageFrequency",
+            Key::LowFrequency => "lowPriorityMessageFrequency",
+            Key::SnapshotFrequency => "snapshotFrequency",
+            Key::CacheSize => "maxLocalCacheSizeInBytes",
+            Key::MessageSize => "maxMessageSizeInBytes",
+            Key::Priority(i) => PRIORITY_KEYS.get(i).copied().unwrap_or_default(),
+            Key::AggregationEnabled(i) => {
+                AGGREGATION_ENABLED_KEYS.get(i).copied().unwrap_or_default()
+            }
+            Key::AggregationInterval(i) => AGGREGATION_INTERVAL_KEYS
+                .get(i)
+                .copied()
+                .unwrap_or_default(),
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Key::HighFrequency
+            | Key::LowFrequency
+            | Key::SnapshotFrequency
+            | Key::AggregationInterval(_) => Kind::Duration,
+            Key::CacheSize => Kind::Integer {
+                min: MIN_CACHE_SIZE,
+                max: u64::MAX,
+            },
+            Key::MessageSize => Kind::Integer {
+                min: MIN_MESSAGE_SIZE,
+                max: MAX_MESSAGE_SIZE,
+            },
+            Key::Priority(_) => Kind::Priority,
+            Key::AggregationEnabled(_) => Kind::Bool,
+        }
+    }
+
+    fn get(self, c: &AgentConfig) -> Setting {
+        match self {
+            Key::HighFrequency => Setting::Duration(c.high_priority_message_frequency),
+            Key::LowFrequency => Setting::Duration(c.low_priority_message_frequency),
+            Key::SnapshotFrequency => Setting::Duration(c.snapshot_frequency),
+            Key::CacheSize => Setting::Integer(c.max_local_cache_size_in_bytes),
+            Key::MessageSize => Setting::Integer(c.max_message_size_in_bytes),
+            Key::Priority(i) => {
+                Setting::Priority(c.event_priorities.get(i).copied().unwrap_or(Priority::Low))
+            }
+            Key::AggregationEnabled(i) => Setting::Bool(
+                c.aggregations
+                    .get(i)
+                    .map_or(DEFAULT_AGGREGATION.enabled, |a| a.enabled),
+            ),
+            Key::AggregationInterval(i) => Setting::Duration(
+                c.aggregations
+                    .get(i)
+                    .map_or(DEFAULT_AGGREGATION.interval, |a| a.interval),
+            ),
+        }
+    }
+
+    /// Stores `v`; a value of another kind than the key's is ignored ([`parse_entry`] only
+    /// makes the key's kind).
+    fn set(self, c: &mut AgentConfig, v: Setting) {
+        match (self, v) {
+            (Key::HighFrequency, Setting::Duration(d)) => c.high_priority_message_frequency = d,
+            (Key::LowFrequency, Setting::Duration(d)) => c.low_priority_message_frequency = d,
+            (Key::SnapshotFrequency, Setting::Duration(d)) => c.snapshot_frequency = d,
+            (Key::CacheSize, Setting::Integer(n)) => c.max_local_cache_size_in_bytes = n,
+            (Key::MessageSize, Setting::Integer(n)) => c.max_message_size_in_bytes = n,
+            (Key::Priority(i), Setting::Priority(p)) => {
+                if let Some(slot) = c.event_priorities.get_mut(i) {
+                    *slot = p;
+                }
+            }
+            (Key::AggregationEnabled(i), Setting::Bool(b)) => {
+                if let Some(a) = c.aggregations.get_mut(i) {
+                    a.enabled = b;
+                }
+            }
+            (Key::AggregationInterval(i), Setting::Duration(d)) => {
+                if let Some(a) = c.aggregations.get_mut(i) {
+                    a.interval = d;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Setting {
+    fn to_json(self) -> Value {
+        match self {
+            Setting::Duration(d) => Value::String(format_duration(d)),
+            Setting::Integer(n) => Value::from(n),
+            Setting::Priority(p) => Value::String(p.as_str().to_string()),
+            Setting::Bool(b) => Value::Bool(b),
+        }
+    }
+
+    /// As `UsedConfiguration` shows it.
+    fn text(self) -> String {
+        match self {
+            Setting::Duration(d) => format_duration(d),
+            Setting::Integer(n) => n.to_string(),
+            Setting::Priority(p) => p.as_str().to_string(),
+            Setting::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+impl Kind {
+    /// What a value of this kind looks like, for messages.
+    fn expected(self) -> String {
+        match self {
+            Kind::Duration => "an ISO 8601 duration such as \"PT7M\"".to_string(),
+            Kind::Integer { min, max } if max == u64::MAX => {
+                format!("an integer of at least {min}")
+            }
+            Kind::Integer { min, max } => format!("an integer from {min} to {max}"),
+            Kind::Priority => "one of \"High\", \"Low\" or \"Off\"".to_string(),
+            Kind::Bool => "true or false".to_string(),
+        }
+    }
+}
+
+/// One setting's JSON: `Ok(None)` when it is unset (takes the default), `Err(why)` on a
+/// type error.
+fn parse_entry(key: Key, value: &Value) -> Result<Option<Setting>, String> {
+    let kind = key.kind();
+    let inner = match value {
+        Value::Null => return Ok(None),
+        Value::Object(m) => match m.get("value") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(v) => v,
+        },
+        other => {
+            return Err(format!(
+                "expected {{\"value\": …}} holding {}, found {}",
+                kind.expected(),
+                describe(other)
+            ));
+        }
+    };
+    let wrong_type = || {
+        format!(
+            "\"value\" must be {}, found {}",
+            kind.expected(),
+            describe(inner)
+        )
+    };
+    match kind {
+        Kind::Duration => match inner {
+            Value::String(s) => parse_duration(s).map(|d| Some(Setting::Duration(d))).map_err(|e| {
+                format!(
+                    "\"value\" {} is not an ISO 8601 duration: {e} (expected P[nY][nM][nW][nD][T[nH][nM][nS]], such as \"PT7M\")",
+                    quote(s)
+                )
+            }),
+            _ => Err(wrong_type()),
+        },
+        Kind::Integer { min, max } => {
+            let Value::Number(n) = inner else {
+                return Err(wrong_type());
+            };
+            let number = if let Some(u) = n.as_u64() {
+                Some(u)
+            } else if n.is_i64() {
+                None // negative
+            } else {
+                match n.as_f64() {
+                    Some(f) if f.is_finite() && f.fract() == 0.0 => {
+                        // Saturating cast; a negative one is out of range.
+                        (f >= 0.0).then_some(f as u64)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "\"value\" {n} is not an integer: expected {}",
+                            kind.expected()
+                        ));
+                    }
+                }
+            };
+            match number {
+                Some(u) if (min..=max).contains(&u) => Ok(Some(Setting::Integer(u))),
+                _ => Err(format!(
+                    "\"value\" {n} is out of range: expected {}",
+                    kind.expected()
+                )),
+            }
+        }
+        Kind::Priority => match inner {
+            Value::String(s) => s
+                .parse::<Priority>()
+                .map(|p| Some(Setting::Priority(p)))
+                .map_err(|e| format!("\"value\" {e}")),
+            _ => Err(wrong_type()),
+        },
+        Kind::Bool => match inner {
+            Value::Bool(b) => Ok(Some(Setting::Bool(*b))),
+            _ => Err(wrong_type()),
+        },
+    }
+}
+
+fn type_mismatch(key: Key, previous: &AgentConfig, message: String) -> ConfigurationError {
+    configuration_error(
+        key.name(),
+        ConfigurationErrorType::TypeMismatch,
+        key.get(previous).text(),
+        message,
+    )
+}
+
+fn configuration_error(
+    name: &str,
+    error_type: ConfigurationErrorType,
+    used_configuration: String,
+    message: String,
+) -> ConfigurationError {
+    ConfigurationError {
+        configuration_name: name.to_string(),
+        error_type,
+        used_configuration,
+        message,
+        extra_details: ExtraDetails::new(),
+    }
+}
+
+/// Longest piece of a given string quoted in a message (twin values can be long).
+const QUOTE_MAX_CHARS: usize = 64;
+
+/// A string as JSON text, cut to [`QUOTE_MAX_CHARS`] characters (then ending in `…`).
+fn quote(s: &str) -> String {
+    let cut: String = s.chars().take(QUOTE_MAX_CHARS).collect();
+    let mut q = serde_json::to_string(&cut).unwrap_or_else(|_| String::from("\"?\""));
+    if cut.len() < s.len() {
+        q.push('…');
+    }
+    q
+}
+
+/// A JSON value described for a message.
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => format!("the boolean {b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {}", quote(s)),
+        Value::Array(_) => "an array".to_string(),
+        Value::Object(_) => "an object".to_string(),
+    }
+}
+
+/// Why a text is not an ISO 8601 duration. Positions count characters from 1.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DurationError {
+    #[error("it is empty")]
+    Empty,
+    #[error("durations cannot be negative")]
+    Negative,
+    #[error("it does not start with P")]
+    NoP,
+    #[error("no value after P")]
+    NothingAfterP,
+    #[error("no value after T")]
+    NothingAfterT,
+    #[error("unexpected {found:?} at character {at}")]
+    Unexpected { found: char, at: usize },
+    #[error("the number at character {at} has no unit")]
+    NoUnit { at: usize },
+    #[error("{unit} at character {at} is a time unit: it needs a T before it")]
+    TimeUnitBeforeT { unit: char, at: usize },
+    #[error("{unit} at character {at} is a date unit: it must come before T")]
+    DateUnitAfterT { unit: char, at: usize },
+    #[error(
+        "{unit} at character {at} is repeated or out of order (the order is Y, M, W, D, T, H, M, S)"
+    )]
+    OutOfOrder { unit: char, at: usize },
+    #[error("the '.' at character {at} needs digits on both sides")]
+    BadFraction { at: usize },
+    #[error("only the last number may have a fraction (character {at} follows one)")]
+    FractionNotLast { at: usize },
+}
+
+const NANOS_PER_SECOND: u128 = 1_000_000_000;
+const SECOND: u128 = NANOS_PER_SECOND;
+const MINUTE: u128 = 60 * SECOND;
+const HOUR: u128 = 60 * MINUTE;
+const DAY: u128 = 24 * HOUR;
+const WEEK: u128 = 7 * DAY;
+const MONTH: u128 = 30 * DAY;
+const YEAR: u128 = 365 * DAY;
+
+/// Fraction digits beyond this many are ignored (far below a nanosecond for any unit, and
+/// the arithmetic stays within `u128`).
+const MAX_FRACTION_DIGITS: u32 = 18;
+
+/// Parses an ISO 8601 duration `P[nY][nM][nW][nD][T[nH][nM][n[.f]S]]` (see the module
+/// documentation for the exact rules).
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    if s.is_empty() {
+        return Err(DurationError::Empty);
+    }
+    if s.starts_with('-') {
+        return Err(DurationError::Negative);
+    }
+    let chars: Vec<char> = s.chars().collect();
+    if chars.first() != Some(&'P') {
+        return Err(DurationError::NoP);
+    }
+    if chars.len() == 1 {
+        return Err(DurationError::NothingAfterP);
+    }
+    let mut total: u128 = 0;
+    let mut in_time = false;
+    // Rank of the last unit: Y M W D = 0..=3, T = 4, H M S = 5..=7.
+    let mut last_rank: Option<u8> = None;
+    let mut fraction_seen = false;
+    let mut i = 1;
+    while let Some(&c) = chars.get(i) {
+        let at = i + 1;
+        if fraction_seen {
+            return Err(DurationError::FractionNotLast { at });
+        }
+        if c == 'T' {
+            if in_time {
+                return Err(DurationError::OutOfOrder { unit: 'T', at });
+            }
+            in_time = true;
+            last_rank = Some(4);
+            i += 1;
+            if i == chars.len() {
+                return Err(DurationError::NothingAfterT);
+            }
+            continue;
+        }
+        if c == '.' {
+            return Err(DurationError::BadFraction { at });
+        }
+        // A minus sign where a number is expected: `P-1D`, `PT-5M`.
+        if c == '-' && chars.get(i + 1).is_some_and(char::is_ascii_digit) {
+            return Err(DurationError::Negative);
+        }
+        let Some(mut whole) = c.to_digit(10).map(u128::from) else {
+            return Err(DurationError::Unexpected { found: c, at });
+        };
+        let number_at = at;
+        i += 1;
+        while let Some(d) = chars.get(i).and_then(|c| c.to_digit(10)) {
+            whole = whole.saturating_mul(10).saturating_add(u128::from(d));
+            i += 1;
+        }
+        // (numerator, digits)
+        let mut fraction: (u128, u32) = (0, 0);
+        if chars.get(i) == Some(&'.') {
+            let dot_at = i + 1;
+            i += 1;
+            let mut any = false;
+            while let Some(d) = chars.get(i).and_then(|c| c.to_digit(10)) {
+                any = true;
+                if fraction.1 < MAX_FRACTION_DIGITS {
+                    fraction = (fraction.0 * 10 + u128::from(d), fraction.1 + 1);
+                }
+                i += 1;
+            }
+            if !any {
+                return Err(DurationError::BadFraction { at: dot_at });
+            }
+            fraction_seen = true;
+        }
+        let Some(&unit) = chars.get(i) else {
+            return Err(DurationError::NoUnit { at: number_at });
+        };
+        let unit_at = i + 1;
+        let (rank, nanos) = match (in_time, unit) {
+            (false, 'Y') => (0, YEAR),
+            (false, 'M') => (1, MONTH),
+            (false, 'W') => (2, WEEK),
+            (false, 'D') => (3, DAY),
+            (true, 'H') => (5, HOUR),
+            (true, 'M') => (6, MINUTE),
+            (true, 'S') => (7, SECOND),
+            (false, 'H' | 'S') => {
+                return Err(DurationError::TimeUnitBeforeT { unit, at: unit_at });
+            }
+            (true, 'Y' | 'W' | 'D') => {
+                return Err(DurationError::DateUnitAfterT { unit, at: unit_at });
+            }
+            (_, found) => return Err(DurationError::Unexpected { found, at: unit_at }),
+        };
+        if last_rank.is_some_and(|r| rank <= r) {
+            return Err(DurationError::OutOfOrder { unit, at: unit_at });
+        }
+        last_rank = Some(rank);
+        let part = whole
+            .saturating_mul(nanos)
+            .saturating_add(fraction.0.saturating_mul(nanos) / 10u128.pow(fraction.1));
+        total = total.saturating_add(part);
+        i += 1;
+    }
+    let secs = u64::try_from(total / NANOS_PER_SECOND);
+    let nanos = u32::try_from(total % NANOS_PER_SECOND);
+    Ok(match (secs, nanos) {
+        (Ok(s), Ok(n)) => Duration::new(s, n),
+        _ => Duration::MAX,
+    })
+}
+
+/// Formats a duration as ISO 8601 with days, hours, minutes and seconds: `PT7M`, `PT13H`,
+/// `P1D`, `PT1H30M`, `PT0.5S`, `PT0S` for zero. [`parse_duration`] reads it back exactly.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let nanos = d.subsec_nanos();
+    let days = secs / 86_400;
+    let hours = secs % 86_400 / 3600;
+    let minutes = secs % 3600 / 60;
+    let seconds = secs % 60;
+    let mut out = String::from("P");
+    if days > 0 {
+        let _ = write!(out, "{days}D");
+    }
+    let time = hours > 0 || minutes > 0 || seconds > 0 || nanos > 0;
+    if time || days == 0 {
+        out.push('T');
+        if hours > 0 {
+            let _ = write!(out, "{hours}H");
+        }
+        if minutes > 0 {
+            let _ = write!(out, "{minutes}M");
+        }
+        if seconds > 0 || nanos > 0 || (hours == 0 && minutes == 0) {
+            let _ = write!(out, "{seconds}");
+            if nanos > 0 {
+                let fraction = format!("{nanos:09}");
+                let _ = write!(out, ".{}", fraction.trim_end_matches('0'));
+            }
+            out.push('S');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/schemas/");
+
+    fn read_schema(name: &str) -> Value {
+        let path = format!("{SCHEMAS}{name}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn error(
+        name: &str,
+        error_type: ConfigurationErrorType,
+        used: &str,
+        message: &str,
+    ) -> ConfigurationError {
+        ConfigurationError {
+            configuration_name: name.to_string(),
+            error_type,
+            used_configuration: used.to_string(),
+            message: message.to_string(),
+            extra_details: ExtraDetails::new(),
+        }
+    }
+
+    /// A valid configuration that differs from the defaults in every setting.
+    fn custom() -> AgentConfig {
+        AgentConfig {
+            high_priority_message_frequency: secs(90),
+            low_priority_message_frequency: secs(2 * 86_400),
+            snapshot_frequency: Duration::from_millis(1500),
+            max_local_cache_size_in_bytes: 1_000_000,
+            max_message_size_in_bytes: 65_536,
+            event_priorities: [Priority::Off; 14],
+            aggregations: [Aggregation {
+                enabled: false,
+                interval: secs(300),
+            }; 3],
+        }
+    }
+
+    fn ok(applied: &Applied) {
+        assert_eq!(applied.errors, vec![]);
+        assert!(!applied.rejected);
+    }
+
+    // ---- defaults and the published files ----
+
+    #[test]
+    fn defaults_equal_the_published_default_desired_object() {
+        let file = read_schema("azureiotsecurity_default.json");
+        let desired = &file["properties"]["desired"][OBJECT_NAME];
+        assert!(desired.is_object());
+        assert_eq!(&AgentConfig::default().to_twin_json(), desired);
+        let applied = apply(&custom(), desired);
+        ok(&applied);
+        assert_eq!(applied.config, AgentConfig::default());
+        assert_eq!(applied.ignored, Vec::<String>::new());
+    }
+
+    #[test]
+    fn keys_and_defaults_equal_the_schema() {
+        let schema = read_schema("azureiotsecurity_schema.json");
+        let props = schema["properties"]["desired"]["properties"][OBJECT_NAME]["properties"]
+            .as_object()
+            .unwrap();
+        // The schema does not forbid unknown keys: that is why they are ignored.
+        assert_eq!(
+            schema["properties"]["desired"]["properties"][OBJECT_NAME].get("additionalProperties"),
+            None
+        );
+        let ours = AgentConfig::default().to_twin_json();
+        let ours = ours.as_object().unwrap();
+        let mut a: Vec<&String> = props.keys().collect();
+        let mut b: Vec<&String> = ours.keys().collect();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        assert_eq!(props.len(), 25);
+        for (k, p) in props {
+            assert_eq!(ours[k]["value"], p["default"], "{k}");
+        }
+    }
+
+    #[test]
+    fn tables_are_consistent() {
+        for (i, name) in EVENT_NAMES.iter().enumerate() {
+            assert_eq!(PRIORITY_KEYS[i], format!("eventPriority{name}"));
+        }
+        for (i, name) in AGGREGATED_EVENTS.iter().enumerate() {
+            assert_eq!(
+                AGGREGATION_ENABLED_KEYS[i],
+                format!("aggregationEnabled{name}")
+            );
+            assert_eq!(
+                AGGREGATION_INTERVAL_KEYS[i],
+                format!("aggregationInterval{name}")
+            );
+        }
+        for (i, k) in KEYS.iter().enumerate() {
+            assert!(!k.name().is_empty());
+            assert_eq!(KEYS.iter().position(|o| o == k), Some(i));
+        }
+    }
+
+    #[test]
+    fn default_values() {
+        let c = AgentConfig::default();
+        assert_eq!(c.high_priority_message_frequency, secs(420));
+        assert_eq!(c.low_priority_message_frequency, secs(18_000));
+        assert_eq!(c.snapshot_frequency, secs(46_800));
+        assert_eq!(c.max_local_cache_size_in_bytes, 2_560_000);
+        assert_eq!(c.max_message_size_in_bytes, 204_800);
+        for (name, want) in [
+            ("ConnectedHardware", Priority::Low),
+            ("ListeningPorts", Priority::High),
+            ("ProcessCreate", Priority::Low),
+            ("ProcessTerminate", Priority::Low),
+            ("SystemInformation", Priority::Low),
+            ("LocalUsers", Priority::High),
+            ("Login", Priority::High),
+            ("ConnectionCreate", Priority::Low),
+            ("FirewallConfiguration", Priority::Low),
+            ("OSBaseline", Priority::Low),
+            ("Diagnostic", Priority::Low),
+            ("ConfigurationError", Priority::Low),
+            ("DroppedEventsStatistics", Priority::Low),
+            ("MessageStatistics", Priority::Low),
+            // Not in the schema: Low; names are exact.
+            ("SBoM", Priority::Low),
+            ("login", Priority::Low),
+        ] {
+            assert_eq!(c.priority(name), want, "{name}");
+        }
+        for name in AGGREGATED_EVENTS {
+            assert_eq!(c.aggregation(name), Some(secs(3600)), "{name}");
+        }
+        assert_eq!(c.aggregation("Login"), None);
+    }
+
+    #[test]
+    fn accessors() {
+        let mut c = AgentConfig::default();
+        assert!(c.set_priority("Login", Priority::Off));
+        assert!(!c.set_priority("Nope", Priority::High));
+        assert_eq!(c.priority("Login"), Priority::Off);
+        assert_eq!(c.event_priorities[6], Priority::Off);
+        c.aggregations[1].enabled = false;
+        c.aggregations[2].interval = secs(60);
+        assert_eq!(c.aggregation("ProcessCreate"), Some(secs(3600)));
+        assert_eq!(c.aggregation("ConnectionCreate"), None);
+        assert_eq!(c.aggregation("ProcessTerminate"), Some(secs(60)));
+    }
+
+    #[test]
+    fn priority_parse_and_display() {
+        for (s, p) in [
+            ("High", Priority::High),
+            ("high", Priority::High),
+            ("HIGH", Priority::High),
+            ("Low", Priority::Low),
+            ("lOw", Priority::Low),
+            ("Off", Priority::Off),
+            ("off", Priority::Off),
+        ] {
+            assert_eq!(s.parse::<Priority>(), Ok(p), "{s}");
+        }
+        for s in ["", "Medium", " High", "High ", "Of", "Offf"] {
+            assert_eq!(s.parse::<Priority>(), Err(PriorityError(s.to_string())));
+        }
+        assert_eq!(
+            "Medium".parse::<Priority>().unwrap_err().to_string(),
+            "\"Medium\" is not a priority: expected \"High\", \"Low\" or \"Off\""
+        );
+        assert_eq!(Priority::High.to_string(), "High");
+        assert_eq!(Priority::Low.to_string(), "Low");
+        assert_eq!(Priority::Off.to_string(), "Off");
+    }
+
+    // ---- the twin form ----
+
+    #[test]
+    fn to_twin_json_of_a_custom_config() {
+        let j = custom().to_twin_json();
+        assert_eq!(
+            j["highPriorityMessageFrequency"],
+            json!({"value": "PT1M30S"})
+        );
+        assert_eq!(j["lowPriorityMessageFrequency"], json!({"value": "P2D"}));
+        assert_eq!(j["snapshotFrequency"], json!({"value": "PT1.5S"}));
+        assert_eq!(j["maxLocalCacheSizeInBytes"], json!({"value": 1_000_000}));
+        assert_eq!(j["maxMessageSizeInBytes"], json!({"value": 65_536}));
+        assert_eq!(j["eventPriorityLogin"], json!({"value": "Off"}));
+        assert_eq!(
+            j["aggregationEnabledConnectionCreate"],
+            json!({"value": false})
+        );
+        assert_eq!(
+            j["aggregationIntervalProcessTerminate"],
+            json!({"value": "PT5M"})
+        );
+        assert_eq!(j.as_object().unwrap().len(), 25);
+    }
+
+    #[test]
+    fn round_trip() {
+        for c in [AgentConfig::default(), custom()] {
+            let applied = apply(&AgentConfig::default(), &c.to_twin_json());
+            ok(&applied);
+            assert_eq!(applied.config, c);
+        }
+    }
+
+    // ---- missing keys, nulls, unknown keys, case ----
+
+    #[test]
+    fn a_missing_key_means_its_default_not_the_previous_value() {
+        let applied = apply(
+            &custom(),
+            &json!({"maxMessageSizeInBytes": {"value": 8192}}),
+        );
+        ok(&applied);
+        let want = AgentConfig {
+            max_message_size_in_bytes: 8192,
+            ..AgentConfig::default()
+        };
+        assert_eq!(applied.config, want);
+        // An empty object or none at all: all defaults.
+        for update in [json!({}), Value::Null] {
+            let applied = apply(&custom(), &update);
+            ok(&applied);
+            assert_eq!(applied.config, AgentConfig::default());
+        }
+    }
+
+    #[test]
+    fn null_and_empty_settings_mean_the_default() {
+        for v in [
+            Value::Null,
+            json!({}),
+            json!({"value": null}),
+            json!({"other": 1}),
+        ] {
+            let applied = apply(
+                &custom(),
+                &json!({"snapshotFrequency": v, "eventPriorityLogin": v}),
+            );
+            ok(&applied);
+            assert_eq!(applied.config, AgentConfig::default(), "{v}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_ignored_and_listed() {
+        let applied = apply(
+            &custom(),
+            &json!({
+                "hubResourceId": {"value": "/subscriptions/x"},
+                "baselineCustomChecksEnabled": {"value": true},
+                "eventPriorityOperational": "garbage",
+                "eventPriorityLogin": {"value": "Off", "comment": "extra members are ignored"},
+            }),
+        );
+        ok(&applied);
+        let mut want = AgentConfig::default();
+        want.set_priority("Login", Priority::Off);
+        assert_eq!(applied.config, want);
+        assert_eq!(
+            applied.ignored,
+            vec![
+                "baselineCustomChecksEnabled",
+                "eventPriorityOperational",
+                "hubResourceId"
+            ]
+        );
+    }
+
+    #[test]
+    fn key_names_and_priorities_ignore_case() {
+        let applied = apply(
+            &AgentConfig::default(),
+            &json!({
+                "HIGHPRIORITYMESSAGEFREQUENCY": {"value": "PT1M"},
+                "eventprioritylogin": {"value": "off"},
+                "EventPriorityProcessCreate": {"value": "HIGH"},
+            }),
+        );
+        ok(&applied);
+        assert_eq!(applied.config.high_priority_message_frequency, secs(60));
+        assert_eq!(applied.config.priority("Login"), Priority::Off);
+        assert_eq!(applied.config.priority("ProcessCreate"), Priority::High);
+        assert_eq!(
+            applied.config.to_twin_json()["eventPriorityProcessCreate"],
+            json!({"value": "High"})
+        );
+    }
+
+    #[test]
+    fn a_key_given_twice_in_different_cases_is_rejected() {
+        let applied = apply(
+            &custom(),
+            &json!({
+                "snapshotFrequency": {"value": "PT1H"},
+                "SnapshotFrequency": {"value": "PT1H"},
+                "SNAPSHOTFREQUENCY": {"value": "PT2H"},
+            }),
+        );
+        assert!(applied.rejected);
+        assert_eq!(applied.config, custom());
+        // serde_json's map is ordered by key: "SNAPSHOT…" < "Snapshot…" < "snapshot…".
+        assert_eq!(
+            applied.errors,
+            vec![error(
+                "snapshotFrequency",
+                ConfigurationErrorType::TypeMismatch,
+                "PT1.5S",
+                "given more than once, as \"SNAPSHOTFREQUENCY\" and \"SnapshotFrequency\" (key names are matched ignoring case)",
+            )]
+        );
+    }
+
+    // ---- type errors ----
+
+    fn rejected_one(key: &str, value: Value) -> ConfigurationError {
+        let previous = custom();
+        let applied = apply(
+            &previous,
+            &json!({ key: value, "eventPriorityLogin": {"value": "High"} }),
+        );
+        assert!(applied.rejected, "{key}: {value}");
+        assert_eq!(applied.config, previous);
+        assert_eq!(applied.errors.len(), 1, "{:?}", applied.errors);
+        let e = applied.errors.into_iter().next().unwrap();
+        assert_eq!(e.configuration_name, key);
+        assert_eq!(e.error_type, ConfigurationErrorType::TypeMismatch);
+        e
+    }
+
+    #[test]
+    fn type_errors_reject_the_whole_update() {
+        let cases: Vec<(&str, Value, &str, &str)> = vec![
+            (
+                "highPriorityMessageFrequency",
+                json!("PT7M"),
+                "PT1M30S",
+                "expected {\"value\": …} holding an ISO 8601 duration such as \"PT7M\", found the string \"PT7M\"",
+            ),
+            (
+                "highPriorityMessageFrequency",
+                json!({"value": 420}),
+                "PT1M30S",
+                "\"value\" must be an ISO 8601 duration such as \"PT7M\", found the number 420",
+            ),
+            (
+                "lowPriorityMessageFrequency",
+                json!({"value": "PT"}),
+                "P2D",
+                "\"value\" \"PT\" is not an ISO 8601 duration: no value after T (expected P[nY][nM][nW][nD][T[nH][nM][nS]], such as \"PT7M\")",
+            ),
+            (
+                "aggregationIntervalConnectionCreate",
+                json!({"value": "-PT1H"}),
+                "PT5M",
+                "\"value\" \"-PT1H\" is not an ISO 8601 duration: durations cannot be negative (expected P[nY][nM][nW][nD][T[nH][nM][nS]], such as \"PT7M\")",
+            ),
+            (
+                "snapshotFrequency",
+                json!({"value": "13 hours"}),
+                "PT1.5S",
+                "\"value\" \"13 hours\" is not an ISO 8601 duration: it does not start with P (expected P[nY][nM][nW][nD][T[nH][nM][nS]], such as \"PT7M\")",
+            ),
+            (
+                "eventPriorityListeningPorts",
+                json!({"value": "Medium"}),
+                "Off",
+                "\"value\" \"Medium\" is not a priority: expected \"High\", \"Low\" or \"Off\"",
+            ),
+            (
+                "eventPriorityListeningPorts",
+                json!({"value": 1}),
+                "Off",
+                "\"value\" must be one of \"High\", \"Low\" or \"Off\", found the number 1",
+            ),
+            (
+                "eventPriorityDiagnostic",
+                json!(["High"]),
+                "Off",
+                "expected {\"value\": …} holding one of \"High\", \"Low\" or \"Off\", found an array",
+            ),
+            (
+                "aggregationEnabledProcessCreate",
+                json!({"value": "true"}),
+                "false",
+                "\"value\" must be true or false, found the string \"true\"",
+            ),
+            (
+                "aggregationEnabledProcessCreate",
+                json!(true),
+                "false",
+                "expected {\"value\": …} holding true or false, found the boolean true",
+            ),
+            (
+                "maxMessageSizeInBytes",
+                json!({"value": "204800"}),
+                "65536",
+                "\"value\" must be an integer from 8192 to 262144, found the string \"204800\"",
+            ),
+            (
+                "maxMessageSizeInBytes",
+                json!({"value": 8191}),
+                "65536",
+                "\"value\" 8191 is out of range: expected an integer from 8192 to 262144",
+            ),
+            (
+                "maxMessageSizeInBytes",
+                json!({"value": 262_145}),
+                "65536",
+                "\"value\" 262145 is out of range: expected an integer from 8192 to 262144",
+            ),
+            (
+                "maxMessageSizeInBytes",
+                json!({"value": -8192}),
+                "65536",
+                "\"value\" -8192 is out of range: expected an integer from 8192 to 262144",
+            ),
+            (
+                "maxMessageSizeInBytes",
+                json!({"value": 8192.5}),
+                "65536",
+                "\"value\" 8192.5 is not an integer: expected an integer from 8192 to 262144",
+            ),
+            (
+                "maxMessageSizeInBytes",
+                json!({"value": 1e300}),
+                "65536",
+                "\"value\" 1e+300 is out of range: expected an integer from 8192 to 262144",
+            ),
+            (
+                "maxLocalCacheSizeInBytes",
+                json!({"value": 0}),
+                "1000000",
+                "\"value\" 0 is out of range: expected an integer of at least 8192",
+            ),
+            (
+                "maxLocalCacheSizeInBytes",
+                json!({"value": -1.0}),
+                "1000000",
+                "\"value\" -1.0 is out of range: expected an integer of at least 8192",
+            ),
+            (
+                "maxLocalCacheSizeInBytes",
+                json!({"value": {"value": 10_000}}),
+                "1000000",
+                "\"value\" must be an integer of at least 8192, found an object",
+            ),
+        ];
+        for (key, value, used, message) in cases {
+            let e = rejected_one(key, value.clone());
+            assert_eq!(e.used_configuration, used, "{key}: {value}");
+            assert_eq!(e.message, message, "{key}: {value}");
+            assert!(e.extra_details.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_long_bad_value_is_quoted_shortened() {
+        let long = format!("P{}", "x".repeat(100));
+        let e = rejected_one("snapshotFrequency", json!({ "value": long }));
+        assert_eq!(
+            e.message,
+            format!(
+                "\"value\" \"P{}\"… is not an ISO 8601 duration: unexpected 'x' at character 2 (expected P[nY][nM][nW][nD][T[nH][nM][nS]], such as \"PT7M\")",
+                "x".repeat(63)
+            )
+        );
+    }
+
+    #[test]
+    fn every_bad_key_gets_one_error_in_schema_order() {
+        let previous = custom();
+        let applied = apply(
+            &previous,
+            &json!({
+                "aggregationEnabledProcessTerminate": {"value": 1},
+                "highPriorityMessageFrequency": {"value": "PT1X"},
+                "maxMessageSizeInBytes": {"value": 4096},
+                "eventPriorityLogin": {"value": "Off"},
+                "unknownKey": {"value": "whatever"},
+            }),
+        );
+        assert!(applied.rejected);
+        assert_eq!(applied.config, previous);
+        assert_eq!(applied.ignored, vec!["unknownKey"]);
+        assert_eq!(
+            applied.errors,
+            vec![
+                error(
+                    "highPriorityMessageFrequency",
+                    ConfigurationErrorType::TypeMismatch,
+                    "PT1M30S",
+                    "\"value\" \"PT1X\" is not an ISO 8601 duration: unexpected 'X' at character 4 (expected P[nY][nM][nW][nD][T[nH][nM][nS]], such as \"PT7M\")",
+                ),
+                error(
+                    "maxMessageSizeInBytes",
+                    ConfigurationErrorType::TypeMismatch,
+                    "65536",
+                    "\"value\" 4096 is out of range: expected an integer from 8192 to 262144",
+                ),
+                error(
+                    "aggregationEnabledProcessTerminate",
+                    ConfigurationErrorType::TypeMismatch,
+                    "false",
+                    "\"value\" must be true or false, found the number 1",
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_update_that_is_not_an_object_is_rejected() {
+        let previous = custom();
+        for (update, found) in [
+            (json!("PT7M"), "the string \"PT7M\""),
+            (json!([1, 2]), "an array"),
+            (json!(3), "the number 3"),
+        ] {
+            let applied = apply(&previous, &update);
+            assert!(applied.rejected);
+            assert_eq!(applied.config, previous);
+            assert_eq!(
+                applied.errors,
+                vec![error(
+                    OBJECT_NAME,
+                    ConfigurationErrorType::TypeMismatch,
+                    &previous.to_twin_json().to_string(),
+                    &format!(
+                        "expected an object of settings such as {{\"highPriorityMessageFrequency\": {{\"value\": \"PT7M\"}}}}, found {found}"
+                    ),
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn integer_bounds_and_integral_floats() {
+        for (key, v, want) in [
+            ("maxMessageSizeInBytes", json!(8192), 8192),
+            ("maxMessageSizeInBytes", json!(262_144), 262_144),
+            ("maxMessageSizeInBytes", json!(16_384.0), 16_384),
+            ("maxLocalCacheSizeInBytes", json!(u64::MAX), u64::MAX),
+            (
+                "maxLocalCacheSizeInBytes",
+                json!(1e19),
+                10_000_000_000_000_000_000,
+            ),
+            ("maxLocalCacheSizeInBytes", json!(1e30), u64::MAX),
+        ] {
+            let applied = apply(&AgentConfig::default(), &json!({ key: {"value": v} }));
+            ok(&applied);
+            let got = if key == "maxMessageSizeInBytes" {
+                applied.config.max_message_size_in_bytes
+            } else {
+                applied.config.max_local_cache_size_in_bytes
+            };
+            assert_eq!(got, want, "{key} {v}");
+        }
+    }
+
+    // ---- checks between settings ----
+
+    #[test]
+    fn cache_smaller_than_message_takes_the_default_cache() {
+        let applied = apply(
+            &custom(),
+            &json!({
+                "maxLocalCacheSizeInBytes": {"value": 100_000},
+                "maxMessageSizeInBytes": {"value": 262_144},
+            }),
+        );
+        assert!(!applied.rejected);
+        assert_eq!(
+            applied.errors,
+            vec![error(
+                "maxLocalCacheSizeInBytes",
+                ConfigurationErrorType::Conflict,
+                "2560000",
+                "maxLocalCacheSizeInBytes (100000) is smaller than maxMessageSizeInBytes (262144), so the cache could not hold one full message; using the default 2560000 instead",
+            )]
+        );
+        assert_eq!(
+            applied.config,
+            AgentConfig {
+                max_message_size_in_bytes: 262_144,
+                ..AgentConfig::default()
+            }
+        );
+        // Equal sizes are fine.
+        let applied = apply(
+            &custom(),
+            &json!({
+                "maxLocalCacheSizeInBytes": {"value": 8192},
+                "maxMessageSizeInBytes": {"value": 8192},
+            }),
+        );
+        ok(&applied);
+        assert_eq!(applied.config.max_local_cache_size_in_bytes, 8192);
+    }
+
+    #[test]
+    fn message_size_not_a_multiple_of_4096_is_kept() {
+        let applied = apply(
+            &custom(),
+            &json!({"maxMessageSizeInBytes": {"value": 10_000}}),
+        );
+        assert!(!applied.rejected);
+        assert_eq!(
+            applied.errors,
+            vec![error(
+                "maxMessageSizeInBytes",
+                ConfigurationErrorType::NotOptimal,
+                "10000",
+                "maxMessageSizeInBytes (10000) is not a multiple of 4096: messages are billed in 4 KB chunks, so the last chunk of a full message is paid for but not filled; the value is kept",
+            )]
+        );
+        assert_eq!(applied.config.max_message_size_in_bytes, 10_000);
+    }
+
+    #[test]
+    fn high_frequency_longer_than_low_takes_the_default() {
+        let applied = apply(
+            &custom(),
+            &json!({"highPriorityMessageFrequency": {"value": "PT10H"}}),
+        );
+        assert!(!applied.rejected);
+        assert_eq!(
+            applied.errors,
+            vec![error(
+                "highPriorityMessageFrequency",
+                ConfigurationErrorType::Conflict,
+                "PT7M",
+                "highPriorityMessageFrequency (PT10H) is longer than lowPriorityMessageFrequency (PT5H), so high-priority events would wait longer than low-priority ones; using the default PT7M instead",
+            )]
+        );
+        assert_eq!(applied.config, AgentConfig::default());
+    }
+
+    #[test]
+    fn high_frequency_is_capped_at_a_low_frequency_below_the_default() {
+        let applied = apply(
+            &custom(),
+            &json!({"lowPriorityMessageFrequency": {"value": "PT1M"}}),
+        );
+        assert!(!applied.rejected);
+        assert_eq!(
+            applied.errors,
+            vec![error(
+                "highPriorityMessageFrequency",
+                ConfigurationErrorType::Conflict,
+                "PT1M",
+                "highPriorityMessageFrequency (PT7M) is longer than lowPriorityMessageFrequency (PT1M), so high-priority events would wait longer than low-priority ones; using PT1M (lowPriorityMessageFrequency, as the default PT7M is longer too) instead",
+            )]
+        );
+        assert_eq!(applied.config.high_priority_message_frequency, secs(60));
+        assert_eq!(applied.config.low_priority_message_frequency, secs(60));
+        // Equal frequencies are fine.
+        let applied = apply(
+            &custom(),
+            &json!({
+                "highPriorityMessageFrequency": {"value": "PT1M"},
+                "lowPriorityMessageFrequency": {"value": "PT60S"},
+            }),
+        );
+        ok(&applied);
+    }
+
+    #[test]
+    fn all_three_checks_at_once() {
+        let applied = apply(
+            &AgentConfig::default(),
+            &json!({
+                "maxLocalCacheSizeInBytes": {"value": 9000},
+                "maxMessageSizeInBytes": {"value": 9001},
+                "highPriorityMessageFrequency": {"value": "P1D"},
+            }),
+        );
+        assert!(!applied.rejected);
+        let kinds: Vec<(&str, ConfigurationErrorType)> = applied
+            .errors
+            .iter()
+            .map(|e| (e.configuration_name.as_str(), e.error_type))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("maxLocalCacheSizeInBytes", ConfigurationErrorType::Conflict),
+                ("maxMessageSizeInBytes", ConfigurationErrorType::NotOptimal),
+                (
+                    "highPriorityMessageFrequency",
+                    ConfigurationErrorType::Conflict
+                ),
+            ]
+        );
+        assert_eq!(
+            applied.config,
+            AgentConfig {
+                max_message_size_in_bytes: 9001,
+                ..AgentConfig::default()
+            }
+        );
+    }
+
+    #[test]
+    fn configuration_errors_serialize_as_the_schema_wants() {
+        let applied = apply(
+            &custom(),
+            &json!({"maxMessageSizeInBytes": {"value": 10_000}}),
+        );
+        assert_eq!(
+            serde_json::to_value(&applied.errors).unwrap(),
+            json!([{
+                "ConfigurationName": "maxMessageSizeInBytes",
+                "ErrorType": "NotOptimal",
+                "UsedConfiguration": "10000",
+                "Message": "maxMessageSizeInBytes (10000) is not a multiple of 4096: messages are billed in 4 KB chunks, so the last chunk of a full message is paid for but not filled; the value is kept",
+            }])
+        );
+    }
+
+    // ---- durations ----
+
+    #[test]
+    fn durations_parse() {
+        let ms = Duration::from_millis;
+        for (s, want) in [
+            ("PT7M", secs(420)),
+            ("PT5H", secs(18_000)),
+            ("PT13H", secs(46_800)),
+            ("PT1H", secs(3600)),
+            ("P1D", secs(86_400)),
+            ("PT1H30M", secs(5400)),
+            ("PT0.5S", ms(500)),
+            ("PT0S", secs(0)),
+            ("P0D", secs(0)),
+            ("PT60S", secs(60)),
+            ("PT90M", secs(5400)),
+            ("P1W", secs(7 * 86_400)),
+            ("P1M", secs(30 * 86_400)),
+            ("P1Y", secs(365 * 86_400)),
+            (
+                "P1Y2M3W4DT5H6M7S",
+                secs(((365 + 60 + 21 + 4) * 24 + 5) * 3600 + 6 * 60 + 7),
+            ),
+            ("P1DT12H", secs(86_400 + 43_200)),
+            ("PT1.5H", secs(5400)),
+            ("P1.5D", secs(129_600)),
+            ("PT0.25M", secs(15)),
+            ("PT1.000000001S", Duration::new(1, 1)),
+            ("PT0.0000000019S", Duration::new(0, 1)),
+            ("PT007M", secs(420)),
+            ("P1DT0.5S", Duration::new(86_400, 500_000_000)),
+            (
+                "PT99999999999999999999999999999999999999999S",
+                Duration::MAX,
+            ),
+            ("P99999999999999999999Y", Duration::MAX),
+            ("P18446744073709551615DT1S", Duration::MAX),
+        ] {
+            assert_eq!(parse_duration(s), Ok(want), "{s}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_rejected_with_the_reason() {
+        use DurationError as E;
+        for (s, want) in [
+            ("", E::Empty),
+            ("P", E::NothingAfterP),
+            ("PT", E::NothingAfterT),
+            ("P1DT", E::NothingAfterT),
+            ("-PT7M", E::Negative),
+            ("PT-7M", E::Negative),
+            ("P-1D", E::Negative),
+            ("P1D-1H", E::Negative),
+            ("-", E::Negative),
+            ("P2020-01-01", E::Unexpected { found: '-', at: 6 }),
+            ("PT-", E::Unexpected { found: '-', at: 3 }),
+            ("pt7m", E::NoP),
+            ("7M", E::NoP),
+            (" PT7M", E::NoP),
+            ("PT7M ", E::Unexpected { found: ' ', at: 5 }),
+            ("PT7", E::NoUnit { at: 3 }),
+            ("P7", E::NoUnit { at: 2 }),
+            ("PT7X", E::Unexpected { found: 'X', at: 4 }),
+            ("PTH", E::Unexpected { found: 'H', at: 3 }),
+            ("PD", E::Unexpected { found: 'D', at: 2 }),
+            ("P1H", E::TimeUnitBeforeT { unit: 'H', at: 3 }),
+            ("P1S", E::TimeUnitBeforeT { unit: 'S', at: 3 }),
+            ("PT1D", E::DateUnitAfterT { unit: 'D', at: 4 }),
+            ("PT1W", E::DateUnitAfterT { unit: 'W', at: 4 }),
+            ("PT1M1H", E::OutOfOrder { unit: 'H', at: 6 }),
+            ("P1D1D", E::OutOfOrder { unit: 'D', at: 5 }),
+            ("P1D1Y", E::OutOfOrder { unit: 'Y', at: 5 }),
+            ("PT1HT1M", E::OutOfOrder { unit: 'T', at: 5 }),
+            ("PT1H1H", E::OutOfOrder { unit: 'H', at: 6 }),
+            ("PT.5S", E::BadFraction { at: 3 }),
+            ("PT1.S", E::BadFraction { at: 4 }),
+            ("PT0,5S", E::Unexpected { found: ',', at: 4 }),
+            ("PT1.5H30M", E::FractionNotLast { at: 7 }),
+            ("P1.5DT1H", E::FractionNotLast { at: 6 }),
+            ("PT1.5S1", E::FractionNotLast { at: 7 }),
+            ("P1DTT", E::OutOfOrder { unit: 'T', at: 5 }),
+            (
+                "PT１M",
+                E::Unexpected {
+                    found: '１', at: 3
+                },
+            ),
+            ("PT7Mé", E::Unexpected { found: 'é', at: 5 }),
+            ("PT+7M", E::Unexpected { found: '+', at: 3 }),
+        ] {
+            assert_eq!(parse_duration(s), Err(want), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn duration_error_messages() {
+        use DurationError as E;
+        for (e, text) in [
+            (E::Empty, "it is empty"),
+            (E::Negative, "durations cannot be negative"),
+            (E::NoP, "it does not start with P"),
+            (E::NothingAfterP, "no value after P"),
+            (E::NothingAfterT, "no value after T"),
+            (
+                E::Unexpected { found: 'X', at: 4 },
+                "unexpected 'X' at character 4",
+            ),
+            (E::NoUnit { at: 3 }, "the number at character 3 has no unit"),
+            (
+                E::TimeUnitBeforeT { unit: 'H', at: 3 },
+                "H at character 3 is a time unit: it needs a T before it",
+            ),
+            (
+                E::DateUnitAfterT { unit: 'D', at: 4 },
+                "D at character 4 is a date unit: it must come before T",
+            ),
+            (
+                E::OutOfOrder { unit: 'H', at: 6 },
+                "H at character 6 is repeated or out of order (the order is Y, M, W, D, T, H, M, S)",
+            ),
+            (
+                E::BadFraction { at: 3 },
+                "the '.' at character 3 needs digits on both sides",
+            ),
+            (
+                E::FractionNotLast { at: 7 },
+                "only the last number may have a fraction (character 7 follows one)",
+            ),
+        ] {
+            assert_eq!(e.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn durations_format() {
+        let ms = Duration::from_millis;
+        for (d, want) in [
+            (secs(420), "PT7M"),
+            (secs(18_000), "PT5H"),
+            (secs(46_800), "PT13H"),
+            (secs(3600), "PT1H"),
+            (secs(86_400), "P1D"),
+            (secs(5400), "PT1H30M"),
+            (ms(500), "PT0.5S"),
+            (secs(0), "PT0S"),
+            (secs(90), "PT1M30S"),
+            (secs(86_400 + 1), "P1DT1S"),
+            (secs(365 * 86_400), "P365D"),
+            (Duration::new(3661, 120_000_000), "PT1H1M1.12S"),
+            (Duration::new(0, 1), "PT0.000000001S"),
+            (Duration::MAX, "P213503982334601DT7H15.999999999S"),
+        ] {
+            assert_eq!(format_duration(d), want, "{d:?}");
+            assert_eq!(parse_duration(want), Ok(d), "{want}");
+        }
+    }
+
+    // ---- settings file and environment ----
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn settings_file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn no_agent_settings_means_defaults() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert!(s.agent.is_empty());
+        let applied = agent_config_from_settings(&s);
+        ok(&applied);
+        assert_eq!(applied.config, AgentConfig::default());
+    }
+
+    #[test]
+    fn settings_file_plain_values_and_value_tables() {
+        let f = settings_file(
+            "[audit]\nidle_ms = 900\n\n[agent]\n\
+             highPriorityMessageFrequency = \"PT1M\"\n\
+             lowPriorityMessageFrequency = { value = \"PT2H\" }\n\
+             maxMessageSizeInBytes = 65536\n\
+             maxLocalCacheSizeInBytes = { value = 1000000 }\n\
+             eventPriorityLogin = \"off\"\n\
+             aggregationEnabledProcessCreate = false\n\
+             aggregationIntervalConnectionCreate = { value = \"PT5M\" }\n",
+        );
+        let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(s.audit.idle_ms, 900);
+        let applied = agent_config_from_settings(&s);
+        ok(&applied);
+        let mut want = AgentConfig {
+            high_priority_message_frequency: secs(60),
+            low_priority_message_frequency: secs(7200),
+            max_message_size_in_bytes: 65_536,
+            max_local_cache_size_in_bytes: 1_000_000,
+            ..AgentConfig::default()
+        };
+        want.set_priority("Login", Priority::Off);
+        want.aggregations[0].enabled = false;
+        want.aggregations[1].interval = secs(300);
+        assert_eq!(applied.config, want);
+    }
+
+    #[test]
+    fn environment_keys_are_lowercased_and_matched_ignoring_case() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                (
+                    "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
+                    "PT2M",
+                ),
+                ("AZUREIOTSECURITY_AGENT__MAXMESSAGESIZEINBYTES", "131072"),
+                (
+                    "AZUREIOTSECURITY_AGENT__AGGREGATIONENABLEDCONNECTIONCREATE",
+                    "FALSE",
+                ),
+                ("AZUREIOTSECURITY_AGENT__EVENTPRIORITYPROCESSCREATE", "High"),
+                ("AZUREIOTSECURITY_AGENT__SNAPSHOTFREQUENCY__VALUE", "P1D"),
+            ]),
+        )
+        .unwrap();
+        // The config crate lowercases the names and parses numbers and booleans.
+        assert_eq!(s.agent["highprioritymessagefrequency"], json!("PT2M"));
+        assert_eq!(s.agent["maxmessagesizeinbytes"], json!(131_072));
+        assert_eq!(s.agent["aggregationenabledconnectioncreate"], json!(false));
+        assert_eq!(s.agent["snapshotfrequency"], json!({"value": "P1D"}));
+        let applied = agent_config_from_settings(&s);
+        ok(&applied);
+        let mut want = AgentConfig {
+            high_priority_message_frequency: secs(120),
+            max_message_size_in_bytes: 131_072,
+            snapshot_frequency: secs(86_400),
+            ..AgentConfig::default()
+        };
+        want.aggregations[1].enabled = false;
+        want.set_priority("ProcessCreate", Priority::High);
+        assert_eq!(applied.config, want);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let f = settings_file(
+            "[agent]\nhighPriorityMessageFrequency = { value = \"PT1M\" }\nsnapshotFrequency = \"PT3H\"\n",
+        );
+        let s = Settings::load_from(
+            Some(f.path()),
+            env(&[(
+                "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
+                "PT3M",
+            )]),
+        )
+        .unwrap();
+        // Both spellings arrive; the environment's (lowercase) one wins.
+        assert_eq!(s.agent.len(), 3);
+        let applied = agent_config_from_settings(&s);
+        ok(&applied);
+        assert_eq!(applied.config.high_priority_message_frequency, secs(180));
+        assert_eq!(applied.config.snapshot_frequency, secs(3 * 3600));
+    }
+
+    #[test]
+    fn bad_settings_values_leave_the_defaults_and_say_why() {
+        let f = settings_file(
+            "[agent]\nmaxMessageSizeInBytes = \"big\"\nsnapshotFrequency = \"PT1H\"\n",
+        );
+        let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        let applied = agent_config_from_settings(&s);
+        assert!(applied.rejected);
+        assert_eq!(applied.config, AgentConfig::default());
+        assert_eq!(
+            applied.errors,
+            vec![error(
+                "maxMessageSizeInBytes",
+                ConfigurationErrorType::TypeMismatch,
+                "204800",
+                "\"value\" must be an integer from 8192 to 262144, found the string \"big\"",
+            )]
+        );
+    }
+
+    #[test]
+    fn unknown_settings_keys_are_errors_but_the_rest_applies() {
+        let f = settings_file(
+            "[agent]\nhighPriorityFrequency = \"PT1M\"\nsnapshotFrequency = \"PT1H\"\n",
+        );
+        let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        let applied = agent_config_from_settings(&s);
+        assert!(!applied.rejected);
+        assert_eq!(applied.config.snapshot_frequency, secs(3600));
+        assert_eq!(applied.ignored, vec!["highPriorityFrequency"]);
+        assert_eq!(
+            applied.errors,
+            vec![error(
+                "highPriorityFrequency",
+                ConfigurationErrorType::TypeMismatch,
+                "",
+                "unknown setting \"highPriorityFrequency\" in [agent] (AZUREIOTSECURITY_AGENT__<KEY>), ignored: the settings are the keys of ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration, such as highPriorityMessageFrequency",
+            )]
+        );
+    }
+
+    #[test]
+    fn other_sections_still_deny_unknown_keys() {
+        let f = settings_file("[audit]\nno_such_key = 1\n[agent]\nsnapshotFrequency = \"PT1H\"\n");
+        let e = Settings::load_from(Some(f.path()), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("no_such_key"), "{e}");
+        let f = settings_file("[agents]\nsnapshotFrequency = \"PT1H\"\n");
+        let e = Settings::load_from(Some(f.path()), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("agents"), "{e}");
+    }
+
+    #[test]
+    fn check_report_shows_the_effective_settings() {
+        let f = settings_file("[agent]\nmaxMessageSizeInBytes = 10000\n");
+        let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        let (report, errors) = check_report(&s);
+        let want_agent = AgentConfig {
+            max_message_size_in_bytes: 10_000,
+            ..AgentConfig::default()
+        }
+        .to_twin_json();
+        assert_eq!(report["agent"], want_agent);
+        assert_eq!(report["audit"], serde_json::to_value(&s.audit).unwrap());
+        assert_eq!(report["events"], serde_json::to_value(&s.events).unwrap());
+        assert_eq!(report["debug"], serde_json::to_value(&s.debug).unwrap());
+        assert_eq!(report.as_object().unwrap().len(), 4);
+        assert_eq!(
+            report["audit"]["socket_path"],
+            json!("/var/run/audispd_events")
+        );
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].error_type, ConfigurationErrorType::NotOptimal);
+    }
+
+    // ---- properties ----
+
+    fn any_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            (0u64..10_000_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+            (0u64..10_000_000).prop_map(Duration::from_secs),
+            (0u64..100_000).prop_map(Duration::from_millis),
+        ]
+    }
+
+    fn any_priority() -> impl Strategy<Value = Priority> {
+        prop_oneof![
+            Just(Priority::High),
+            Just(Priority::Low),
+            Just(Priority::Off)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(s in any::<String>()) {
+            let _ = parse_duration(&s);
+        }
+
+        #[test]
+        fn parse_never_panics_near_the_grammar(s in "P[0-9YMWDTHS.,-]{0,24}") {
+            if let Ok(d) = parse_duration(&s) {
+                // Whatever parses formats to something that parses to the same duration.
+                prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+            }
+        }
+
+        #[test]
+        fn format_then_parse_round_trips(d in any_duration()) {
+            let text = format_duration(d);
+            prop_assert_eq!(parse_duration(&text), Ok(d), "{}", text);
+        }
+
+        #[test]
+        fn apply_never_panics(v in proptest::collection::btree_map(
+            prop_oneof![
+                Just("maxMessageSizeInBytes".to_string()),
+                Just("snapshotFrequency".to_string()),
+                Just("eventPriorityLogin".to_string()),
+                Just("aggregationEnabledProcessCreate".to_string()),
+                "[a-zA-Z]{0,8}",
+            ],
+            prop_oneof![
+                any::<i64>().prop_map(|n| json!({"value": n})),
+                any::<f64>().prop_map(|f| json!({"value": f})),
+                any::<bool>().prop_map(|b| json!({"value": b})),
+                ".*".prop_map(|s| json!({"value": s})),
+                "P[0-9YMWDTHS.]{0,10}".prop_map(|s| json!({"value": s})),
+                ".*".prop_map(Value::String),
+            ],
+            0..6,
+        )) {
+            let update: Map<String, Value> = v.into_iter().collect();
+            let applied = apply(&AgentConfig::default(), &Value::Object(update));
+            prop_assert_eq!(applied.rejected, applied.errors.iter().any(|e| e.error_type == ConfigurationErrorType::TypeMismatch));
+            if applied.rejected {
+                prop_assert_eq!(applied.config, AgentConfig::default());
+            }
+        }
+
+        #[test]
+        fn valid_configs_round_trip_through_the_twin_form(
+            high in any_duration(),
+            extra in any_duration(),
+            snapshot in any_duration(),
+            message in MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE,
+            cache_extra in 0u64..1 << 40,
+            priorities in proptest::array::uniform14(any_priority()),
+            enabled in proptest::array::uniform3(any::<bool>()),
+            intervals in proptest::array::uniform3(any_duration()),
+        ) {
+            let c = AgentConfig {
+                high_priority_message_frequency: high,
+                low_priority_message_frequency: high.saturating_add(extra),
+                snapshot_frequency: snapshot,
+                max_local_cache_size_in_bytes: message + cache_extra,
+                max_message_size_in_bytes: message,
+                event_priorities: priorities,
+                aggregations: [0, 1, 2].map(|i| Aggregation { enabled: enabled[i], interval: intervals[i] }),
+            };
+            let applied = apply(&custom(), &c.to_twin_json());
+            prop_assert!(!applied.rejected);
+            prop_assert!(applied.errors.iter().all(|e| e.error_type == ConfigurationErrorType::NotOptimal));
+            prop_assert_eq!(applied.errors.len(), usize::from(message % 4096 != 0));
+            prop_assert_eq!(applied.config, c);
+        }
+    }
+}
