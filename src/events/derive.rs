@@ -170,7 +170,7 @@ impl Deriver {
         };
         if types::is_single_record(first.rtype) {
             self.logins.record(&first, &mut self.logins_out);
-            self.drain_logins(ev.node(), out);
+            self.drain_logins(out);
             return;
         }
         let Some(sc) = ev
@@ -196,21 +196,21 @@ impl Deriver {
     /// Emit held logins that are due (by record time).
     pub fn tick(&mut self, out: &mut Vec<SecurityEvent>) {
         self.logins.expire(self.latest_ms, &mut self.logins_out);
-        self.drain_logins(b"", out);
+        self.drain_logins(out);
     }
 
     /// Emit everything held.
     pub fn flush(&mut self, out: &mut Vec<SecurityEvent>) {
         self.logins.flush(&mut self.logins_out);
-        self.drain_logins(b"", out);
+        self.drain_logins(out);
     }
 
-    fn drain_logins(&mut self, node: &[u8], out: &mut Vec<SecurityEvent>) {
+    fn drain_logins(&mut self, out: &mut Vec<SecurityEvent>) {
         for (key, login) in self.logins_out.drain(..) {
             self.stats.login += 1;
             self.stats.events += 1;
             out.push(SecurityEvent {
-                id: event_id(node, &key.id, "Login", 0),
+                id: event_id(&key.node, &key.id, "Login", 0),
                 time_ms: key.id.millis(),
                 payload: Payload::Login(login),
             });

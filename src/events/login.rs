@@ -71,8 +71,10 @@ const INVALID_USER: &str = "(invalid user)";
 const MAX_PIDS: usize = 1024;
 
 /// What identifies the record a Login came from (for its Id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginKey {
+    /// The `node=` of the record (empty without one).
+    pub node: Vec<u8>,
     pub id: crate::audit::parse::EventId,
 }
 
@@ -99,7 +101,8 @@ struct PidState {
 /// The login state machine: per-pid memory of USER_AUTH results and held records.
 #[derive(Debug, Default)]
 pub struct LoginTracker {
-    pids: HashMap<i64, PidState>,
+    /// Keyed by (node, pid): forwarded events of several hosts share pid numbers.
+    pids: HashMap<(Vec<u8>, i64), PidState>,
 }
 
 fn text(v: Option<Value<'_>>) -> Option<String> {
@@ -145,7 +148,12 @@ impl LoginTracker {
         };
         let exe = text(r.get(b"exe")).unwrap_or_default();
         let op = text(r.get(b"op")).unwrap_or_default();
-        let key = LoginKey { id: r.id };
+        let node = r.node.unwrap_or_default().to_vec();
+        let key = LoginKey {
+            node: node.clone(),
+            id: r.id,
+        };
+        let pid = (node, pid);
         match rtype {
             types::USER_END => {
                 if let Some(h) = self.pids.get_mut(&pid).and_then(|st| st.held.take()) {
@@ -169,7 +177,7 @@ impl LoginTracker {
             (_, Some(_)) => LoginResult::Fail,
             (_, None) => return,
         };
-        let Some(login) = build(r, rtype, pid, exe, op, result) else {
+        let Some(login) = build(r, rtype, pid.1, exe, op, result) else {
             return;
         };
         if !self.pids.contains_key(&pid) && self.pids.len() >= MAX_PIDS {
@@ -235,7 +243,12 @@ impl LoginTracker {
     }
 
     fn evict_oldest(&mut self, out: &mut Vec<(LoginKey, Login)>) {
-        if let Some((&oldest, _)) = self.pids.iter().min_by_key(|(_, st)| st.last_ms) {
+        let oldest = self
+            .pids
+            .iter()
+            .min_by_key(|(_, st)| st.last_ms)
+            .map(|(k, _)| k.clone());
+        if let Some(oldest) = oldest {
             if let Some(h) = self.pids.remove(&oldest).and_then(|st| st.held) {
                 out.push((h.key, h.login));
             }
@@ -258,7 +271,7 @@ impl LoginTracker {
                 due.extend(st.held.take());
             }
         }
-        due.sort_by_key(|h| (h.at_ms, h.key.id.serial));
+        due.sort_by(|a, b| (a.at_ms, a.key.id.serial).cmp(&(b.at_ms, b.key.id.serial)));
         out.extend(due.into_iter().map(|h| (h.key, h.login)));
         self.pids
             .retain(|_, st| st.held.is_some() || now_ms.saturating_sub(st.last_ms) <= MEMORY_MS);
