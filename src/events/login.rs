@@ -271,7 +271,7 @@ impl LoginTracker {
                 due.extend(st.held.take());
             }
         }
-        due.sort_by(|a, b| (a.at_ms, a.key.id.serial).cmp(&(b.at_ms, b.key.id.serial)));
+        due.sort_by_key(|h| (h.at_ms, h.key.id.serial));
         out.extend(due.into_iter().map(|h| (h.key, h.login)));
         self.pids
             .retain(|_, st| st.held.is_some() || now_ms.saturating_sub(st.last_ms) <= MEMORY_MS);
