@@ -59,7 +59,7 @@ cleanup() {
 trap cleanup EXIT
 
 [ "$(id -u)" = 0 ] || die "must run as root"
-[ $# -gt 0 ] || die "usage: $0 SCENARIO... (exec_args exec_i386 net_tcp login_ssh login_local enriched_node | all)"
+[ $# -gt 0 ] || die "usage: $0 SCENARIO... (exec_args exec_i386 net_tcp login_ssh login_local enriched_node activity | all)"
 
 # Packages the scenarios need (a fresh CI machine has none of them).
 APT_UPDATED=no
@@ -327,6 +327,38 @@ scenario_enriched_node() {
   cp "$CONF_SAVED" "$AUDITD_CONF"
   CONF_SAVED=
   restart_auditd
+}
+
+# ---------------------------------------------------------------- activity
+# A few minutes of an ordinary device's life, for the cost benchmark: a local service
+# answering health checks, a periodic health script, a log rotation-like job.
+activity_body() {
+  local port end
+  port=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$PY" -m http.server --bind 127.0.0.1 "$port" --directory "$WORK" >/dev/null 2>&1 &
+  local server=$!
+  sleep 1
+  end=$((SECONDS + ${ACTIVITY_SECONDS:-120}))
+  local n=0
+  while [ "$SECONDS" -lt "$end" ]; do
+    n=$((n + 1))
+    date -u +%FT%TZ >/dev/null
+    cat /proc/loadavg >/dev/null
+    df -P / >/dev/null
+    ps -e -o pid=,comm= >/dev/null
+    "$PY" -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/', timeout=5).read()"
+    if [ $((n % 6)) -eq 0 ]; then
+      find "$WORK" -maxdepth 1 -name '*.old' -delete
+      gzip -c /etc/os-release >"$WORK/rotated.old"
+      ip -br addr >/dev/null
+    fi
+    sleep 5
+  done
+  kill "$server" 2>/dev/null || true
+  wait "$server" 2>/dev/null || true
+}
+scenario_activity() {
+  capture activity activity_body
 }
 
 # ----------------------------------------------------------------

@@ -2111,7 +2111,8 @@ mod tests {
         assert_eq!(report["audit"], serde_json::to_value(&s.audit).unwrap());
         assert_eq!(report["events"], serde_json::to_value(&s.events).unwrap());
         assert_eq!(report["debug"], serde_json::to_value(&s.debug).unwrap());
-        assert_eq!(report.as_object().unwrap().len(), 4);
+        assert_eq!(report["module"], serde_json::to_value(&s.module).unwrap());
+        assert_eq!(report.as_object().unwrap().len(), 5);
         assert_eq!(
             report["audit"]["socket_path"],
             json!("/var/run/audispd_events")

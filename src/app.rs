@@ -14,8 +14,14 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::sync::Notify;
 
+use uuid::Uuid;
+
+use crate::agent_config::{self, AgentConfig};
 use crate::audit::source::{self, Chunk, LineQueue, SocketConfig, SourceStats};
-use crate::events::SecurityEvent;
+use crate::delivery::{Outgoing, UpstreamDrops};
+use crate::events::{ConfigurationError, Payload, SecurityEvent};
+use crate::message::Envelope;
+use crate::outbox::{MemoryStore, StoreError};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::settings::Settings;
 
@@ -27,39 +33,207 @@ pub enum AppError {
     Write(#[source] std::io::Error),
     #[error("serializing an event: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-/// Replay audit.log text: one security event (JSON) per line on `out`.
+/// What `run` and `replay` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One security event per line, as derived (before aggregation).
+    Events,
+    /// The security messages as they would be sent, one per line.
+    Messages { agent_id: Uuid },
+}
+
+/// The agent configuration in force: the settings' `[agent]`, and the try-out overrides.
+/// Problems are logged and returned as ConfigurationError payloads.
+pub fn agent_config(settings: &Settings) -> (AgentConfig, Vec<ConfigurationError>) {
+    let applied = agent_config::agent_config_from_settings(settings);
+    for e in &applied.errors {
+        tracing::warn!(
+            setting = %e.configuration_name,
+            error = ?e.error_type,
+            message = %e.message,
+            "agent configuration problem"
+        );
+    }
+    let mut config = applied.config;
+    if settings.module.tryout {
+        tracing::warn!(
+            "try-out mode: messages every 10 s (high) and 20 s (low), statistics every 30 s, aggregation windows of 15 s"
+        );
+        config.high_priority_message_frequency = Duration::from_secs(10);
+        config.low_priority_message_frequency = Duration::from_secs(20);
+        config.snapshot_frequency = Duration::from_secs(30);
+        for a in config.aggregations.iter_mut() {
+            a.interval = Duration::from_secs(15);
+        }
+    }
+    (config, applied.errors)
+}
+
+/// Writes events or messages. In messages mode it owns the outgoing half (aggregation,
+/// store, batching) and writes each message as it is built, acknowledging it.
+pub struct Emitter<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    mode: Mode,
+    settings: Settings,
+    outgoing: Option<Outgoing>,
+}
+
+impl<W: Write> Emitter<W> {
+    pub fn new(settings: &Settings, mode: Mode, out: W) -> Self {
+        Emitter {
+            out,
+            buf: Vec::with_capacity(4096),
+            mode,
+            settings: settings.clone(),
+            outgoing: None,
+        }
+    }
+
+    /// The outgoing half, made at the first use so that its clocks start with the first
+    /// event (record time in `replay`).
+    fn outgoing(&mut self, now_ms: u64, wall_ms: u64) -> Option<&mut Outgoing> {
+        let Mode::Messages { agent_id } = self.mode else {
+            return None;
+        };
+        if self.outgoing.is_none() {
+            let (config, errors) = agent_config(&self.settings);
+            let cache = usize::try_from(config.max_local_cache_size_in_bytes).unwrap_or(usize::MAX);
+            let mut o = Outgoing::new(
+                config,
+                Envelope::new(agent_id, env!("CARGO_PKG_VERSION")),
+                Box::new(MemoryStore::new(cache)),
+                self.settings.module.aggregation_max_entries,
+                now_ms,
+            );
+            if !errors.is_empty() {
+                o.push(
+                    SecurityEvent {
+                        id: Uuid::new_v5(&agent_id, b"ConfigurationError at start"),
+                        time_ms: wall_ms,
+                        payload: Payload::ConfigurationError(errors),
+                    },
+                    now_ms,
+                );
+            }
+            self.outgoing = Some(o);
+        }
+        self.outgoing.as_mut()
+    }
+
+    /// A derived security event.
+    pub fn event(&mut self, ev: SecurityEvent, now_ms: u64, wall_ms: u64) -> Result<(), AppError> {
+        match self.outgoing(now_ms, wall_ms) {
+            Some(o) => {
+                o.push(ev, now_ms);
+                Ok(())
+            }
+            None => write_event(&mut self.buf, &ev, &mut self.out),
+        }
+    }
+
+    /// Time passes: windows, statistics and messages that are due.
+    pub fn tick(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        upstream: UpstreamDrops,
+    ) -> Result<(), AppError> {
+        if self.outgoing.is_none() {
+            return Ok(());
+        }
+        if let Some(o) = self.outgoing.as_mut() {
+            o.tick(now_ms, wall_ms, upstream)?;
+        }
+        self.drain()
+    }
+
+    /// The end: the last statistics period, every window and pending event into messages.
+    pub fn finish(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        upstream: UpstreamDrops,
+    ) -> Result<(), AppError> {
+        // What is pending goes first, so that the last statistics count it as sent.
+        if let Some(o) = self.outgoing(now_ms, wall_ms) {
+            o.flush()?;
+        }
+        self.drain()?;
+        if let Some(o) = self.outgoing.as_mut() {
+            o.snapshot(wall_ms, upstream);
+            o.flush()?;
+        }
+        self.drain()?;
+        self.out.flush().map_err(AppError::Write)
+    }
+
+    fn drain(&mut self) -> Result<(), AppError> {
+        let Some(o) = self.outgoing.as_mut() else {
+            return Ok(());
+        };
+        while let Some(m) = o.next_message()? {
+            self.out
+                .write_all(m.body.as_bytes())
+                .map_err(AppError::Write)?;
+            self.out.write_all(b"\n").map_err(AppError::Write)?;
+            o.sent(&m)?;
+        }
+        Ok(())
+    }
+
+    /// Totals of the outgoing half (messages mode).
+    pub fn outgoing_totals(&self) -> Option<crate::delivery::TotalStats> {
+        self.outgoing.as_ref().map(|o| o.totals().clone())
+    }
+}
+
+/// Replay audit.log text: security events or messages, one per line on `out`, with time
+/// taken from the records.
 pub fn replay<R: BufRead, W: Write>(
     settings: &Settings,
     input: R,
-    mut out: W,
+    out: W,
+    mode: Mode,
 ) -> Result<PipelineStats, AppError> {
     let mut pipeline = Pipeline::new(settings);
     let mut events = Vec::new();
-    let mut write_err = None;
-    let mut buf = Vec::with_capacity(4096);
-    let mut emit = |events: &mut Vec<SecurityEvent>, out: &mut W| {
+    let mut emitter = Emitter::new(settings, mode, out);
+    let mut clock = 0u64;
+    let mut err = None;
+    let mut emit = |events: &mut Vec<SecurityEvent>,
+                    emitter: &mut Emitter<W>,
+                    pipeline: &Pipeline,
+                    clock: &mut u64| {
         for ev in events.drain(..) {
-            if write_err.is_some() {
-                continue;
+            *clock = (*clock).max(ev.time_ms);
+            if err.is_none() {
+                err = emitter.event(ev, *clock, *clock).err();
             }
-            if let Err(e) = write_event(&mut buf, &ev, out) {
-                write_err = Some(e);
-            }
+        }
+        if err.is_none() && *clock > 0 {
+            err = emitter
+                .tick(*clock, *clock, pipeline.upstream_drops())
+                .err();
         }
     };
     let oversized = source::read_lines(input, settings.audit.max_line_bytes, |line| {
         pipeline.push_line(line, 0, &mut events);
-        emit(&mut events, &mut out);
+        if !events.is_empty() {
+            emit(&mut events, &mut emitter, &pipeline, &mut clock);
+        }
     })
     .map_err(AppError::Read)?;
     pipeline.flush(&mut events);
-    emit(&mut events, &mut out);
-    if let Some(e) = write_err {
+    emit(&mut events, &mut emitter, &pipeline, &mut clock);
+    if let Some(e) = err {
         return Err(e);
     }
-    out.flush().map_err(AppError::Write)?;
+    emitter.finish(clock, clock, pipeline.upstream_drops())?;
     if oversized > 0 {
         tracing::warn!(lines = oversized, "over-long lines skipped");
     }
@@ -84,11 +258,14 @@ const TICK: Duration = Duration::from_millis(100);
 const STATS_EVERY: Duration = Duration::from_secs(60);
 
 /// Run on the live socket until `shutdown` is notified; events go to `sink`.
-pub async fn run(
+pub async fn run<W: Write + Send + 'static>(
     settings: Settings,
     shutdown: Arc<Notify>,
-    mut sink: impl FnMut(&SecurityEvent) -> Result<(), AppError> + Send + 'static,
+    mode: Mode,
+    out: W,
 ) -> Result<PipelineStats, AppError> {
+    let mut emitter = Emitter::new(&settings, mode, out);
+    let wall_ms = || u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     let start = Instant::now();
     let now_ms = move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let queue = LineQueue::new(settings.audit.queue_max_bytes);
@@ -145,7 +322,7 @@ pub async fn run(
                             rules_warned = true;
                             tracing::warn!(
                                 minutes = rules_warn_ms / 60_000,
-                                "no audit event with the key azureiotsecurity arrived: the module's audit rules may not be loaded. Load them as root with: azureiotsecurity rules | auditctl -R /dev/stdin"
+                                "no audit event with the key azureiotsecurity arrived: the module's audit rules may not be loaded. Load them as root with: azureiotsecurity rules > /tmp/r && auditctl -R /tmp/r (auditctl -R fails silently on a pipe)"
                             );
                         }
                     }
@@ -156,9 +333,11 @@ pub async fn run(
                 }
                 _ = shutdown.notified() => return Ok(()),
             }
+            let now = now_ms();
             for ev in events.drain(..) {
-                sink(&ev)?;
+                emitter.event(ev, now, wall_ms())?;
             }
+            emitter.tick(now, wall_ms(), upstream(&pipeline, &source_stats))?;
         }
     }
     .await;
@@ -169,13 +348,22 @@ pub async fn run(
         feed(&mut pipeline, chunk, now_ms(), &mut events);
     }
     pipeline.flush(&mut events);
+    let now = now_ms();
     for ev in events.drain(..) {
-        sink(&ev)?;
+        emitter.event(ev, now, wall_ms())?;
     }
+    emitter.finish(now, wall_ms(), upstream(&pipeline, &source_stats))?;
     result?;
     let stats = pipeline.stats();
     log_stats(&stats, &source_stats, 0);
     Ok(stats)
+}
+
+fn upstream(p: &Pipeline, s: &SourceStats) -> UpstreamDrops {
+    UpstreamDrops {
+        socket_queue_lines: s.lines_dropped.load(Ordering::Relaxed),
+        ..p.upstream_drops()
+    }
 }
 
 fn feed(pipeline: &mut Pipeline, chunk: Chunk, now: u64, events: &mut Vec<SecurityEvent>) {

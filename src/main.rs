@@ -24,19 +24,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the module: read auditd's af_unix socket and print the security events derived.
+    /// Run the module: read auditd's af_unix socket and print the security messages it
+    /// would send, as they are due (one JSON message per line).
     Run {
         /// Settings file (TOML); environment variables AZUREIOTSECURITY_<SECTION>__<KEY> override it.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print each security event as it is derived instead of messages (debugging).
+        #[arg(long)]
+        events: bool,
     },
-    /// Audit log text (a file, or - for stdin) to security events, one JSON object per line.
+    /// Audit log text (a file, or - for stdin) to security events, one JSON object per line,
+    /// or with --messages to the security messages `run` would send for it.
     Replay {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print the messages instead of the events.
+        #[arg(long)]
+        messages: bool,
+        /// The AgentId of the messages (default: a fixed GUID, so output is reproducible).
+        #[arg(long, default_value = "8a3b3c4e-5f60-4718-9a2b-3c4d5e6f7a80")]
+        agent_id: uuid::Uuid,
         /// audit.log text; - or nothing for standard input.
         file: Option<PathBuf>,
     },
+    /// Check security messages (JSON lines, a file or - for stdin) with the module's own
+    /// schema rules; exit 1 and say why on any failure.
+    Validate { file: Option<PathBuf> },
     /// Print the audit rules the module needs (auditctl -R format).
     Rules {
         /// Architecture (uname -m form: x86_64, i686, aarch64, armv7l); default: this machine's.
@@ -105,29 +119,79 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::CheckConfig { file } => {
             let s = Settings::load(file.as_deref())?;
-            println!("{}", toml_like(&s)?);
-            Ok(ExitCode::SUCCESS)
+            let (report, errors) = azureiotsecurity::agent_config::check_report(&s);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            for e in &errors {
+                eprintln!(
+                    "{:?} {}: {} (in force: {})",
+                    e.error_type, e.configuration_name, e.message, e.used_configuration
+                );
+            }
+            Ok(if errors.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Replay { config, file } => {
-            let settings = Settings::load(config.as_deref())?;
+        Command::Validate { file } => {
             let stdout = std::io::stdout().lock();
-            let out = std::io::BufWriter::new(stdout);
-            let stats = match file.as_deref() {
-                None => app::replay(&settings, std::io::stdin().lock(), out)?,
+            let (ok, bad) = match file.as_deref() {
+                None => {
+                    azureiotsecurity::validate::validate_lines(std::io::stdin().lock(), stdout)?
+                }
                 Some(p) if p.as_os_str() == "-" => {
-                    app::replay(&settings, std::io::stdin().lock(), out)?
+                    azureiotsecurity::validate::validate_lines(std::io::stdin().lock(), stdout)?
                 }
                 Some(p) => {
                     let f = std::fs::File::open(p)
                         .with_context(|| format!("opening {}", p.display()))?;
-                    app::replay(&settings, BufReader::with_capacity(1 << 20, f), out)?
+                    azureiotsecurity::validate::validate_lines(BufReader::new(f), stdout)?
+                }
+            };
+            tracing::debug!(ok, bad, "validated");
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Replay {
+            config,
+            messages,
+            agent_id,
+            file,
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            let mode = if messages {
+                app::Mode::Messages { agent_id }
+            } else {
+                app::Mode::Events
+            };
+            let stdout = std::io::stdout().lock();
+            let out = std::io::BufWriter::new(stdout);
+            let stats = match file.as_deref() {
+                None => app::replay(&settings, std::io::stdin().lock(), out, mode)?,
+                Some(p) if p.as_os_str() == "-" => {
+                    app::replay(&settings, std::io::stdin().lock(), out, mode)?
+                }
+                Some(p) => {
+                    let f = std::fs::File::open(p)
+                        .with_context(|| format!("opening {}", p.display()))?;
+                    app::replay(&settings, BufReader::with_capacity(1 << 20, f), out, mode)?
                 }
             };
             tracing::debug!(?stats, "replay finished");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config } => {
+        Command::Run { config, events } => {
             let settings = Settings::load(config.as_deref())?;
+            let mode = if events {
+                app::Mode::Events
+            } else {
+                let dir = &settings.module.data_dir;
+                let agent_id = azureiotsecurity::agent_id::load_or_create(dir)?;
+                app::Mode::Messages { agent_id }
+            };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -141,12 +205,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     tracing::info!("stopping: flushing what is in flight");
                     sd.notify_one();
                 });
-                let mut out = std::io::LineWriter::new(std::io::stdout());
-                let mut buf = Vec::with_capacity(4096);
-                app::run(settings, shutdown, move |ev| {
-                    app::write_event(&mut buf, ev, &mut out)
-                })
-                .await
+                let out = std::io::LineWriter::new(std::io::stdout());
+                app::run(settings, shutdown, mode, out).await
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -169,10 +229,6 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-fn toml_like(s: &Settings) -> Result<String> {
-    Ok(serde_json::to_string_pretty(s)?)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

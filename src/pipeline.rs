@@ -127,6 +127,16 @@ impl Pipeline {
         self.deriver.flush(out);
     }
 
+    /// Drops upstream of the outgoing queues (the socket queue's are added by `run`).
+    pub fn upstream_drops(&self) -> crate::delivery::UpstreamDrops {
+        let c = self.coalescer.stats();
+        crate::delivery::UpstreamDrops {
+            socket_queue_lines: 0,
+            coalescer_evicted: c.evicted,
+            estimated_kernel_loss: c.estimated_lost,
+        }
+    }
+
     pub fn stats(&self) -> PipelineStats {
         PipelineStats {
             lines: self.lines,

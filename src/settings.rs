@@ -29,6 +29,7 @@ pub struct Settings {
     pub audit: AuditSettings,
     pub events: EventSettings,
     pub debug: DebugSettings,
+    pub module: ModuleSettings,
     /// `[agent]`: the agent configuration (the module twin's
     /// `ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration` settings), as plain values
     /// (`highPriorityMessageFrequency = "PT7M"`) or `{ value = "PT7M" }` tables. Key names are
@@ -73,6 +74,31 @@ pub struct EventSettings {
     pub process_cache_bytes: usize,
     /// A command line longer than this is shortened (and the event says so).
     pub max_command_line_bytes: usize,
+}
+
+/// The module's own state and modes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModuleSettings {
+    /// Where the AgentId (and, later, the outbox) is kept: a volume in the deployment
+    /// manifest.
+    pub data_dir: PathBuf,
+    /// Aggregation cache entries per event type.
+    pub aggregation_max_entries: usize,
+    /// Try-out mode, for seeing real messages within a minute: high-priority messages every
+    /// 10 s, low every 20 s, statistics every 30 s, aggregation windows of 15 s. It overrides
+    /// the agent configuration's frequencies; never for production.
+    pub tryout: bool,
+}
+
+impl Default for ModuleSettings {
+    fn default() -> Self {
+        ModuleSettings {
+            data_dir: PathBuf::from("/var/lib/azureiotsecurity"),
+            aggregation_max_entries: 256,
+            tryout: false,
+        }
+    }
 }
 
 /// Test and diagnosis knobs; all off by default.
@@ -179,6 +205,9 @@ impl Settings {
                 "audit.max_inflight_bytes",
                 "must be at least audit.max_event_bytes",
             );
+        }
+        if self.module.aggregation_max_entries == 0 {
+            return bad("module.aggregation_max_entries", "must be positive");
         }
         if self.events.process_cache_entries == 0 {
             return bad("events.process_cache_entries", "must be positive");

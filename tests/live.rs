@@ -1616,3 +1616,107 @@ fn paused_pipeline_drops_in_the_module_not_in_auditd() {
         lost_after - lost_before
     );
 }
+
+// ------------------------------------------------------------------------------------------
+// `run` as the README shows it: messages, in try-out mode, within a minute.
+// ------------------------------------------------------------------------------------------
+
+/// Kills a child on drop (a failing assertion must not leave the module running).
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn run_prints_valid_messages_within_a_minute() {
+    let _lock = serial();
+    harness::require_auditd();
+    let data = tempfile::tempdir().expect("data dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        .arg("run")
+        .env("TZ", "UTC")
+        .env("AZUREIOTSECURITY_MODULE__TRYOUT", "true")
+        .env("AZUREIOTSECURITY_MODULE__DATA_DIR", data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the module");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut guard = KillOnDrop(child);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let token = harness::nonce(8);
+    let marker = format!("azureiotsecurity-message-marker-{token}");
+    let start = Instant::now();
+    let mut messages = Vec::new();
+    let mut found = None;
+    // Keep running the marker until it arrives in a message (the first execs may be lost
+    // while auditd discovers that a previous client left).
+    while start.elapsed() < Duration::from_secs(90) && found.is_none() {
+        let _ = Command::new("/bin/true").arg(&marker).status();
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            if line.contains(&marker) {
+                found = Some(start.elapsed());
+            }
+            messages.push(line);
+        }
+    }
+    let Some(after) = found else {
+        panic!("no message with the marker within 90 s; got {} messages", messages.len());
+    };
+    assert!(after < Duration::from_secs(75), "first marker message after {after:?}");
+    // SIGTERM: the rest is flushed and the module exits 0.
+    let pid = guard.0.id().to_string();
+    run_ok("kill", &["-TERM", &pid]);
+    let status = guard.0.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        messages.push(line);
+    }
+    // The AgentId was created in the data directory and is in every message.
+    let agent_id = std::fs::read_to_string(data.path().join("agent_id")).expect("agent_id file");
+    let agent_id = agent_id.trim();
+    let mut names = BTreeSet::new();
+    for m in &messages {
+        let v: Value = serde_json::from_str(m).expect("a message is JSON");
+        assert_eq!(v["AgentId"], agent_id);
+        for e in v["Events"].as_array().expect("Events") {
+            names.insert(e["Name"].as_str().unwrap_or("").to_string());
+        }
+        assert!(m.len() <= 204_800);
+    }
+    // The marker exec, aggregated (try-out windows are 15 s), and the statistics of the
+    // final period.
+    let marker_event = messages
+        .iter()
+        .flat_map(|m| {
+            let v: Value = serde_json::from_str(m).unwrap();
+            v["Events"].as_array().unwrap().clone()
+        })
+        .find(|e| e["Payload"][0]["CommandLine"] == format!("/bin/true {marker}"))
+        .expect("the marker's ProcessCreate");
+    assert_eq!(marker_event["Category"], "Triggered");
+    let hits: u64 = marker_event["Payload"][0]["ExtraDetails"]["HitCount"]
+        .as_str()
+        .expect("HitCount")
+        .parse()
+        .expect("a number");
+    assert!(hits >= 1);
+    assert!(names.contains("MessageStatistics"), "{names:?}");
+    assert!(names.contains("DroppedEventsStatistics"), "{names:?}");
+    for (m, v) in messages.iter().zip(support::reference_validate(&messages)) {
+        assert_eq!(v, "ok", "{}", &m[..m.len().min(300)]);
+    }
+}

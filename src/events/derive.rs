@@ -125,6 +125,8 @@ struct Syscall0<'a> {
     success: bool,
     exit: Option<i64>,
     pid: i64,
+    /// i386's socketcall multiplexer: the arguments are in the SOCKETCALL record.
+    socketcall: bool,
 }
 
 fn text(v: Option<Value<'_>>) -> Option<String> {
@@ -283,41 +285,23 @@ impl Deriver {
 
     /// The fd a socket call works on: a0 of the SYSCALL record, or of the SOCKETCALL record
     /// for i386's socketcall (whose a1 points to the real arguments).
-    fn call_fd(ev: &AuditEvent, sc: &Syscall0<'_>) -> Option<u64> {
-        let v = if sc
-            .rec
-            .get(b"syscall")
-            .and_then(|v| v.as_u64())
-            .is_some_and(|n| {
-                syscalls::is_socketcall(sc.rec.get(b"arch").map_or(&b""[..], |v| v.raw()), n)
-            }) {
+    /// The hex argument `arg` (a0, a1 …) of a socket call: from the SYSCALL record, or for
+    /// i386's socketcall (whose a1 only points to the real arguments) from its SOCKETCALL
+    /// record.
+    fn socket_arg(ev: &AuditEvent, sc: &Syscall0<'_>, arg: &[u8]) -> Option<u64> {
+        let v = if sc.socketcall {
             ev.records()
                 .find(|r| r.rtype == types::SOCKETCALL)
-                .and_then(|r| r.get(b"a0"))
+                .and_then(|r| r.get(arg))
         } else {
-            sc.rec.get(b"a0")
+            sc.rec.get(arg)
         }?;
-        u64::from_str_radix(std::str::from_utf8(v.raw()).ok()?, 16).ok()
+        syscalls::parse_hex_u64(v.raw())
     }
 
     fn socket(&mut self, ev: &AuditEvent, sc: &Syscall0<'_>) {
         // socket(family, type, protocol) returns the fd; type may carry SOCK_NONBLOCK etc.
-        let args: Option<(u64, u64)> = (|| {
-            let (fam, ty) = if sc
-                .rec
-                .get(b"syscall")
-                .and_then(|v| v.as_u64())
-                .is_some_and(|n| {
-                    syscalls::is_socketcall(sc.rec.get(b"arch").map_or(&b""[..], |v| v.raw()), n)
-                }) {
-                let r = ev.records().find(|r| r.rtype == types::SOCKETCALL)?;
-                (r.get(b"a0")?, r.get(b"a1")?)
-            } else {
-                (sc.rec.get(b"a0")?, sc.rec.get(b"a1")?)
-            };
-            let h = |v: Value<'_>| u64::from_str_radix(std::str::from_utf8(v.raw()).ok()?, 16).ok();
-            Some((h(fam)?, h(ty)?))
-        })();
+        let args = Self::socket_arg(ev, sc, b"a0").zip(Self::socket_arg(ev, sc, b"a1"));
         let (Some((family, ty)), Some(fd)) = (args, sc.exit) else {
             return;
         };
@@ -347,7 +331,10 @@ impl Deriver {
         else {
             return;
         };
-        let (addr, port, mapped) = match decode::sockaddr(saddr.raw()) {
+        // sa_family is host-endian: the record's arch says which host.
+        let endian =
+            syscalls::Endian::of_arch_hex(sc.rec.get(b"arch").map_or(&b""[..], |v| v.raw()));
+        let (addr, port, mapped) = match decode::sockaddr_endian(saddr.raw(), endian) {
             Ok(SockAddr::Inet(a)) => (a.ip().to_string(), a.port(), false),
             Ok(SockAddr::Inet6 { addr, v4_mapped }) => match v4_mapped {
                 Some(v4) => (v4.to_string(), addr.port(), true),
@@ -374,7 +361,8 @@ impl Deriver {
             // accept() only exists for connection-oriented sockets.
             Direction::In => "TCP",
             Direction::Out => {
-                match Self::call_fd(ev, sc).and_then(|fd| self.sockets.get(&(sc.pid, fd))) {
+                match Self::socket_arg(ev, sc, b"a0").and_then(|fd| self.sockets.get(&(sc.pid, fd)))
+                {
                     Some(SockType::Tcp) => "TCP",
                     Some(SockType::Udp) => "UDP",
                     _ => "Unknown",
@@ -422,6 +410,7 @@ fn parse_syscall(rec: Record<'_>) -> Option<Syscall0<'_>> {
     let no = rec.get(b"syscall")?.as_u64()?;
     let a0 = rec.get(b"a0").map(|v| v.raw());
     let call = syscalls::classify(arch.raw(), no, a0);
+    let socketcall = syscalls::is_socketcall(arch.raw(), no);
     let success = rec.get(b"success").is_some_and(|v| v.raw() == b"yes");
     let exit = rec.get(b"exit").and_then(|v| v.as_i64());
     let pid = rec.get(b"pid")?.as_i64()?;
@@ -431,6 +420,7 @@ fn parse_syscall(rec: Record<'_>) -> Option<Syscall0<'_>> {
         success,
         exit,
         pid,
+        socketcall,
     })
 }
 

@@ -226,7 +226,7 @@ impl Module {
     pub fn spawn(env: &[(&str, &str)]) -> Module {
         require_auditd();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"));
-        cmd.arg("run");
+        cmd.args(["run", "--events"]);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("AZUREIOTSECURITY_") {
                 cmd.env_remove(k);

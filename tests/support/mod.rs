@@ -45,14 +45,22 @@ pub fn reference_validate(messages: &[String]) -> Vec<String> {
                 py.display()
             )
         });
-    {
-        let mut stdin = child.stdin.take().expect("stdin");
-        for m in messages {
+    // Write from another thread: the validator answers line by line, and with a large batch
+    // its stdout pipe would fill while we are still writing (a deadlock).
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input: Vec<u8> = messages
+        .iter()
+        .flat_map(|m| {
             assert!(!m.contains('\n'), "one message per line");
-            writeln!(stdin, "{m}").expect("write to validator");
-        }
-    }
+            m.bytes().chain(std::iter::once(b'\n'))
+        })
+        .collect();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().expect("validator output");
+    writer
+        .join()
+        .expect("writer thread")
+        .expect("write to the validator");
     assert!(
         out.status.success(),
         "reference validator failed: {}",
@@ -87,12 +95,15 @@ pub fn run_bin(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the module binary");
-    {
-        let mut si = child.stdin.take().expect("stdin");
-        // The child may exit before reading everything (bad arguments): ignore EPIPE.
-        let _ = si.write_all(stdin);
-    }
+    let mut si = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    // From another thread, so that a large output cannot block the child while we write. The
+    // child may exit before reading everything (bad arguments): EPIPE is ignored.
+    let writer = std::thread::spawn(move || {
+        let _ = si.write_all(&data);
+    });
     let out = child.wait_with_output().expect("module output");
+    let _ = writer.join();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

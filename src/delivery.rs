@@ -1,0 +1,356 @@
+//! From security events to stored messages: aggregation, priorities, the store, batching,
+//! and the per-period statistics events (MessageStatistics, DroppedEventsStatistics).
+//!
+//! A synchronous state machine like the other stages. It takes two clocks from its caller:
+//! `now_ms`, a monotonic clock for windows and frequencies (a device's wall clock jumps at
+//! NTP sync), and `wall_ms`, the time written into the events it makes. `replay` passes
+//! record time for both, so its output depends only on its input.
+//!
+//! Statistics count per period (not cumulative), as the schema's descriptions say: each
+//! snapshot (`snapshotFrequency`) reports what happened since the previous one and starts
+//! over. Drops that belong to no queue (the socket queue, coalescer eviction, estimated
+//! kernel loss) go into the ExtraDetails of DroppedEventsStatistics.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::agent_config::{AgentConfig, Priority};
+use crate::aggregate::{AggregateConfig, Aggregator};
+use crate::events::operational::{DroppedEvents, MessageStatistics, QueueName};
+use crate::events::{ExtraDetails, Payload, SecurityEvent};
+use crate::message::{BatchConfig, Batcher, CHUNK, Envelope, FitError, serialize_fitting};
+use crate::outbox::{Pending, Store, StoreError, StoredMessage};
+
+/// Drops upstream of the queues, reported in DroppedEventsStatistics' ExtraDetails.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct UpstreamDrops {
+    /// Lines the socket reader's queue dropped.
+    pub socket_queue_lines: u64,
+    /// Audit events the coalescer emitted early because its bounds were reached.
+    pub coalescer_evicted: u64,
+    /// Estimated kernel/auditd loss (serial gaps).
+    pub estimated_kernel_loss: u64,
+}
+
+/// What one statistics period counted.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct PeriodStats {
+    pub collected_high: u64,
+    pub collected_low: u64,
+    pub dropped_high: u64,
+    pub dropped_low: u64,
+    pub messages_sent: u64,
+    pub messages_under_4kb: u64,
+    pub messages_failed: u64,
+    pub bytes_sent: u64,
+    pub chunks_sent: u64,
+}
+
+/// Totals since start, for the logs and `/metrics`.
+pub type TotalStats = PeriodStats;
+
+/// The outgoing half of the module.
+pub struct Outgoing {
+    config: AgentConfig,
+    aggregator: Aggregator,
+    batcher: Batcher,
+    store: Box<dyn Store + Send>,
+    period: PeriodStats,
+    totals: TotalStats,
+    /// Upstream drop counters at the start of the period (they are cumulative).
+    upstream_mark: UpstreamDrops,
+    last_snapshot_ms: u64,
+    snapshot_seq: u64,
+    max_aggregation_entries: usize,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("period", &self.period)
+            .field("totals", &self.totals)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The batching part of the agent configuration.
+pub fn batch_config(c: &AgentConfig, app_properties_bytes: usize) -> BatchConfig {
+    BatchConfig {
+        max_message_bytes: usize::try_from(c.max_message_size_in_bytes).unwrap_or(usize::MAX),
+        app_properties_bytes,
+        high_frequency_ms: ms(c.high_priority_message_frequency),
+        low_frequency_ms: ms(c.low_priority_message_frequency),
+    }
+}
+
+fn aggregate_config(c: &AgentConfig, max_entries: usize) -> AggregateConfig {
+    let max_bytes = usize::try_from(c.max_local_cache_size_in_bytes).unwrap_or(usize::MAX);
+    AggregateConfig {
+        process_create: c.aggregation("ProcessCreate").map(ms),
+        connection_create: c.aggregation("ConnectionCreate").map(ms),
+        max_entries,
+        max_bytes,
+    }
+}
+
+impl Outgoing {
+    /// `max_aggregation_entries`: per event type (the module setting, default 256).
+    pub fn new(
+        config: AgentConfig,
+        envelope: Envelope,
+        store: Box<dyn Store + Send>,
+        max_aggregation_entries: usize,
+        now_ms: u64,
+    ) -> Self {
+        Outgoing {
+            aggregator: Aggregator::new(aggregate_config(&config, max_aggregation_entries)),
+            batcher: Batcher::new(batch_config(&config, 0), envelope, now_ms),
+            config,
+            store,
+            period: PeriodStats::default(),
+            totals: TotalStats::default(),
+            upstream_mark: UpstreamDrops::default(),
+            last_snapshot_ms: now_ms,
+            snapshot_seq: 0,
+            max_aggregation_entries,
+        }
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// A new configuration (settings or twin): windows that no longer apply are flushed.
+    pub fn set_config(&mut self, config: AgentConfig, now_ms: u64) {
+        let mut out = Vec::new();
+        self.aggregator.set_config(
+            aggregate_config(&config, self.max_aggregation_entries),
+            now_ms,
+            &mut out,
+        );
+        self.batcher.set_config(batch_config(&config, 0));
+        self.config = config;
+        for ev in out {
+            self.enqueue(ev);
+        }
+    }
+
+    /// A security event from the deriver (or an operational one).
+    pub fn push(&mut self, ev: SecurityEvent, now_ms: u64) {
+        if self.config.priority(ev.payload.name()) == Priority::Off {
+            return;
+        }
+        let mut out = Vec::new();
+        self.aggregator.push(ev, now_ms, &mut out);
+        for ev in out {
+            self.enqueue(ev);
+        }
+    }
+
+    fn enqueue(&mut self, mut ev: SecurityEvent) {
+        let queue = match self.config.priority(ev.payload.name()) {
+            Priority::Off => return,
+            Priority::High => QueueName::High,
+            Priority::Low => QueueName::Low,
+        };
+        let limit = self.batcher.config().body_limit();
+        let json = match serialize_fitting(&mut ev, self.batcher.envelope(), limit) {
+            Ok((json, _)) => json,
+            Err(e) => {
+                let why = match e {
+                    FitError::TooLarge { bytes, limit } => {
+                        format!("{bytes} bytes, the limit is {limit}")
+                    }
+                    FitError::Json(e) => e,
+                };
+                tracing::error!(event = ev.payload.name(), %why, "an event fits in no message: dropped (counted)");
+                self.count_collected(queue, 1);
+                self.count_dropped(queue, 1);
+                return;
+            }
+        };
+        self.count_collected(queue, 1);
+        match self.store.add_pending(Pending { queue, json }) {
+            Ok(d) => {
+                self.count_dropped(QueueName::High, d.high);
+                self.count_dropped(QueueName::Low, d.low);
+                if d.high + d.low > 0 {
+                    tracing::warn!(
+                        high = d.high,
+                        low = d.low,
+                        "the local cache (maxLocalCacheSizeInBytes) is full: oldest events dropped (counted)"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the store refused an event: dropped (counted)");
+                self.count_dropped(queue, 1);
+            }
+        }
+    }
+
+    fn count_collected(&mut self, q: QueueName, n: u64) {
+        for p in [&mut self.period, &mut self.totals] {
+            match q {
+                QueueName::High => p.collected_high += n,
+                QueueName::Low => p.collected_low += n,
+            }
+        }
+    }
+
+    fn count_dropped(&mut self, q: QueueName, n: u64) {
+        for p in [&mut self.period, &mut self.totals] {
+            match q {
+                QueueName::High => p.dropped_high += n,
+                QueueName::Low => p.dropped_low += n,
+            }
+        }
+    }
+
+    /// Windows, statistics snapshots and messages that are due. `upstream` are the current
+    /// (cumulative) upstream drop counters.
+    pub fn tick(
+        &mut self,
+        now_ms: u64,
+        wall_ms: u64,
+        upstream: UpstreamDrops,
+    ) -> Result<(), StoreError> {
+        let mut out = Vec::new();
+        self.aggregator.tick(now_ms, &mut out);
+        for ev in out {
+            self.enqueue(ev);
+        }
+        let snapshot_ms = ms(self.config.snapshot_frequency);
+        if now_ms.saturating_sub(self.last_snapshot_ms) >= snapshot_ms {
+            self.last_snapshot_ms = now_ms;
+            self.snapshot(wall_ms, upstream);
+        }
+        self.batcher.tick(self.store.as_mut(), now_ms)?;
+        Ok(())
+    }
+
+    /// Emit the statistics events of the period that ends now, and start a new one.
+    pub fn snapshot(&mut self, wall_ms: u64, upstream: UpstreamDrops) {
+        let p = std::mem::take(&mut self.period);
+        let mark = std::mem::replace(&mut self.upstream_mark, upstream);
+        self.snapshot_seq += 1;
+        let agent = self.batcher.envelope().agent_id();
+        let id = |name: &str, seq: u64| Uuid::new_v5(&agent, format!("{name} {seq}").as_bytes());
+        let mut extra = ExtraDetails::new();
+        extra.insert(
+            "SocketQueueDroppedLines",
+            upstream
+                .socket_queue_lines
+                .saturating_sub(mark.socket_queue_lines)
+                .to_string(),
+        );
+        extra.insert(
+            "CoalescerEvicted",
+            upstream
+                .coalescer_evicted
+                .saturating_sub(mark.coalescer_evicted)
+                .to_string(),
+        );
+        extra.insert(
+            "EstimatedKernelLoss",
+            upstream
+                .estimated_kernel_loss
+                .saturating_sub(mark.estimated_kernel_loss)
+                .to_string(),
+        );
+        let dropped = SecurityEvent {
+            id: id("DroppedEventsStatistics", self.snapshot_seq),
+            time_ms: wall_ms,
+            payload: Payload::DroppedEventsStatistics(vec![
+                DroppedEvents {
+                    queue: QueueName::High,
+                    collected_events: p.collected_high,
+                    dropped_events: p.dropped_high,
+                    extra_details: extra.clone(),
+                },
+                DroppedEvents {
+                    queue: QueueName::Low,
+                    collected_events: p.collected_low,
+                    dropped_events: p.dropped_low,
+                    extra_details: extra,
+                },
+            ]),
+        };
+        let mut mextra = ExtraDetails::new();
+        mextra.insert("BytesSent", p.bytes_sent.to_string());
+        mextra.insert("ChunksSent", p.chunks_sent.to_string());
+        let stats = SecurityEvent {
+            id: id("MessageStatistics", self.snapshot_seq),
+            time_ms: wall_ms,
+            payload: Payload::MessageStatistics(MessageStatistics {
+                messages_sent: p.messages_sent,
+                messages_under_4kb: p.messages_under_4kb,
+                total_failed: p.messages_failed,
+                extra_details: mextra,
+            }),
+        };
+        // Straight into the queues: statistics are not aggregated.
+        for ev in [stats, dropped] {
+            if self.config.priority(ev.payload.name()) != Priority::Off {
+                self.enqueue(ev);
+            }
+        }
+    }
+
+    /// Everything into messages (shutdown, end of a replay).
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        let mut out = Vec::new();
+        self.aggregator.flush(&mut out);
+        for ev in out {
+            self.enqueue(ev);
+        }
+        self.batcher.flush(self.store.as_mut())?;
+        Ok(())
+    }
+
+    /// The oldest message waiting to be sent.
+    pub fn next_message(&self) -> Result<Option<StoredMessage>, StoreError> {
+        self.store.next_message()
+    }
+
+    /// The message was delivered.
+    pub fn sent(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+        self.store.ack(&m.message_id)?;
+        let len = m.body.len() as u64;
+        for p in [&mut self.period, &mut self.totals] {
+            p.messages_sent += 1;
+            p.bytes_sent += len;
+            p.chunks_sent += len.div_ceil(CHUNK as u64);
+            if len < CHUNK as u64 {
+                p.messages_under_4kb += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The message was rejected (final): its events are dropped.
+    pub fn rejected(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+        if let Some(m) = self.store.reject(&m.message_id)? {
+            for p in [&mut self.period, &mut self.totals] {
+                p.messages_failed += 1;
+            }
+            self.count_dropped(QueueName::High, m.high_events);
+            self.count_dropped(QueueName::Low, m.low_events);
+        }
+        Ok(())
+    }
+
+    pub fn totals(&self) -> &TotalStats {
+        &self.totals
+    }
+
+    pub fn batch_stats(&self) -> &crate::message::BatchStats {
+        self.batcher.stats()
+    }
+}
