@@ -1674,9 +1674,15 @@ fn run_prints_valid_messages_within_a_minute() {
         }
     }
     let Some(after) = found else {
-        panic!("no message with the marker within 90 s; got {} messages", messages.len());
+        panic!(
+            "no message with the marker within 90 s; got {} messages",
+            messages.len()
+        );
     };
-    assert!(after < Duration::from_secs(75), "first marker message after {after:?}");
+    assert!(
+        after < Duration::from_secs(75),
+        "first marker message after {after:?}"
+    );
     // SIGTERM: the rest is flushed and the module exits 0.
     let pid = guard.0.id().to_string();
     run_ok("kill", &["-TERM", &pid]);
