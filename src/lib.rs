@@ -25,6 +25,7 @@ pub mod aggregate;
 pub mod app;
 pub mod audit;
 pub mod delivery;
+pub mod edge;
 pub mod events;
 pub mod message;
 pub mod outbox;
