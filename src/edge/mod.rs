@@ -7,4 +7,5 @@
 //!
 //! Nothing here reads the clock: expiry times come in as arguments.
 
+pub mod identity;
 pub mod sas;
