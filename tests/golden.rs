@@ -42,6 +42,10 @@ fn captures_replay_to_their_golden_events() {
         for (e, verdict) in events.iter().zip(support::reference_validate(&messages)) {
             assert_eq!(verdict, "ok", "{}: {e}", cap.display());
         }
+        // The module's own validator agrees.
+        let input = messages.join("\n") + "\n";
+        let (code, out, err) = support::run_bin(&["validate", "-"], input.as_bytes());
+        assert_eq!(code, 0, "{}: {out}{err}", cap.display());
         let golden = cap.with_extension("events.jsonl");
         let got = events.join("\n") + "\n";
         if update {

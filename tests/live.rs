@@ -1725,4 +1725,9 @@ fn run_prints_valid_messages_within_a_minute() {
     for (m, v) in messages.iter().zip(support::reference_validate(&messages)) {
         assert_eq!(v, "ok", "{}", &m[..m.len().min(300)]);
     }
+    // The module's own validator agrees.
+    let input = messages.join("\n") + "\n";
+    let (code, out, err) = support::run_bin(&["validate", "-"], input.as_bytes());
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().filter(|l| *l == "ok").count(), messages.len());
 }
