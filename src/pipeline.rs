@@ -11,6 +11,8 @@ use crate::settings::Settings;
 
 /// The rule key the module's audit rules carry.
 pub const RULE_KEY: &[u8] = b"azureiotsecurity";
+/// The key as it stands in a SYSCALL record.
+const RULE_KEY_FIELD: &[u8] = b" key=\"azureiotsecurity\"";
 
 /// Counters of the pipeline.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -84,9 +86,12 @@ impl Pipeline {
 
     fn derive_pending(&mut self, now_ms: u64, out: &mut Vec<SecurityEvent>) {
         for ev in self.events.drain(..) {
+            // One substring search instead of walking the SYSCALL record's fields a second
+            // time (the deriver walks them): ` key="…"` cannot appear inside another value,
+            // since the kernel hex-encodes any value with a space or a quote.
             let keyed = ev.records().any(|r| {
                 r.rtype == crate::audit::types::SYSCALL
-                    && r.get(b"key").is_some_and(|k| k.raw() == RULE_KEY)
+                    && memchr::memmem::find(r.body, RULE_KEY_FIELD).is_some()
             });
             if keyed {
                 self.last_rule_key_ms = Some(now_ms);
@@ -144,5 +149,22 @@ impl Pipeline {
             coalesce: self.coalescer.stats().clone(),
             derive: self.deriver.stats().clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_with_the_rule_key_are_noticed() {
+        let mut p = Pipeline::new(&Settings::default());
+        let mut out = Vec::new();
+        p.push_line(b"type=SYSCALL msg=audit(1.000:1): arch=c000003e syscall=59 success=yes exit=0 pid=1 comm=\"x\" key=\"other\"", 0, &mut out);
+        p.push_line(b"type=EOE msg=audit(1.000:1):", 0, &mut out);
+        assert_eq!(p.ms_without_rule_key(5_000), Some(5_000));
+        p.push_line(b"type=SYSCALL msg=audit(1.000:2): arch=c000003e syscall=59 success=yes exit=0 pid=1 comm=\"x\" key=\"azureiotsecurity\"\x1dARCH=x86_64", 3_000, &mut out);
+        p.push_line(b"type=EOE msg=audit(1.000:2):", 3_000, &mut out);
+        assert_eq!(p.ms_without_rule_key(5_000), Some(2_000));
     }
 }
