@@ -30,6 +30,7 @@ pub struct Settings {
     pub events: EventSettings,
     pub debug: DebugSettings,
     pub module: ModuleSettings,
+    pub edgehub: EdgeHubSettings,
     /// `[agent]`: the agent configuration (the module twin's
     /// `ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration` settings), as plain values
     /// (`highPriorityMessageFrequency = "PT7M"`) or `{ value = "PT7M" }` tables. Key names are
@@ -97,6 +98,47 @@ impl Default for ModuleSettings {
             data_dir: PathBuf::from("/var/lib/azureiotsecurity"),
             aggregation_max_entries: 256,
             tryout: false,
+        }
+    }
+}
+
+/// `[edgehub]`: the AMQP connection to edgeHub (or to IoT Hub from a connection string).
+/// Where to connect and who the module is come from the IoT Edge environment, not from here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeHubSettings {
+    /// Lifetime of each SAS token; renewed on the open connection at 80 % of it.
+    pub token_lifetime_secs: u64,
+    /// AMQP Open idle-timeout: 0 (none) or at least 5000 ms (edgeHub refuses less).
+    pub idle_timeout_ms: u64,
+    /// TCP connect plus TLS handshake.
+    pub connect_timeout_ms: u64,
+    /// Open, begin, attach and each put-token reply.
+    pub request_timeout_ms: u64,
+    /// From sending a message to its settlement; after it the connection is dropped and the
+    /// message sent again on the next one.
+    pub send_timeout_ms: u64,
+    /// Wait before resending a message edgeHub released or modified.
+    pub retry_delay_ms: u64,
+    /// Reconnection back-off: exponential from min to max, with jitter.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// On SIGTERM: how long to keep sending what is ready before exiting.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for EdgeHubSettings {
+    fn default() -> Self {
+        EdgeHubSettings {
+            token_lifetime_secs: 3600,
+            idle_timeout_ms: 120_000,
+            connect_timeout_ms: 30_000,
+            request_timeout_ms: 30_000,
+            send_timeout_ms: 60_000,
+            retry_delay_ms: 1_000,
+            reconnect_min_ms: 1_000,
+            reconnect_max_ms: 60_000,
+            shutdown_grace_ms: 3_000,
         }
     }
 }
@@ -205,6 +247,25 @@ impl Settings {
                 "audit.max_inflight_bytes",
                 "must be at least audit.max_event_bytes",
             );
+        }
+        let e = &self.edgehub;
+        if e.idle_timeout_ms != 0 && e.idle_timeout_ms < 5000 {
+            return bad(
+                "edgehub.idle_timeout_ms",
+                "must be 0 (none) or at least 5000: edgeHub refuses a shorter idle-timeout",
+            );
+        }
+        if e.token_lifetime_secs < 10 {
+            return bad("edgehub.token_lifetime_secs", "must be at least 10");
+        }
+        if e.reconnect_min_ms == 0 || e.reconnect_max_ms < e.reconnect_min_ms {
+            return bad(
+                "edgehub.reconnect_max_ms",
+                "need 0 < reconnect_min_ms <= reconnect_max_ms",
+            );
+        }
+        if e.connect_timeout_ms == 0 || e.request_timeout_ms == 0 || e.send_timeout_ms == 0 {
+            return bad("edgehub.send_timeout_ms", "timeouts must be positive");
         }
         if self.module.aggregation_max_entries == 0 {
             return bad("module.aggregation_max_entries", "must be positive");

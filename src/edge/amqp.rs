@@ -1,1 +1,504 @@
-//! (being written)
+//! The AMQP 1.0 connection to edgeHub: TLS, CBS put-token, the telemetry sender link, token
+//! renewal, outcomes and reconnection.
+//!
+//! The wire contract is the official SDKs' (shared/reference/iotedge-amqp.md):
+//!
+//! - TLS to the gateway host (port 5671 unless the host name carries one), verified against
+//!   the workload API's trust bundle ([`super::tls`]); then the AMQP header straight away,
+//!   with no SASL layer, as the C# SDK does (edgeHub also takes ANONYMOUS and MSSBCBS).
+//! - Open: a fresh container id, `hostname` = the gateway host, an idle-timeout of 0 or at
+//!   least 5000 ms (edgeHub closes the connection on less).
+//! - One session; a CBS sender and receiver on `$cbs`; a put-token ([`cbs`]); then the
+//!   telemetry sender link ([`telemetry`]). edgeHub checks the token only when a link
+//!   attaches, so a wrong key, audience or expiry shows up as a refused attach.
+//! - The token is renewed on the open connection by another put-token at 80 % of its
+//!   lifetime; a renewal that fails ends the connection (and a new one starts with a fresh
+//!   token) rather than leaving the module sending on an expiring token.
+//! - Messages are read from the [`Outbox`], one at a time, oldest first. A message leaves
+//!   the outbox only when edgeHub accepts it (delivered) or rejects it (final, counted as
+//!   failed). Released, Modified, a send timeout or a lost connection leave it where it is,
+//!   so the retry is a re-read of the same message with the same message-id. (The Node SDK
+//!   reports a Released message as sent and loses it.)
+//! - Any failure closes the connection; the next attempt waits an exponential back-off with
+//!   jitter ([`backoff`]), so the module survives edgeHub starting after it, restarting, or
+//!   refusing it, and never crashes for it.
+//!
+//! Secrets: the token goes only into the put-token body; it is never logged, and errors
+//! carry no part of it. fe2o3-amqp is built without its `tracing`/`log` features, so it does
+//! not log frames.
+
+pub mod backoff;
+pub mod cbs;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fe2o3_amqp::link::{Receiver, Sender};
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::definitions::{Fields, ReceiverSettleMode, SenderSettleMode};
+use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::primitives::{Symbol, Value};
+use fe2o3_amqp::{Connection, Session};
+use thiserror::Error;
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use super::credentials::{Credentials, CredentialsError};
+use super::tls::{self, TlsError};
+use crate::outbox::{StoreError, StoredMessage};
+use crate::settings::EdgeHubSettings;
+
+use backoff::Backoff;
+use telemetry::Settlement;
+
+/// Largest frame we offer (the SDKs' default, 64 KiB); messages span frames.
+const MAX_FRAME_SIZE: u32 = 65_536;
+
+/// The connection's timing, from the `[edgehub]` settings.
+#[derive(Debug, Clone)]
+pub struct AmqpConfig {
+    pub token_lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub send_timeout: Duration,
+    pub retry_delay: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl From<&EdgeHubSettings> for AmqpConfig {
+    fn from(s: &EdgeHubSettings) -> Self {
+        AmqpConfig {
+            token_lifetime: Duration::from_secs(s.token_lifetime_secs),
+            idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            request_timeout: Duration::from_millis(s.request_timeout_ms),
+            send_timeout: Duration::from_millis(s.send_timeout_ms),
+            retry_delay: Duration::from_millis(s.retry_delay_ms),
+            reconnect_min: Duration::from_millis(s.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(s.reconnect_max_ms),
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig::from(&EdgeHubSettings::default())
+    }
+}
+
+/// Where the sender takes its messages from: the store behind the delivery stage. A retry
+/// is a re-read: the sender holds no copy of its own beyond the message in flight.
+pub trait Outbox: Send + Sync {
+    /// The oldest message waiting, if any.
+    fn next(&self) -> Result<Option<StoredMessage>, StoreError>;
+    /// edgeHub accepted it.
+    fn delivered(&self, m: &StoredMessage) -> Result<(), StoreError>;
+    /// edgeHub rejected it (final).
+    fn rejected(&self, m: &StoredMessage) -> Result<(), StoreError>;
+}
+
+impl Outbox for std::sync::Mutex<crate::delivery::Outgoing> {
+    fn next(&self) -> Result<Option<StoredMessage>, StoreError> {
+        lock(self)?.next_message()
+    }
+    fn delivered(&self, m: &StoredMessage) -> Result<(), StoreError> {
+        lock(self)?.sent(m)
+    }
+    fn rejected(&self, m: &StoredMessage) -> Result<(), StoreError> {
+        lock(self)?.rejected(m)
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, StoreError> {
+    m.lock()
+        .map_err(|_| StoreError::Backend("the outgoing state's lock is poisoned".into()))
+}
+
+/// Counters of the connection, since start.
+#[derive(Debug, Default)]
+pub struct AmqpStats {
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub put_tokens: AtomicU64,
+    pub delivered: AtomicU64,
+    pub delivered_bytes: AtomicU64,
+    pub rejected: AtomicU64,
+    pub released: AtomicU64,
+    pub send_timeouts: AtomicU64,
+}
+
+impl AmqpStats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, Error)]
+pub enum AmqpError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("AMQP open failed: {0}")]
+    Open(String),
+    #[error("AMQP session failed: {0}")]
+    Session(String),
+    #[error("attaching the link to {address} failed: {reason}")]
+    Attach { address: String, reason: String },
+    #[error(
+        "edgeHub refused the telemetry link ({reason}): usually the SAS token was not accepted (wrong key, audience or expiry, or the clock is off)"
+    )]
+    Unauthorized { reason: String },
+    #[error("put-token failed with status {status}: {description}")]
+    PutToken { status: i32, description: String },
+    #[error("put-token: {0}")]
+    Cbs(String),
+    #[error("{what} timed out after {after:?}")]
+    Timeout { what: &'static str, after: Duration },
+    #[error("sending failed: {0}")]
+    Send(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the sender is asked to do; `Finish` = send what is ready until the deadline, then
+/// close and return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Run,
+    Finish { deadline: Instant },
+}
+
+/// The sender task: connect, send, reconnect, until told to finish.
+pub struct Client {
+    pub credentials: Arc<Credentials>,
+    pub config: AmqpConfig,
+    pub outbox: Arc<dyn Outbox>,
+    /// Notified when a message may be waiting (the sender also looks every second).
+    pub wake: Arc<Notify>,
+    pub stats: Arc<AmqpStats>,
+}
+
+enum Ended {
+    Finished,
+}
+
+impl Client {
+    pub async fn run(self, mut control: watch::Receiver<Control>) {
+        let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
+        let mut last_error: Option<String> = None;
+        loop {
+            let deadline = match *control.borrow() {
+                Control::Run => None,
+                Control::Finish { deadline } => Some(deadline),
+            };
+            if let Some(d) = deadline {
+                if Instant::now() >= d || matches!(self.outbox.next(), Ok(None)) {
+                    return;
+                }
+            }
+            let attempt = self.connection(&mut control, &mut backoff);
+            let result = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, attempt).await {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    }
+                }
+                None => attempt.await,
+            };
+            match result {
+                Ok(Ended::Finished) => return,
+                Err(e) => {
+                    AmqpStats::add(&self.stats.connect_failures, 1);
+                    let text = e.to_string();
+                    let delay = backoff.next_delay(backoff::random_unit());
+                    // Say it once per change at warn level; repeats go to debug.
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        tracing::warn!(error = %text, retry_in_ms = delay.as_millis() as u64, "edgeHub connection failed");
+                        last_error = Some(text);
+                    } else {
+                        tracing::debug!(error = %text, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "edgeHub connection failed again");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = control.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection, from TLS to its end.
+    async fn connection(
+        &self,
+        control: &mut watch::Receiver<Control>,
+        backoff: &mut Backoff,
+    ) -> Result<Ended, AmqpError> {
+        let cfg = &self.config;
+        let creds = &self.credentials;
+        let endpoint = creds.endpoint();
+        let tls_config = creds.tls_config().await?;
+        let stream = tls::connect(
+            tls_config,
+            &endpoint.host,
+            endpoint.amqps_port(),
+            cfg.connect_timeout,
+        )
+        .await?;
+        let container_id = Uuid::new_v4().to_string();
+        let mut builder = Connection::builder()
+            .container_id(container_id)
+            .scheme("amqp")
+            .hostname(endpoint.host.as_str())
+            .max_frame_size(MAX_FRAME_SIZE);
+        if !cfg.idle_timeout.is_zero() {
+            let ms = u32::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+            builder = builder.idle_time_out(ms);
+        }
+        let mut connection = within(cfg.request_timeout, "AMQP open", async {
+            builder
+                .open_with_stream(stream)
+                .await
+                .map_err(|e| AmqpError::Open(e.to_string()))
+        })
+        .await?;
+        let mut session = within(cfg.request_timeout, "AMQP begin", async {
+            Session::begin(&mut connection)
+                .await
+                .map_err(|e| AmqpError::Session(e.to_string()))
+        })
+        .await?;
+
+        let link_id = Uuid::new_v4();
+        let mut cbs_tx = attach_sender(
+            &mut session,
+            format!("cbs-sender-{link_id}"),
+            cbs::CBS_ADDRESS.into(),
+            SenderSettleMode::Settled,
+            link_properties(),
+            cfg.request_timeout,
+        )
+        .await?;
+        let mut cbs_rx = within(cfg.request_timeout, "attach $cbs receiver", async {
+            Receiver::builder()
+                .name(format!("cbs-receiver-{link_id}"))
+                .source(cbs::CBS_ADDRESS)
+                .target(cbs::REPLY_TO)
+                .receiver_settle_mode(ReceiverSettleMode::First)
+                .auto_accept(true)
+                .properties(link_properties())
+                .attach(&mut session)
+                .await
+                .map_err(|e| AmqpError::Attach {
+                    address: cbs::CBS_ADDRESS.into(),
+                    reason: e.to_string(),
+                })
+        })
+        .await?;
+        let mut expiry = self.put_token(&mut cbs_tx, &mut cbs_rx).await?;
+
+        let address = telemetry::events_address(creds.device_id(), creds.module_id());
+        let mut events = attach_sender(
+            &mut session,
+            format!("TelemetrySenderLink-{link_id}"),
+            address.clone(),
+            SenderSettleMode::Unsettled,
+            link_properties(),
+            cfg.request_timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            AmqpError::Attach { reason, .. } => AmqpError::Unauthorized { reason },
+            other => other,
+        })?;
+        AmqpStats::add(&self.stats.connects, 1);
+        backoff.reset();
+        tracing::info!(host = %endpoint.host, port = endpoint.amqps_port(), %address, "connected to edgeHub");
+
+        let renew = async {
+            loop {
+                let issued = Instant::now();
+                let renew_at = issued + backoff::renew_after(self.config.token_lifetime);
+                tokio::time::sleep_until(renew_at.into()).await;
+                expiry = self.put_token(&mut cbs_tx, &mut cbs_rx).await?;
+                tracing::debug!(expiry, "SAS token renewed");
+            }
+        };
+        let send = self.send_loop(&mut events, &address, control);
+        let ended: Result<Ended, AmqpError> = tokio::select! {
+            r = renew => r,
+            r = send => r,
+        };
+        if ended.is_ok() {
+            // A clean goodbye; errors here change nothing.
+            let _ = events.close().await;
+            let _ = cbs_tx.close().await;
+            let _ = cbs_rx.close().await;
+            let _ = session.end().await;
+            let _ = connection.close().await;
+        }
+        ended
+    }
+
+    /// Put a fresh token; returns its expiry.
+    async fn put_token(&self, tx: &mut Sender, rx: &mut Receiver) -> Result<u64, AmqpError> {
+        let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+        let lifetime = self.config.token_lifetime.as_secs();
+        let token = self.credentials.token(now, lifetime).await?;
+        let expiry = token.expiry();
+        let message_id = Uuid::new_v4().to_string();
+        let audience = self.credentials.audience();
+        let request = cbs::put_token_request(token.expose(), &audience, &message_id);
+        drop(token);
+        let reply = within(self.config.request_timeout, "put-token", async {
+            tx.send(request)
+                .await
+                .map_err(|e| AmqpError::Cbs(format!("sending the request: {e}")))?;
+            loop {
+                let d = rx
+                    .recv::<Body<Value>>()
+                    .await
+                    .map_err(|e| AmqpError::Cbs(format!("waiting for the reply: {e}")))?;
+                match cbs::parse_reply(d.message()) {
+                    Ok(r) if r.correlation_id.as_deref() == Some(message_id.as_str()) => {
+                        return Ok(r);
+                    }
+                    Ok(r) => {
+                        tracing::debug!(correlation_id = ?r.correlation_id, "ignoring a CBS reply to another request")
+                    }
+                    Err(e) => return Err(AmqpError::Cbs(e.to_string())),
+                }
+            }
+        })
+        .await?;
+        if !reply.is_success() {
+            return Err(AmqpError::PutToken {
+                status: reply.status,
+                description: reply.description.unwrap_or_default(),
+            });
+        }
+        AmqpStats::add(&self.stats.put_tokens, 1);
+        Ok(expiry)
+    }
+
+    async fn send_loop(
+        &self,
+        events: &mut Sender,
+        address: &str,
+        control: &mut watch::Receiver<Control>,
+    ) -> Result<Ended, AmqpError> {
+        loop {
+            let finishing = matches!(*control.borrow(), Control::Finish { .. });
+            let Some(m) = self.outbox.next()? else {
+                if finishing {
+                    return Ok(Ended::Finished);
+                }
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = control.changed() => {}
+                }
+                continue;
+            };
+            let msg = telemetry::security_message(&m, address);
+            let outcome =
+                match tokio::time::timeout(self.config.send_timeout, events.send(msg)).await {
+                    Err(_) => {
+                        AmqpStats::add(&self.stats.send_timeouts, 1);
+                        return Err(AmqpError::Timeout {
+                            what: "waiting for edgeHub to settle a message",
+                            after: self.config.send_timeout,
+                        });
+                    }
+                    Ok(Err(e)) => return Err(AmqpError::Send(e.to_string())),
+                    Ok(Ok(o)) => o,
+                };
+            match telemetry::settlement(&outcome) {
+                Settlement::Delivered => {
+                    self.outbox.delivered(&m)?;
+                    AmqpStats::add(&self.stats.delivered, 1);
+                    AmqpStats::add(&self.stats.delivered_bytes, m.body.len() as u64);
+                    tracing::debug!(message_id = %m.message_id, bytes = m.body.len(), "message delivered");
+                }
+                Settlement::Rejected {
+                    condition,
+                    description,
+                } => {
+                    tracing::warn!(
+                        message_id = %m.message_id,
+                        %condition,
+                        %description,
+                        high_events = m.high_events,
+                        low_events = m.low_events,
+                        "edgeHub rejected a message: it is dropped and counted as failed"
+                    );
+                    self.outbox.rejected(&m)?;
+                    AmqpStats::add(&self.stats.rejected, 1);
+                }
+                Settlement::Retry { outcome } => {
+                    AmqpStats::add(&self.stats.released, 1);
+                    tracing::info!(message_id = %m.message_id, outcome, "edgeHub did not take a message now; it will be sent again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.config.retry_delay) => {}
+                        _ = control.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn attach_sender<R>(
+    session: &mut SessionHandle<R>,
+    name: String,
+    address: String,
+    settle: SenderSettleMode,
+    properties: Fields,
+    timeout: Duration,
+) -> Result<Sender, AmqpError> {
+    within(timeout, "attach sender", async {
+        Sender::builder()
+            .name(name)
+            .target(address.clone())
+            .sender_settle_mode(settle)
+            .receiver_settle_mode(ReceiverSettleMode::First)
+            .properties(properties)
+            .attach(session)
+            .await
+            .map_err(|e| AmqpError::Attach {
+                address: address.clone(),
+                reason: e.to_string(),
+            })
+    })
+    .await
+}
+
+/// `com.microsoft:client-version` on every link, as the Node SDK sends it.
+fn link_properties() -> Fields {
+    let mut properties = Fields::new();
+    properties.insert(
+        Symbol::from(telemetry::CLIENT_VERSION_PROPERTY),
+        Value::String(telemetry::client_version()),
+    );
+    properties
+}
+
+async fn within<T>(
+    after: Duration,
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, AmqpError>>,
+) -> Result<T, AmqpError> {
+    tokio::time::timeout(after, f)
+        .await
+        .map_err(|_| AmqpError::Timeout { what, after })?
+}
