@@ -22,18 +22,19 @@ struct Cost {
 
 fn cost(text: &[u8], settings: &Settings, mode: Mode) -> Cost {
     let mut out = Vec::new();
+    let events_mode = matches!(mode, Mode::Events);
     let stats = app::replay(settings, text, &mut out, mode).expect("replay");
     let lines: Vec<&[u8]> = out
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .collect();
-    let (messages, bytes, chunks) = match mode {
-        Mode::Messages { .. } => (
+    let (messages, bytes, chunks) = match events_mode {
+        false => (
             lines.len(),
             lines.iter().map(|l| l.len()).sum(),
             lines.iter().map(|l| l.len().div_ceil(CHUNK)).sum(),
         ),
-        Mode::Events => {
+        true => {
             // One message per event: the envelope around each.
             let env = Envelope::new(Uuid::nil(), env!("CARGO_PKG_VERSION"));
             let sizes: Vec<usize> = lines.iter().map(|l| l.len() + env.overhead()).collect();
@@ -97,10 +98,13 @@ fn main() {
                 "one message per event (baseline)",
                 cost(text, &defaults, Mode::Events),
             ),
-            ("batched, no aggregation", cost(text, &no_agg, agent)),
+            (
+                "batched, no aggregation",
+                cost(text, &no_agg, agent.clone()),
+            ),
             (
                 "batched + aggregated (defaults)",
-                cost(text, &defaults, agent),
+                cost(text, &defaults, agent.clone()),
             ),
         ];
         for (mode, c) in rows {

@@ -7,8 +7,8 @@
 //! the records, so the same input always gives the same events.
 
 use std::io::{BufRead, Write};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -19,6 +19,8 @@ use uuid::Uuid;
 use crate::agent_config::{self, AgentConfig};
 use crate::audit::source::{self, Chunk, LineQueue, SocketConfig, SourceStats};
 use crate::delivery::{Outgoing, UpstreamDrops};
+use crate::edge::amqp::{AmqpConfig, AmqpStats, Client, Control};
+use crate::edge::credentials::Credentials;
 use crate::events::{ConfigurationError, Payload, SecurityEvent};
 use crate::message::Envelope;
 use crate::outbox::{MemoryStore, StoreError};
@@ -37,13 +39,40 @@ pub enum AppError {
     Store(#[from] StoreError),
 }
 
-/// What `run` and `replay` print.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `run` and `replay` produce.
+#[derive(Clone)]
 pub enum Mode {
     /// One security event per line, as derived (before aggregation).
     Events,
     /// The security messages as they would be sent, one per line.
     Messages { agent_id: Uuid },
+    /// The security messages, sent to edgeHub (or IoT Hub) over AMQP.
+    Send {
+        agent_id: Uuid,
+        credentials: Arc<Credentials>,
+        amqp: AmqpConfig,
+        /// On stop: how long to keep sending what is ready.
+        grace: Duration,
+    },
+}
+
+impl std::fmt::Debug for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Events => f.write_str("Events"),
+            Mode::Messages { agent_id } => write!(f, "Messages({agent_id})"),
+            Mode::Send { agent_id, .. } => write!(f, "Send({agent_id})"),
+        }
+    }
+}
+
+impl Mode {
+    fn agent_id(&self) -> Option<Uuid> {
+        match self {
+            Mode::Events => None,
+            Mode::Messages { agent_id } | Mode::Send { agent_id, .. } => Some(*agent_id),
+        }
+    }
 }
 
 /// The agent configuration in force: the settings' `[agent]`, and the try-out overrides.
@@ -73,14 +102,18 @@ pub fn agent_config(settings: &Settings) -> (AgentConfig, Vec<ConfigurationError
     (config, applied.errors)
 }
 
-/// Writes events or messages. In messages mode it owns the outgoing half (aggregation,
-/// store, batching) and writes each message as it is built, acknowledging it.
+/// Writes events, or builds messages. In the message modes it owns the outgoing half
+/// (aggregation, store, batching). Printing, it writes each message as it is built and
+/// acknowledges it; sending, it shares the outgoing half with the AMQP sender task and
+/// wakes it when a message is ready.
 pub struct Emitter<W: Write> {
     out: W,
     buf: Vec<u8>,
     mode: Mode,
     settings: Settings,
-    outgoing: Option<Outgoing>,
+    outgoing: Option<Arc<Mutex<Outgoing>>>,
+    /// Sending: the sender's wake-up.
+    wake: Option<Arc<Notify>>,
 }
 
 impl<W: Write> Emitter<W> {
@@ -91,15 +124,14 @@ impl<W: Write> Emitter<W> {
             mode,
             settings: settings.clone(),
             outgoing: None,
+            wake: None,
         }
     }
 
     /// The outgoing half, made at the first use so that its clocks start with the first
     /// event (record time in `replay`).
-    fn outgoing(&mut self, now_ms: u64, wall_ms: u64) -> Option<&mut Outgoing> {
-        let Mode::Messages { agent_id } = self.mode else {
-            return None;
-        };
+    pub fn outgoing(&mut self, now_ms: u64, wall_ms: u64) -> Option<Arc<Mutex<Outgoing>>> {
+        let agent_id = self.mode.agent_id()?;
         if self.outgoing.is_none() {
             let (config, errors) = agent_config(&self.settings);
             let cache = usize::try_from(config.max_local_cache_size_in_bytes).unwrap_or(usize::MAX);
@@ -120,16 +152,21 @@ impl<W: Write> Emitter<W> {
                     now_ms,
                 );
             }
-            self.outgoing = Some(o);
+            self.outgoing = Some(Arc::new(Mutex::new(o)));
         }
-        self.outgoing.as_mut()
+        self.outgoing.clone()
+    }
+
+    /// Sending: messages are left for the sender task, which `wake` wakes.
+    pub fn send_through(&mut self, wake: Arc<Notify>) {
+        self.wake = Some(wake);
     }
 
     /// A derived security event.
     pub fn event(&mut self, ev: SecurityEvent, now_ms: u64, wall_ms: u64) -> Result<(), AppError> {
         match self.outgoing(now_ms, wall_ms) {
             Some(o) => {
-                o.push(ev, now_ms);
+                lock(&o)?.push(ev, now_ms);
                 Ok(())
             }
             None => write_event(&mut self.buf, &ev, &mut self.out),
@@ -143,12 +180,10 @@ impl<W: Write> Emitter<W> {
         wall_ms: u64,
         upstream: UpstreamDrops,
     ) -> Result<(), AppError> {
-        if self.outgoing.is_none() {
+        let Some(o) = self.outgoing.clone() else {
             return Ok(());
-        }
-        if let Some(o) = self.outgoing.as_mut() {
-            o.tick(now_ms, wall_ms, upstream)?;
-        }
+        };
+        lock(&o)?.tick(now_ms, wall_ms, upstream)?;
         self.drain()
     }
 
@@ -161,10 +196,11 @@ impl<W: Write> Emitter<W> {
     ) -> Result<(), AppError> {
         // What is pending goes first, so that the last statistics count it as sent.
         if let Some(o) = self.outgoing(now_ms, wall_ms) {
-            o.flush()?;
+            lock(&o)?.flush()?;
         }
         self.drain()?;
-        if let Some(o) = self.outgoing.as_mut() {
+        if let Some(o) = self.outgoing.clone() {
+            let mut o = lock(&o)?;
             o.snapshot(wall_ms, upstream);
             o.flush()?;
         }
@@ -173,9 +209,16 @@ impl<W: Write> Emitter<W> {
     }
 
     fn drain(&mut self) -> Result<(), AppError> {
-        let Some(o) = self.outgoing.as_mut() else {
+        let Some(o) = self.outgoing.clone() else {
             return Ok(());
         };
+        if let Some(wake) = &self.wake {
+            if lock(&o)?.next_message()?.is_some() {
+                wake.notify_one();
+            }
+            return Ok(());
+        }
+        let mut o = lock(&o)?;
         while let Some(m) = o.next_message()? {
             self.out
                 .write_all(m.body.as_bytes())
@@ -186,10 +229,16 @@ impl<W: Write> Emitter<W> {
         Ok(())
     }
 
-    /// Totals of the outgoing half (messages mode).
+    /// Totals of the outgoing half (message modes).
     pub fn outgoing_totals(&self) -> Option<crate::delivery::TotalStats> {
-        self.outgoing.as_ref().map(|o| o.totals().clone())
+        let o = self.outgoing.as_ref()?;
+        lock(o).ok().map(|o| o.totals().clone())
     }
+}
+
+fn lock(o: &Mutex<Outgoing>) -> Result<std::sync::MutexGuard<'_, Outgoing>, AppError> {
+    o.lock()
+        .map_err(|_| AppError::Store(StoreError::Backend("the outgoing lock is poisoned".into())))
 }
 
 /// Replay audit.log text: security events or messages, one per line on `out`, with time
@@ -264,10 +313,11 @@ pub async fn run<W: Write + Send + 'static>(
     mode: Mode,
     out: W,
 ) -> Result<PipelineStats, AppError> {
-    let mut emitter = Emitter::new(&settings, mode, out);
+    let mut emitter = Emitter::new(&settings, mode.clone(), out);
     let wall_ms = || u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     let start = Instant::now();
     let now_ms = move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let sender = start_sender(&mut emitter, &mode, now_ms(), wall_ms());
     let queue = LineQueue::new(settings.audit.queue_max_bytes);
     let source_stats = Arc::new(SourceStats::default());
     let stop_reader = Arc::new(Notify::new());
@@ -329,6 +379,9 @@ pub async fn run<W: Write + Send + 'static>(
                     if Instant::now() >= stats_at {
                         stats_at = Instant::now() + STATS_EVERY;
                         log_stats(&pipeline.stats(), &source_stats, queue.bytes());
+                        if let Some(s) = &sender {
+                            log_sender_stats(&s.stats);
+                        }
                     }
                 }
                 _ = shutdown.notified() => return Ok(()),
@@ -353,10 +406,81 @@ pub async fn run<W: Write + Send + 'static>(
         emitter.event(ev, now, wall_ms())?;
     }
     emitter.finish(now, wall_ms(), upstream(&pipeline, &source_stats))?;
+    if let Some(s) = sender {
+        s.finish().await;
+    }
     result?;
     let stats = pipeline.stats();
     log_stats(&stats, &source_stats, 0);
     Ok(stats)
+}
+
+/// The AMQP sender task of `Mode::Send`.
+struct RunningSender {
+    control: tokio::sync::watch::Sender<Control>,
+    task: tokio::task::JoinHandle<()>,
+    stats: Arc<AmqpStats>,
+    grace: Duration,
+}
+
+impl RunningSender {
+    /// Send what is ready until the grace period ends, then close the connection.
+    async fn finish(self) {
+        let deadline = Instant::now() + self.grace;
+        let _ = self.control.send(Control::Finish { deadline });
+        // The client stops itself at the deadline; the margin covers a clean close.
+        let _ = tokio::time::timeout(self.grace + Duration::from_secs(2), self.task).await;
+        log_sender_stats(&self.stats);
+    }
+}
+
+fn start_sender<W: Write>(
+    emitter: &mut Emitter<W>,
+    mode: &Mode,
+    now_ms: u64,
+    wall_ms: u64,
+) -> Option<RunningSender> {
+    let Mode::Send {
+        credentials,
+        amqp,
+        grace,
+        ..
+    } = mode
+    else {
+        return None;
+    };
+    let outbox = emitter.outgoing(now_ms, wall_ms)?;
+    let wake = Arc::new(Notify::new());
+    emitter.send_through(wake.clone());
+    let stats = Arc::new(AmqpStats::default());
+    let (control, control_rx) = tokio::sync::watch::channel(Control::Run);
+    let client = Client {
+        credentials: credentials.clone(),
+        config: amqp.clone(),
+        outbox,
+        wake,
+        stats: stats.clone(),
+    };
+    Some(RunningSender {
+        control,
+        task: tokio::spawn(client.run(control_rx)),
+        stats,
+        grace: *grace,
+    })
+}
+
+fn log_sender_stats(s: &AmqpStats) {
+    tracing::info!(
+        connects = AmqpStats::get(&s.connects),
+        connect_failures = AmqpStats::get(&s.connect_failures),
+        put_tokens = AmqpStats::get(&s.put_tokens),
+        delivered = AmqpStats::get(&s.delivered),
+        delivered_bytes = AmqpStats::get(&s.delivered_bytes),
+        rejected = AmqpStats::get(&s.rejected),
+        released_or_modified = AmqpStats::get(&s.released),
+        send_timeouts = AmqpStats::get(&s.send_timeouts),
+        "edgeHub statistics"
+    );
 }
 
 fn upstream(p: &Pipeline, s: &SourceStats) -> UpstreamDrops {

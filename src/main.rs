@@ -4,11 +4,15 @@ use std::io::{BufReader, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use azureiotsecurity::edge::amqp::AmqpConfig;
+use azureiotsecurity::edge::credentials::Credentials;
+use azureiotsecurity::edge::identity::{self, Identity};
 use azureiotsecurity::settings::Settings;
 use azureiotsecurity::{app, rules};
 
@@ -24,8 +28,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the module: read auditd's af_unix socket and print the security messages it
-    /// would send, as they are due (one JSON message per line).
+    /// Run the module: read auditd's af_unix socket and send the security messages to
+    /// edgeHub when the IoT Edge environment (IOTEDGE_*) or a connection string
+    /// (EdgeHubConnectionString, IotHubConnectionString) is present; otherwise print them as
+    /// they are due (one JSON message per line).
     Run {
         /// Settings file (TOML); environment variables AZUREIOTSECURITY_<SECTION>__<KEY> override it.
         #[arg(long)]
@@ -33,6 +39,9 @@ enum Command {
         /// Print each security event as it is derived instead of messages (debugging).
         #[arg(long)]
         events: bool,
+        /// Print the messages even when an IoT Edge identity is present.
+        #[arg(long, conflicts_with = "events")]
+        print: bool,
     },
     /// Audit log text (a file, or - for stdin) to security events, one JSON object per line,
     /// or with --messages to the security messages `run` would send for it.
@@ -183,14 +192,45 @@ fn run(cli: Cli) -> Result<ExitCode> {
             tracing::debug!(?stats, "replay finished");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, events } => {
+        Command::Run {
+            config,
+            events,
+            print,
+        } => {
             let settings = Settings::load(config.as_deref())?;
+            let identity = if events || print {
+                None
+            } else {
+                Identity::from_env(&identity::process_env())
+                    .context("reading the module identity from the environment")?
+            };
             let mode = if events {
                 app::Mode::Events
             } else {
                 let dir = &settings.module.data_dir;
                 let agent_id = azureiotsecurity::agent_id::load_or_create(dir)?;
-                app::Mode::Messages { agent_id }
+                match identity {
+                    Some(identity) => {
+                        tracing::info!(
+                            device = identity.device_id(),
+                            module = identity.module_id().unwrap_or("-"),
+                            endpoint = %identity.endpoint(),
+                            "sending security messages over AMQP"
+                        );
+                        app::Mode::Send {
+                            agent_id,
+                            credentials: Arc::new(Credentials::new(identity)),
+                            amqp: AmqpConfig::from(&settings.edgehub),
+                            grace: Duration::from_millis(settings.edgehub.shutdown_grace_ms),
+                        }
+                    }
+                    None => {
+                        tracing::info!(
+                            "no IoT Edge identity in the environment: printing the messages"
+                        );
+                        app::Mode::Messages { agent_id }
+                    }
+                }
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
