@@ -1,6 +1,9 @@
 //! Shared helpers of the black-box tests.
 #![allow(dead_code)]
 
+pub mod audit_feed;
+pub mod standin;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
