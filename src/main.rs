@@ -103,9 +103,12 @@ fn init_tracing() {
             EnvFilter::try_new(lvl)
         })
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: docker logs and files get plain key=value lines.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 

@@ -109,7 +109,8 @@ impl Default for ModuleSettings {
 pub struct EdgeHubSettings {
     /// Lifetime of each SAS token; renewed on the open connection at 80 % of it.
     pub token_lifetime_secs: u64,
-    /// AMQP Open idle-timeout: 0 (none) or at least 5000 ms (edgeHub refuses less).
+    /// The idle-timeout the module's AMQP Open announces: 0 (none, as the Node SDK; edgeHub
+    /// then sends heartbeats every 2 minutes) or at least 5000 ms (edgeHub refuses less).
     pub idle_timeout_ms: u64,
     /// TCP connect plus TLS handshake.
     pub connect_timeout_ms: u64,
@@ -131,7 +132,7 @@ impl Default for EdgeHubSettings {
     fn default() -> Self {
         EdgeHubSettings {
             token_lifetime_secs: 3600,
-            idle_timeout_ms: 120_000,
+            idle_timeout_ms: 0,
             connect_timeout_ms: 30_000,
             request_timeout_ms: 30_000,
             send_timeout_ms: 60_000,

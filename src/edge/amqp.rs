@@ -6,8 +6,9 @@
 //! - TLS to the gateway host (port 5671 unless the host name carries one), verified against
 //!   the workload API's trust bundle ([`super::tls`]); then the AMQP header straight away,
 //!   with no SASL layer, as the C# SDK does (edgeHub also takes ANONYMOUS and MSSBCBS).
-//! - Open: a fresh container id, `hostname` = the gateway host, an idle-timeout of 0 or at
-//!   least 5000 ms (edgeHub closes the connection on less).
+//! - Open: a fresh container id, `hostname` = the gateway host, and by default no
+//!   idle-timeout, as the Node SDK (edgeHub then heartbeats every 2 minutes); a configured
+//!   one must be at least 5000 ms on the wire (edgeHub closes the connection on less).
 //! - One session; a CBS sender and receiver on `$cbs`; a put-token ([`cbs`]); then the
 //!   telemetry sender link ([`telemetry`]). edgeHub checks the token only when a link
 //!   attaches, so a wrong key, audience or expiry shows up as a refused attach.
@@ -52,6 +53,9 @@ use crate::settings::EdgeHubSettings;
 
 use backoff::Backoff;
 use telemetry::Settlement;
+
+/// A connection that lasted this long counts as working: the back-off starts over.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// Largest frame we offer (the SDKs' default, 64 KiB); messages span frames.
 const MAX_FRAME_SIZE: u32 = 65_536;
@@ -165,6 +169,8 @@ pub enum AmqpError {
     Timeout { what: &'static str, after: Duration },
     #[error("sending failed: {0}")]
     Send(String),
+    #[error("edgeHub detached the telemetry link: {0}")]
+    Detached(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -205,7 +211,8 @@ impl Client {
                     return;
                 }
             }
-            let attempt = self.connection(&mut control, &mut backoff);
+            let mut connected_at = None;
+            let attempt = self.connection(&mut control, &mut connected_at);
             let result = match deadline {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
@@ -220,6 +227,12 @@ impl Client {
                 Ok(Ended::Finished) => return,
                 Err(e) => {
                     AmqpStats::add(&self.stats.connect_failures, 1);
+                    // A connection that worked for a while starts the back-off afresh; one
+                    // that edgeHub ends at once (a refused token) does not.
+                    if connected_at.is_some_and(|t: Instant| t.elapsed() >= STABLE) {
+                        backoff.reset();
+                        last_error = None;
+                    }
                     let text = e.to_string();
                     let delay = backoff.next_delay(backoff::random_unit());
                     // Say it once per change at warn level; repeats go to debug.
@@ -242,7 +255,7 @@ impl Client {
     async fn connection(
         &self,
         control: &mut watch::Receiver<Control>,
-        backoff: &mut Backoff,
+        connected_at: &mut Option<Instant>,
     ) -> Result<Ended, AmqpError> {
         let cfg = &self.config;
         let creds = &self.credentials;
@@ -262,7 +275,10 @@ impl Client {
             .hostname(endpoint.host.as_str())
             .max_frame_size(MAX_FRAME_SIZE);
         if !cfg.idle_timeout.is_zero() {
-            let ms = u32::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+            // fe2o3-amqp advertises half of the threshold it is given (the spec's advice
+            // against spurious timeouts); the setting is the value on the wire.
+            let ms =
+                u32::try_from(cfg.idle_timeout.as_millis().saturating_mul(2)).unwrap_or(u32::MAX);
             builder = builder.idle_time_out(ms);
         }
         let mut connection = within(cfg.request_timeout, "AMQP open", async {
@@ -322,7 +338,7 @@ impl Client {
             other => other,
         })?;
         AmqpStats::add(&self.stats.connects, 1);
-        backoff.reset();
+        *connected_at = Some(Instant::now());
         tracing::info!(host = %endpoint.host, port = endpoint.amqps_port(), %address, "connected to edgeHub");
 
         let renew = async {
@@ -357,8 +373,9 @@ impl Client {
         let token = self.credentials.token(now, lifetime).await?;
         let expiry = token.expiry();
         let message_id = Uuid::new_v4().to_string();
-        let audience = self.credentials.audience();
-        let request = cbs::put_token_request(token.expose(), &audience, &message_id);
+        // `name` is the token's `sr` as sent (url-encoded), as the Node SDK puts it; edgeHub
+        // only needs it non-empty and takes the identity from the token itself.
+        let request = cbs::put_token_request(token.expose(), token.resource(), &message_id);
         drop(token);
         let reply = within(self.config.request_timeout, "put-token", async {
             tx.send(request)
@@ -403,10 +420,13 @@ impl Client {
                 if finishing {
                     return Ok(Ended::Finished);
                 }
+                // While idle, watch the link too: edgeHub refuses a bad token by detaching
+                // the link right after the attach, and closes links when it shuts down.
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = control.changed() => {}
+                    e = events.on_detach() => return Err(detached(e)),
                 }
                 continue;
             };
@@ -420,7 +440,7 @@ impl Client {
                             after: self.config.send_timeout,
                         });
                     }
-                    Ok(Err(e)) => return Err(AmqpError::Send(e.to_string())),
+                    Ok(Err(e)) => return Err(send_failed(e)),
                     Ok(Ok(o)) => o,
                 };
             match telemetry::settlement(&outcome) {
@@ -481,6 +501,41 @@ async fn attach_sender<R>(
             })
     })
     .await
+}
+
+/// The telemetry link was detached by edgeHub. `amqp:unauthorized-access` is edgeHub's answer
+/// to a token it does not accept.
+fn detached(e: fe2o3_amqp::link::DetachError) -> AmqpError {
+    use fe2o3_amqp::link::DetachError;
+    match e {
+        DetachError::RemoteDetachedWithError(err) => link_error(err),
+        other => AmqpError::Detached(other.to_string()),
+    }
+}
+
+/// A send failed: a link closed with an error is told like a detach.
+fn send_failed(e: fe2o3_amqp::link::SendError) -> AmqpError {
+    use fe2o3_amqp::link::{LinkStateError, SendError};
+    match e {
+        SendError::Detached(e) => detached(e),
+        SendError::LinkStateError(
+            LinkStateError::RemoteClosedWithError(err)
+            | LinkStateError::RemoteDetachedWithError(err),
+        ) => link_error(err),
+        other => AmqpError::Send(other.to_string()),
+    }
+}
+
+fn link_error(err: fe2o3_amqp::types::definitions::Error) -> AmqpError {
+    use fe2o3_amqp::types::definitions::{AmqpError as Condition, ErrorCondition};
+    let description = err.description.unwrap_or_default();
+    if err.condition == ErrorCondition::AmqpError(Condition::UnauthorizedAccess) {
+        AmqpError::Unauthorized {
+            reason: description,
+        }
+    } else {
+        AmqpError::Detached(format!("{:?}: {description}", err.condition))
+    }
 }
 
 /// `com.microsoft:client-version` on every link, as the Node SDK sends it.

@@ -49,7 +49,8 @@ pub enum CbsReplyError {
     StatusNotInt(String),
 }
 
-/// The put-token request. `token` is the whole `SharedAccessSignature …` string.
+/// The put-token request. `token` is the whole `SharedAccessSignature …` string, `audience`
+/// goes into `name`.
 pub fn put_token_request(
     token: String,
     audience: &str,
