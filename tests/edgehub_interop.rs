@@ -496,3 +496,73 @@ fn connection_strings_for_local_debugging_reach_the_stand_in() {
     );
     secrets_absent(&module.output(), "IotHubConnectionString");
 }
+
+#[test]
+fn released_is_resent_rejected_is_dropped_and_a_dropped_connection_resends() {
+    let mut opts = hub_options(0);
+    opts.outcomes = vec!["release", "reject", "drop"];
+    let s = setup(KEY, opts);
+    let feed = AuditFeed::start(s.dir.path(), capture("activity.log"));
+    let env = module_env(
+        &s,
+        &feed,
+        &[
+            ("RUST_LOG", "info"),
+            ("AZUREIOTSECURITY_EDGEHUB__RETRY_DELAY_MS", "100"),
+            ("AZUREIOTSECURITY_EDGEHUB__RECONNECT_MIN_MS", "100"),
+            ("AZUREIOTSECURITY_EDGEHUB__SHUTDOWN_GRACE_MS", "8000"),
+        ],
+    );
+    let mut module = Module::start(s.dir.path(), "outcomes", &env, &["run"]);
+    s.hub
+        .wait("the telemetry link", Duration::from_secs(30), |r| {
+            r.iter()
+                .any(|x| x["kind"] == "attach" && x["role"] == "sender" && x["address"] != "$cbs")
+        });
+    std::thread::sleep(Duration::from_secs(2));
+    // SIGTERM: the module builds its messages and sends them within the grace period.
+    assert!(module.stop(Duration::from_secs(15)).success());
+    let recs = s.hub.records();
+    let msgs: Vec<(u64, String, String)> = recs
+        .iter()
+        .filter(|r| r["kind"] == "message")
+        .map(|r| {
+            (
+                r["conn"].as_u64().unwrap(),
+                r["message_id"].as_str().unwrap().to_owned(),
+                r["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(msgs.len() >= 4, "{msgs:#?}\n{}", module.output());
+    let (a, b) = (&msgs[0].1, &msgs[2].1);
+    assert_ne!(a, b);
+    assert_eq!(
+        msgs[..4],
+        [
+            (1, a.clone(), "release".to_owned()),
+            (1, a.clone(), "reject".to_owned()),
+            (1, b.clone(), "drop".to_owned()),
+            (2, b.clone(), "accept".to_owned()),
+        ],
+        "released: sent again with the same id; rejected: never again; dropped: resent on a new connection"
+    );
+    assert!(msgs[4..].iter().all(|m| m.1 != *a && m.2 == "accept"));
+    let output = module.output();
+    assert!(
+        output.contains("edgeHub rejected a message")
+            && output.contains("Message size exceeds the limit"),
+        "the rejection is logged with edgeHub's reason:\n{output}"
+    );
+    let stats = output
+        .lines()
+        .rev()
+        .find(|l| l.contains("edgeHub statistics"))
+        .expect("statistics line");
+    assert!(stats.contains("rejected=1 "), "{stats}");
+    assert!(stats.contains("released_or_modified=1 "), "{stats}");
+    assert!(
+        stats.contains(&format!("delivered={} ", msgs.len() - 3)),
+        "{stats}"
+    );
+}

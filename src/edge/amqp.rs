@@ -171,6 +171,8 @@ pub enum AmqpError {
     Send(String),
     #[error("edgeHub detached the telemetry link: {0}")]
     Detached(String),
+    #[error("the connection ended: {0}")]
+    Closed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -351,9 +353,15 @@ impl Client {
             }
         };
         let send = self.send_loop(&mut events, &address, control);
+        // The connection's end is watched too: a message waiting for its settlement is not
+        // told when edgeHub closes the connection or the TCP connection drops.
         let ended: Result<Ended, AmqpError> = tokio::select! {
             r = renew => r,
             r = send => r,
+            r = connection.on_close() => Err(AmqpError::Closed(match r {
+                Ok(()) => "closed by edgeHub".to_owned(),
+                Err(e) => e.to_string(),
+            })),
         };
         if ended.is_ok() {
             // A clean goodbye; errors here change nothing.
