@@ -14,6 +14,8 @@
 //! [`MemoryStore`] keeps all of it in memory; the durable outbox implements the same trait
 //! on disk.
 
+pub mod sqlite;
+
 use std::collections::VecDeque;
 
 use thiserror::Error;
@@ -91,6 +93,10 @@ pub trait Store {
     fn message_count(&self) -> usize;
     /// All bytes held (pending events and messages).
     fn bytes(&self) -> usize;
+    /// Make what was added durable (the on-disk store groups its writes until then).
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The store in memory.

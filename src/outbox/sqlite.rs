@@ -1,0 +1,742 @@
+//! The durable outbox: the [`Store`] in SQLite, in the module's data directory (a volume in
+//! the deployment manifest), so that what the module committed survives a restart, an update
+//! or a kill.
+//!
+//! - WAL with `synchronous=FULL`: a commit is on disk when it returns. Writes are grouped in
+//!   one transaction until [`Store::commit`] (the delivery stage calls it every tick) or until
+//!   a message is built or read for sending: nothing is sent that is not committed, and an
+//!   event costs no fsync of its own.
+//! - Pending events keep their queue and order (an autoincrement sequence), messages their
+//!   id: a message sent again after a restart carries the same message-id.
+//! - The byte budget (`maxLocalCacheSizeInBytes`) counts the stored JSON, as the in-memory
+//!   store does, so both drop the same events; the file follows it: the WAL is checkpointed
+//!   (TRUNCATE) and freed pages are returned (`auto_vacuum=INCREMENTAL`) every
+//!   [`MAINTAIN_EVERY`] commits and whenever the store empties, and `journal_size_limit`
+//!   bounds the WAL between checkpoints. [`SqliteStore::disk_bytes`] reports the real use.
+//! - Opening runs `quick_check`; [`open_or_recover`] moves a corrupt file aside and starts
+//!   empty, and says what it did so the caller can log it.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Dropped, Pending, Store, StoreError, StoredMessage};
+use crate::events::operational::QueueName;
+
+/// Checkpoint and vacuum after this many commits.
+pub const MAINTAIN_EVERY: u64 = 64;
+/// The WAL is truncated to this after a checkpoint.
+const JOURNAL_SIZE_LIMIT: i64 = 256 * 1024;
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(format!("SQLite: {e}"))
+}
+
+fn queue_code(q: QueueName) -> i64 {
+    match q {
+        QueueName::High => 0,
+        QueueName::Low => 1,
+    }
+}
+
+/// The outbox file.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    /// Mirrors of the pending rows: (sequence, JSON length), oldest first.
+    high: VecDeque<(i64, usize)>,
+    low: VecDeque<(i64, usize)>,
+    /// Bytes of stored JSON (pending and messages).
+    bytes: usize,
+    messages: usize,
+    max_bytes: usize,
+    in_tx: bool,
+    commits: u64,
+    /// Events added since the last commit: lost if the commit fails.
+    uncommitted: Dropped,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("bytes", &self.bytes)
+            .field("messages", &self.messages)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`open_or_recover`] had to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// The file was fine (or new).
+    Clean,
+    /// The file was corrupt: moved to `moved_to`, and a new one started.
+    MovedAside { moved_to: PathBuf, reason: String },
+}
+
+impl SqliteStore {
+    /// Open (or create) the outbox at `path` and check it.
+    pub fn open(path: &Path, max_bytes: usize) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(db)?;
+        // auto_vacuum must be set before the first table exists.
+        conn.execute_batch(
+            "PRAGMA auto_vacuum = INCREMENTAL;
+             PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;",
+        )
+        .map_err(db)?;
+        conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+            .map_err(db)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(db)?;
+        if check != "ok" {
+            return Err(StoreError::Backend(format!("quick_check: {check}")));
+        }
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS pending (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 queue INTEGER NOT NULL,
+                 json TEXT NOT NULL);
+             CREATE INDEX IF NOT EXISTS pending_by_queue ON pending (queue, seq);
+             CREATE TABLE IF NOT EXISTS messages (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 message_id TEXT NOT NULL UNIQUE,
+                 body TEXT NOT NULL,
+                 high_events INTEGER NOT NULL,
+                 low_events INTEGER NOT NULL);",
+        )
+        .map_err(db)?;
+        let mut s = SqliteStore {
+            conn,
+            path: path.to_owned(),
+            high: VecDeque::new(),
+            low: VecDeque::new(),
+            bytes: 0,
+            messages: 0,
+            max_bytes,
+            in_tx: false,
+            commits: 0,
+            uncommitted: Dropped::default(),
+        };
+        s.load()?;
+        Ok(s)
+    }
+
+    fn load(&mut self) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq, queue, length(CAST(json AS BLOB)) FROM pending ORDER BY seq")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(db)?;
+        let (mut high, mut low, mut bytes) = (VecDeque::new(), VecDeque::new(), 0usize);
+        for row in rows {
+            let (seq, queue, len) = row.map_err(db)?;
+            let len = usize::try_from(len).unwrap_or(0);
+            bytes += len;
+            if queue == 0 {
+                high.push_back((seq, len));
+            } else {
+                low.push_back((seq, len));
+            }
+        }
+        drop(stmt);
+        let (count, body_bytes): (i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(length(CAST(body AS BLOB))), 0) FROM messages",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db)?;
+        self.high = high;
+        self.low = low;
+        self.bytes = bytes + usize::try_from(body_bytes).unwrap_or(0);
+        self.messages = usize::try_from(count).unwrap_or(0);
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Events added since the last commit.
+    pub fn uncommitted(&self) -> Dropped {
+        self.uncommitted
+    }
+
+    /// The byte budget can change with the configuration.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) -> Result<Dropped, StoreError> {
+        self.max_bytes = max_bytes;
+        self.make_room(0)
+    }
+
+    /// Real disk use: the database file and its WAL.
+    pub fn disk_bytes(&self) -> u64 {
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        size(&self.path) + size(Path::new(&wal))
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        if !self.in_tx {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+            self.in_tx = true;
+        }
+        Ok(())
+    }
+
+    /// Checkpoint the WAL into the file and give freed pages back.
+    pub fn maintain(&mut self) -> Result<(), StoreError> {
+        self.commit_tx()?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(db)?;
+        // incremental_vacuum frees pages as it is stepped: step it to the end.
+        {
+            let mut stmt = self.conn.prepare("PRAGMA incremental_vacuum").map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            while rows.next().map_err(db)?.is_some() {}
+        }
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn commit_tx(&mut self) -> Result<(), StoreError> {
+        if self.in_tx {
+            self.conn.execute_batch("COMMIT").map_err(db)?;
+            self.in_tx = false;
+            self.commits += 1;
+            self.uncommitted = Dropped::default();
+        }
+        Ok(())
+    }
+
+    fn delete_pending(&mut self, seq: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM pending WHERE seq = ?1", params![seq])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    /// Drop the oldest Low, then the oldest High pending events until `need` more bytes fit.
+    fn make_room(&mut self, need: usize) -> Result<Dropped, StoreError> {
+        let mut dropped = Dropped::default();
+        while self.bytes + need > self.max_bytes {
+            let (seq, len, q) = if let Some(&(seq, len)) = self.low.front() {
+                (seq, len, QueueName::Low)
+            } else if let Some(&(seq, len)) = self.high.front() {
+                (seq, len, QueueName::High)
+            } else {
+                break;
+            };
+            self.begin()?;
+            self.delete_pending(seq)?;
+            match q {
+                QueueName::Low => self.low.pop_front(),
+                QueueName::High => self.high.pop_front(),
+            };
+            self.bytes -= len;
+            dropped.add(q, 1);
+        }
+        Ok(dropped)
+    }
+
+    fn read_pending(&self, q: QueueName, n: usize) -> Result<Vec<String>, StoreError> {
+        let seqs = match q {
+            QueueName::High => &self.high,
+            QueueName::Low => &self.low,
+        };
+        let Some(&(last, _)) = seqs.get(n.checked_sub(1).unwrap_or(usize::MAX)) else {
+            return Ok(Vec::new());
+        };
+        let first = seqs.front().map(|x| x.0).unwrap_or(last);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT json FROM pending WHERE queue = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![queue_code(q), first, last], |r| {
+                r.get::<_, String>(0)
+            })
+            .map_err(db)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db)
+    }
+}
+
+impl Store for SqliteStore {
+    fn add_pending(&mut self, ev: Pending) -> Result<Dropped, StoreError> {
+        let len = ev.json.len();
+        if len > self.max_bytes {
+            let mut d = Dropped::default();
+            d.add(ev.queue, 1);
+            return Ok(d);
+        }
+        let mut dropped = self.make_room(len)?;
+        if self.bytes + len > self.max_bytes {
+            dropped.add(ev.queue, 1);
+            return Ok(dropped);
+        }
+        self.begin()?;
+        self.conn
+            .execute(
+                "INSERT INTO pending (queue, json) VALUES (?1, ?2)",
+                params![queue_code(ev.queue), ev.json],
+            )
+            .map_err(db)?;
+        let seq = self.conn.last_insert_rowid();
+        self.uncommitted.add(ev.queue, 1);
+        self.bytes += len;
+        match ev.queue {
+            QueueName::High => self.high.push_back((seq, len)),
+            QueueName::Low => self.low.push_back((seq, len)),
+        }
+        Ok(dropped)
+    }
+
+    fn pending_sizes(&self, q: QueueName) -> Vec<usize> {
+        match q {
+            QueueName::High => self.high.iter().map(|x| x.1).collect(),
+            QueueName::Low => self.low.iter().map(|x| x.1).collect(),
+        }
+    }
+
+    fn pending_bytes(&self, q: QueueName) -> usize {
+        match q {
+            QueueName::High => self.high.iter().map(|x| x.1).sum(),
+            QueueName::Low => self.low.iter().map(|x| x.1).sum(),
+        }
+    }
+
+    fn build_message(
+        &mut self,
+        message_id: &str,
+        first: QueueName,
+        high: usize,
+        low: usize,
+        build: &mut dyn FnMut(&[&str]) -> String,
+    ) -> Result<(), StoreError> {
+        let high = high.min(self.high.len());
+        let low = low.min(self.low.len());
+        let hs = self.read_pending(QueueName::High, high)?;
+        let ls = self.read_pending(QueueName::Low, low)?;
+        let (a, b) = match first {
+            QueueName::High => (&hs, &ls),
+            QueueName::Low => (&ls, &hs),
+        };
+        let events: Vec<&str> = a.iter().chain(b.iter()).map(String::as_str).collect();
+        let body = build(&events);
+        let freed: usize = events.iter().map(|e| e.len()).sum();
+        self.begin()?;
+        for (q, n) in [(QueueName::High, high), (QueueName::Low, low)] {
+            let seqs = match q {
+                QueueName::High => &mut self.high,
+                QueueName::Low => &mut self.low,
+            };
+            if let Some(&(last, _)) = seqs.get(n.wrapping_sub(1)) {
+                self.conn
+                    .execute(
+                        "DELETE FROM pending WHERE queue = ?1 AND seq <= ?2",
+                        params![queue_code(q), last],
+                    )
+                    .map_err(db)?;
+                seqs.drain(..n);
+            }
+        }
+        self.conn
+            .execute(
+                "INSERT INTO messages (message_id, body, high_events, low_events) VALUES (?1, ?2, ?3, ?4)",
+                params![message_id, body, high as i64, low as i64],
+            )
+            .map_err(db)?;
+        self.bytes = self.bytes - freed + body.len();
+        self.messages += 1;
+        // A built message is committed before it can be sent.
+        self.commit()
+    }
+
+    fn next_message(&self) -> Result<Option<StoredMessage>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT message_id, body, high_events, low_events FROM messages ORDER BY seq LIMIT 1",
+                [],
+                |r| {
+                    Ok(StoredMessage {
+                        message_id: r.get(0)?,
+                        body: r.get(1)?,
+                        high_events: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        low_events: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn ack(&mut self, message_id: &str) -> Result<(), StoreError> {
+        self.reject(message_id).map(|_| ())
+    }
+
+    fn reject(&mut self, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        let m = self
+            .conn
+            .query_row(
+                "SELECT message_id, body, high_events, low_events FROM messages WHERE message_id = ?1",
+                params![message_id],
+                |r| {
+                    Ok(StoredMessage {
+                        message_id: r.get(0)?,
+                        body: r.get(1)?,
+                        high_events: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        low_events: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)?;
+        let Some(m) = m else { return Ok(None) };
+        self.begin()?;
+        self.conn
+            .execute(
+                "DELETE FROM messages WHERE message_id = ?1",
+                params![message_id],
+            )
+            .map_err(db)?;
+        self.bytes -= m.body.len();
+        self.messages -= 1;
+        self.commit()?;
+        Ok(Some(m))
+    }
+
+    fn message_count(&self) -> usize {
+        self.messages
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let was = self.in_tx;
+        self.commit_tx()?;
+        let empty = self.bytes == 0;
+        if was && (self.commits % MAINTAIN_EVERY == 0 || empty) {
+            self.maintain()?;
+        }
+        Ok(())
+    }
+}
+
+/// The outbox, falling back to memory when the disk fails under it (full, read-only, gone):
+/// the module keeps forwarding rather than stopping. What the file held stays there and is
+/// sent after the next start; events of the transaction that failed are counted as dropped.
+pub struct Resilient {
+    disk: Option<SqliteStore>,
+    memory: super::MemoryStore,
+    /// Drops to report with the next `add_pending`.
+    lost: Dropped,
+}
+
+impl Resilient {
+    pub fn new(disk: SqliteStore) -> Resilient {
+        let max = disk.max_bytes;
+        Resilient {
+            disk: Some(disk),
+            memory: super::MemoryStore::new(max),
+            lost: Dropped::default(),
+        }
+    }
+
+    /// Still on disk?
+    pub fn durable(&self) -> bool {
+        self.disk.is_some()
+    }
+
+    fn fail(&mut self, e: &StoreError) {
+        if let Some(d) = self.disk.take() {
+            let lost = d.uncommitted();
+            self.lost.high += lost.high;
+            self.lost.low += lost.low;
+            tracing::error!(
+                error_id = "E-OUTBOX-WRITE",
+                path = %d.path().display(),
+                error = %e,
+                lost_high = lost.high,
+                lost_low = lost.low,
+                "the outbox failed (disk full or read-only?): forwarding from memory from now on; what the file held is sent after a restart"
+            );
+        }
+    }
+
+    /// Run `op` on the disk store; on failure switch to memory and run it there.
+    fn with<T>(
+        &mut self,
+        op: impl Fn(&mut dyn Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if let Some(d) = self.disk.as_mut() {
+            match op(d) {
+                Ok(v) => return Ok(v),
+                Err(e) => self.fail(&e),
+            }
+        }
+        op(&mut self.memory)
+    }
+}
+
+impl Store for Resilient {
+    fn add_pending(&mut self, ev: Pending) -> Result<Dropped, StoreError> {
+        let mut d = self.with(|s| s.add_pending(ev.clone()))?;
+        d.high += std::mem::take(&mut self.lost.high);
+        d.low += std::mem::take(&mut self.lost.low);
+        Ok(d)
+    }
+    fn pending_sizes(&self, q: QueueName) -> Vec<usize> {
+        match &self.disk {
+            Some(d) => d.pending_sizes(q),
+            None => self.memory.pending_sizes(q),
+        }
+    }
+    fn pending_bytes(&self, q: QueueName) -> usize {
+        match &self.disk {
+            Some(d) => d.pending_bytes(q),
+            None => self.memory.pending_bytes(q),
+        }
+    }
+    fn build_message(
+        &mut self,
+        message_id: &str,
+        first: QueueName,
+        high: usize,
+        low: usize,
+        build: &mut dyn FnMut(&[&str]) -> String,
+    ) -> Result<(), StoreError> {
+        if let Some(d) = self.disk.as_mut() {
+            match d.build_message(message_id, first, high, low, build) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.fail(&e);
+                    return Ok(());
+                }
+            }
+        }
+        self.memory
+            .build_message(message_id, first, high, low, build)
+    }
+    fn next_message(&self) -> Result<Option<StoredMessage>, StoreError> {
+        match &self.disk {
+            Some(d) => d.next_message(),
+            None => self.memory.next_message(),
+        }
+    }
+    fn ack(&mut self, message_id: &str) -> Result<(), StoreError> {
+        self.with(|s| s.ack(message_id))
+    }
+    fn reject(&mut self, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
+        self.with(|s| s.reject(message_id))
+    }
+    fn message_count(&self) -> usize {
+        match &self.disk {
+            Some(d) => d.message_count(),
+            None => self.memory.message_count(),
+        }
+    }
+    fn bytes(&self) -> usize {
+        match &self.disk {
+            Some(d) => d.bytes(),
+            None => self.memory.bytes(),
+        }
+    }
+    fn commit(&mut self) -> Result<(), StoreError> {
+        self.with(|s| s.commit())
+    }
+}
+
+/// Open the outbox in `dir`; a file that cannot be opened or fails its check is moved aside
+/// (`outbox.sqlite.corrupt-<unix time>`) and a new one started.
+pub fn open_or_recover(
+    dir: &Path,
+    max_bytes: usize,
+) -> Result<(SqliteStore, Recovery), StoreError> {
+    let path = dir.join("outbox.sqlite");
+    match SqliteStore::open(&path, max_bytes) {
+        Ok(s) => Ok((s, Recovery::Clean)),
+        Err(first) if path.exists() => {
+            let stamp = chrono::Utc::now().timestamp();
+            let moved_to = dir.join(format!("outbox.sqlite.corrupt-{stamp}"));
+            std::fs::rename(&path, &moved_to).map_err(|e| {
+                StoreError::Backend(format!("moving the corrupt outbox aside: {e}"))
+            })?;
+            for suffix in ["-wal", "-shm"] {
+                let mut side = path.clone().into_os_string();
+                side.push(suffix);
+                let _ = std::fs::remove_file(PathBuf::from(side));
+            }
+            let s = SqliteStore::open(&path, max_bytes)?;
+            Ok((
+                s,
+                Recovery::MovedAside {
+                    moved_to,
+                    reason: first.to_string(),
+                },
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(q: QueueName, s: &str) -> Pending {
+        Pending {
+            queue: q,
+            json: s.to_string(),
+        }
+    }
+
+    fn join(evs: &[&str]) -> String {
+        evs.join(",")
+    }
+
+    #[test]
+    fn survives_reopen_with_order_queues_and_message_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        {
+            let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+            for (q, e) in [
+                (QueueName::High, "h1"),
+                (QueueName::Low, "l1"),
+                (QueueName::High, "h2"),
+                (QueueName::Low, "l2"),
+                (QueueName::High, "h3"),
+            ] {
+                s.add_pending(p(q, e)).unwrap();
+            }
+            s.build_message("m-1", QueueName::High, 2, 1, &mut join)
+                .unwrap();
+            s.commit().unwrap();
+        }
+        let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+        let m = s.next_message().unwrap().unwrap();
+        assert_eq!(
+            (m.message_id.as_str(), m.body.as_str()),
+            ("m-1", "h1,h2,l1")
+        );
+        assert_eq!((m.high_events, m.low_events), (2, 1));
+        assert_eq!(s.pending_sizes(QueueName::High), [2]);
+        assert_eq!(s.pending_sizes(QueueName::Low), [2]);
+        assert_eq!(s.bytes(), "h1,h2,l1".len() + 4);
+        s.ack("m-1").unwrap();
+        assert_eq!(s.next_message().unwrap(), None);
+        s.build_message("m-2", QueueName::Low, 5, 5, &mut join)
+            .unwrap();
+        assert_eq!(s.next_message().unwrap().unwrap().body, "l2,h3");
+    }
+
+    #[test]
+    fn uncommitted_events_are_lost_committed_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let crashed = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+        s.add_pending(p(QueueName::High, "kept")).unwrap();
+        s.commit().unwrap();
+        s.add_pending(p(QueueName::High, "in-flight")).unwrap();
+        // A crash before the next commit: the files as they are on disk now.
+        for f in ["outbox.sqlite", "outbox.sqlite-wal"] {
+            if dir.path().join(f).exists() {
+                std::fs::copy(dir.path().join(f), crashed.path().join(f)).unwrap();
+            }
+        }
+        drop(s);
+        let s = SqliteStore::open(&crashed.path().join("outbox.sqlite"), 1 << 20).unwrap();
+        assert_eq!(s.pending_sizes(QueueName::High), ["kept".len()]);
+    }
+
+    #[test]
+    fn full_outbox_drops_oldest_low_then_high_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("o.sqlite"), 10).unwrap();
+        s.add_pending(p(QueueName::High, "hhh")).unwrap();
+        s.add_pending(p(QueueName::Low, "l1l")).unwrap();
+        s.add_pending(p(QueueName::Low, "l2l")).unwrap();
+        let d = s.add_pending(p(QueueName::High, "h2h")).unwrap();
+        assert_eq!(d, Dropped { high: 0, low: 1 });
+        let d = s.add_pending(p(QueueName::High, "h3h")).unwrap();
+        assert_eq!(d, Dropped { high: 0, low: 1 });
+        let d = s.add_pending(p(QueueName::High, "h4h")).unwrap();
+        assert_eq!(d, Dropped { high: 1, low: 0 });
+        assert_eq!(s.pending_sizes(QueueName::Low), Vec::<usize>::new());
+        assert_eq!(s.pending_bytes(QueueName::High), 9);
+        let d = s
+            .add_pending(p(QueueName::Low, "this is too large"))
+            .unwrap();
+        assert_eq!(d, Dropped { high: 0, low: 1 });
+        s.commit().unwrap();
+        let s = SqliteStore::open(&dir.path().join("o.sqlite"), 10).unwrap();
+        assert_eq!(s.pending_sizes(QueueName::High), [3, 3, 3]);
+    }
+
+    #[test]
+    fn the_file_shrinks_back_when_the_outbox_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("o.sqlite"), 4 << 20).unwrap();
+        let big = "x".repeat(1000);
+        for i in 0..2000 {
+            s.add_pending(p(QueueName::Low, &big)).unwrap();
+            if i % 100 == 0 {
+                s.commit().unwrap();
+            }
+        }
+        s.commit().unwrap();
+        s.maintain().unwrap();
+        let full = s.disk_bytes();
+        assert!(full > 2_000_000, "{full}");
+        s.build_message("m", QueueName::Low, 0, 2000, &mut |evs| {
+            format!("{} events", evs.len())
+        })
+        .unwrap();
+        assert_eq!(s.next_message().unwrap().unwrap().body, "2000 events");
+        s.ack("m").unwrap();
+        let empty = s.disk_bytes();
+        assert!(empty < 100_000, "the file shrank from {full} to {empty}");
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("outbox.sqlite"),
+            b"this is not a database, not at all, no",
+        )
+        .unwrap();
+        let (s, r) = open_or_recover(dir.path(), 1000).unwrap();
+        match r {
+            Recovery::MovedAside { moved_to, reason } => {
+                assert!(moved_to.exists());
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.message_count(), 0);
+        let (_, r) = open_or_recover(dir.path(), 1000).unwrap();
+        assert_eq!(r, Recovery::Clean);
+    }
+}
