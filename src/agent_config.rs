@@ -2112,7 +2112,8 @@ mod tests {
         assert_eq!(report["events"], serde_json::to_value(&s.events).unwrap());
         assert_eq!(report["debug"], serde_json::to_value(&s.debug).unwrap());
         assert_eq!(report["module"], serde_json::to_value(&s.module).unwrap());
-        assert_eq!(report.as_object().unwrap().len(), 5);
+        assert_eq!(report["edgehub"], serde_json::to_value(&s.edgehub).unwrap());
+        assert_eq!(report.as_object().unwrap().len(), 6);
         assert_eq!(
             report["audit"]["socket_path"],
             json!("/var/run/audispd_events")

@@ -23,7 +23,8 @@ use crate::edge::amqp::{AmqpConfig, AmqpStats, Client, Control};
 use crate::edge::credentials::Credentials;
 use crate::events::{ConfigurationError, Payload, SecurityEvent};
 use crate::message::Envelope;
-use crate::outbox::{MemoryStore, StoreError};
+use crate::outbox::sqlite::{self, Recovery};
+use crate::outbox::{MemoryStore, Store, StoreError};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::settings::Settings;
 
@@ -135,13 +136,18 @@ impl<W: Write> Emitter<W> {
         if self.outgoing.is_none() {
             let (config, errors) = agent_config(&self.settings);
             let cache = usize::try_from(config.max_local_cache_size_in_bytes).unwrap_or(usize::MAX);
+            let store = self.store(cache);
+            let durable = matches!(self.mode, Mode::Send { .. });
             let mut o = Outgoing::new(
                 config,
                 Envelope::new(agent_id, env!("CARGO_PKG_VERSION")),
-                Box::new(MemoryStore::new(cache)),
+                store,
                 self.settings.module.aggregation_max_entries,
                 now_ms,
             );
+            if durable {
+                o.set_run_salt(Uuid::new_v4());
+            }
             if !errors.is_empty() {
                 o.push(
                     SecurityEvent {
@@ -155,6 +161,40 @@ impl<W: Write> Emitter<W> {
             self.outgoing = Some(Arc::new(Mutex::new(o)));
         }
         self.outgoing.clone()
+    }
+
+    /// The store: the durable outbox in the data directory when sending, memory when
+    /// printing. An outbox that cannot be opened (a read-only or full data directory) leaves
+    /// the module forwarding from memory, and says so.
+    fn store(&self, cache: usize) -> Box<dyn Store + Send> {
+        if !matches!(self.mode, Mode::Send { .. }) {
+            return Box::new(MemoryStore::new(cache));
+        }
+        let dir = &self.settings.module.data_dir;
+        match sqlite::open_or_recover(dir, cache) {
+            Ok((store, Recovery::Clean)) => {
+                tracing::info!(path = %store.path().display(), messages = store.message_count(), bytes = store.bytes(), "outbox opened");
+                Box::new(sqlite::Resilient::new(store))
+            }
+            Ok((store, Recovery::MovedAside { moved_to, reason })) => {
+                tracing::error!(
+                    error_id = "E-OUTBOX-CORRUPT",
+                    moved_to = %moved_to.display(),
+                    %reason,
+                    "the outbox was corrupt: it was moved aside and the module starts with an empty one; what it held is not sent"
+                );
+                Box::new(sqlite::Resilient::new(store))
+            }
+            Err(e) => {
+                tracing::error!(
+                    error_id = "E-OUTBOX-UNAVAILABLE",
+                    dir = %dir.display(),
+                    error = %e,
+                    "cannot open the outbox: forwarding from memory (a restart loses what is queued)"
+                );
+                Box::new(MemoryStore::new(cache))
+            }
+        }
     }
 
     /// Sending: messages are left for the sender task, which `wake` wakes.

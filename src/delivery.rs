@@ -63,6 +63,8 @@ pub struct Outgoing {
     upstream_mark: UpstreamDrops,
     last_snapshot_ms: u64,
     snapshot_seq: u64,
+    /// See [`Outgoing::set_run_salt`].
+    salt: Uuid,
     max_aggregation_entries: usize,
 }
 
@@ -118,8 +120,17 @@ impl Outgoing {
             upstream_mark: UpstreamDrops::default(),
             last_snapshot_ms: now_ms,
             snapshot_seq: 0,
+            salt: Uuid::nil(),
             max_aggregation_entries,
         }
+    }
+
+    /// A run of the module with a durable outbox: message ids and statistics event ids must
+    /// not repeat those of earlier runs still in the outbox, so they are salted with a value
+    /// of this run. `replay` leaves it nil and stays reproducible.
+    pub fn set_run_salt(&mut self, salt: Uuid) {
+        self.salt = salt;
+        self.batcher.set_salt(salt);
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -232,7 +243,7 @@ impl Outgoing {
             self.snapshot(wall_ms, upstream);
         }
         self.batcher.tick(self.store.as_mut(), now_ms)?;
-        Ok(())
+        self.store.commit()
     }
 
     /// Emit the statistics events of the period that ends now, and start a new one.
@@ -241,7 +252,15 @@ impl Outgoing {
         let mark = std::mem::replace(&mut self.upstream_mark, upstream);
         self.snapshot_seq += 1;
         let agent = self.batcher.envelope().agent_id();
-        let id = |name: &str, seq: u64| Uuid::new_v5(&agent, format!("{name} {seq}").as_bytes());
+        let salt = self.salt;
+        let id = |name: &str, seq: u64| {
+            let name = if salt.is_nil() {
+                format!("{name} {seq}")
+            } else {
+                format!("{name} {salt} {seq}")
+            };
+            Uuid::new_v5(&agent, name.as_bytes())
+        };
         let mut extra = ExtraDetails::new();
         extra.insert(
             "SocketQueueDroppedLines",
@@ -311,7 +330,7 @@ impl Outgoing {
             self.enqueue(ev);
         }
         self.batcher.flush(self.store.as_mut())?;
-        Ok(())
+        self.store.commit()
     }
 
     /// The oldest message waiting to be sent.

@@ -211,7 +211,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 app::Mode::Events
             } else {
                 let dir = &settings.module.data_dir;
-                let agent_id = azureiotsecurity::agent_id::load_or_create(dir)?;
+                // A data directory that cannot be written (read-only, full) must not stop
+                // the module: it runs with an AgentId of this run and says so.
+                let agent_id = match azureiotsecurity::agent_id::load_or_create(dir) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        let id = uuid::Uuid::new_v4();
+                        tracing::error!(error_id = "E-DATADIR", error = %e, agent_id = %id, "cannot keep the AgentId in the data directory: using one for this run only");
+                        id
+                    }
+                };
                 match identity {
                     Some(identity) => {
                         tracing::info!(

@@ -171,6 +171,9 @@ pub struct Batcher {
     last_high_ms: u64,
     last_low_ms: u64,
     seq: u64,
+    /// Makes message ids unique across runs (a durable outbox keeps the old ones); nil in
+    /// `replay`, so that its output depends only on its input.
+    salt: Uuid,
     stats: BatchStats,
 }
 
@@ -183,12 +186,18 @@ impl Batcher {
             last_high_ms: now_ms,
             last_low_ms: now_ms,
             seq: 0,
+            salt: Uuid::nil(),
             stats: BatchStats::default(),
         }
     }
 
     pub fn config(&self) -> &BatchConfig {
         &self.cfg
+    }
+
+    /// See the `salt` field.
+    pub fn set_salt(&mut self, salt: Uuid) {
+        self.salt = salt;
     }
 
     pub fn set_config(&mut self, cfg: BatchConfig) {
@@ -291,12 +300,14 @@ impl Batcher {
             QueueName::Low => (n_other, n_q),
         };
         self.seq += 1;
-        let id = Uuid::new_v5(
-            &self.env.agent_id(),
-            format!("message {}", self.seq).as_bytes(),
-        )
-        .hyphenated()
-        .to_string();
+        let name = if self.salt.is_nil() {
+            format!("message {}", self.seq)
+        } else {
+            format!("message {} {}", self.salt, self.seq)
+        };
+        let id = Uuid::new_v5(&self.env.agent_id(), name.as_bytes())
+            .hyphenated()
+            .to_string();
         let env = &self.env;
         let mut body_len = 0;
         store.build_message(&id, q, high, low, &mut |evs| {

@@ -1,0 +1,317 @@
+//! The durable outbox under faults, with real processes: the module binary, a replay audit
+//! source, the Proton edgeHub stand-in and the workload stand-in (see tests/edgehub_interop.rs
+//! for those). Mounting tmpfs needs root, as the whole suite does; without it these fail.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use azureiotsecurity::events::operational::QueueName;
+use azureiotsecurity::outbox::sqlite::{Resilient, SqliteStore};
+use azureiotsecurity::outbox::{Pending, Store};
+use serde_json::Value;
+use support::audit_feed::AuditFeed;
+use support::standin::{self, Certs, EdgeHub, EdgeHubOptions, Module, Workload};
+
+const KEY: &str = "bW9kdWxlLWtleS1mb3ItdGhlLWludGVyb3AtdGVzdHM=";
+const HUB: &str = "hub.example.net";
+const DEVICE: &str = "dev1";
+const MODULE: &str = "azureiotsecurity";
+
+fn hub_options(port: u16) -> EdgeHubOptions {
+    EdgeHubOptions {
+        port,
+        key_b64: KEY.into(),
+        hub: HUB.into(),
+        device: DEVICE.into(),
+        module: MODULE.into(),
+        outcomes: vec![],
+        clock_skew_secs: 0,
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(path: &Path, options: &str) -> Mount {
+        std::fs::create_dir_all(path).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(
+            st.success(),
+            "mount -t tmpfs -o {options} failed (the tests run as root)"
+        );
+        Mount(path.to_owned())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn env(
+    workload: &Workload,
+    port: u16,
+    feed: &AuditFeed,
+    data: &Path,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env = standin::edge_env(workload, HUB, DEVICE, MODULE, port);
+    env.push((
+        "AZUREIOTSECURITY_AUDIT__SOCKET_PATH".into(),
+        feed.path.display().to_string(),
+    ));
+    env.push((
+        "AZUREIOTSECURITY_MODULE__DATA_DIR".into(),
+        data.display().to_string(),
+    ));
+    env.push((
+        "AZUREIOTSECURITY_EDGEHUB__RECONNECT_MIN_MS".into(),
+        "200".into(),
+    ));
+    env.push((
+        "AZUREIOTSECURITY_EDGEHUB__RECONNECT_MAX_MS".into(),
+        "1000".into(),
+    ));
+    env.push(("RUST_LOG".into(), "info".into()));
+    for (k, v) in extra {
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+fn capture(name: &str) -> Vec<u8> {
+    std::fs::read(support::root().join("tests/data").join(name)).unwrap()
+}
+
+fn delivered_ids(hub: &EdgeHub) -> Vec<String> {
+    hub.records()
+        .iter()
+        .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
+        .map(|r| r["message_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn event_ids(hub: &EdgeHub) -> Vec<String> {
+    hub.records()
+        .iter()
+        .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
+        .flat_map(|r| {
+            let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+            body["Events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["Category"] != "Periodic")
+                .map(|e| e["Id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn what_was_committed_while_edgehub_was_down_is_delivered_after_restarts_with_the_same_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
+    let data = dir.path().join("data");
+    let port = free_port(); // edgeHub is down: nothing listens here yet
+
+    // Run 1: edgeHub down; the capture is derived, SIGTERM puts everything into the outbox.
+    let feed = AuditFeed::start(dir.path(), capture("exec_args.log"));
+    let mut m = Module::start(
+        dir.path(),
+        "run1",
+        &env(&workload, port, &feed, &data, &[]),
+        &["run"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(m.stop(Duration::from_secs(10)).success(), "{}", m.output());
+    drop(feed);
+    let stored: Vec<String> = {
+        let s = SqliteStore::open(&data.join("outbox.sqlite"), 1 << 30).unwrap();
+        assert!(
+            s.message_count() > 0,
+            "the outbox holds the messages:\n{}",
+            m.output()
+        );
+        let mut ids = Vec::new();
+        // Read them without removing: copy the file and drain the copy.
+        let copy = dir.path().join("copy.sqlite");
+        std::fs::copy(data.join("outbox.sqlite"), &copy).unwrap();
+        drop(s);
+        let mut c = SqliteStore::open(&copy, 1 << 30).unwrap();
+        while let Some(msg) = c.next_message().unwrap() {
+            ids.push(msg.message_id.clone());
+            c.ack(&msg.message_id).unwrap();
+        }
+        ids
+    };
+
+    // Run 2: still down, killed hard: nothing committed is lost.
+    let empty = AuditFeed::start(dir.path(), Vec::new());
+    let mut m = Module::start(
+        dir.path(),
+        "run2",
+        &env(&workload, port, &empty, &data, &[]),
+        &["run"],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = m.proc.child.kill();
+    let _ = m.proc.child.wait();
+
+    // Run 3: edgeHub is back; the stored messages go out with their ids.
+    let hub = EdgeHub::start(dir.path(), &certs, &hub_options(port));
+    let mut m = Module::start(
+        dir.path(),
+        "run3",
+        &env(&workload, port, &empty, &data, &[]),
+        &["run"],
+    );
+    hub.wait("the stored messages", Duration::from_secs(30), |_| {
+        let got = delivered_ids(&hub);
+        stored.iter().all(|id| got.contains(id))
+    });
+    assert!(m.stop(Duration::from_secs(10)).success());
+    let events = event_ids(&hub);
+    assert!(!events.is_empty());
+    assert!(
+        m.output().contains("outbox opened"),
+        "the outbox was reopened:\n{}",
+        m.output()
+    );
+    // Run 3's own statistics messages come on top; none of the stored ones is missing.
+    let got = delivered_ids(&hub);
+    for id in &stored {
+        assert_eq!(
+            got.iter().filter(|g| *g == id).count(),
+            1,
+            "{id} delivered once"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_outbox_is_moved_aside_and_the_module_still_delivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
+    let hub = EdgeHub::start(dir.path(), &certs, &hub_options(0));
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("outbox.sqlite"), vec![0x5a; 8192]).unwrap();
+    let feed = AuditFeed::start(dir.path(), capture("exec_args.log"));
+    let mut m = Module::start(
+        dir.path(),
+        "corrupt",
+        &env(&workload, hub.port, &feed, &data, &[]),
+        &["run"],
+    );
+    hub.wait("the telemetry link", Duration::from_secs(30), |r| {
+        r.iter()
+            .any(|x| x["kind"] == "attach" && x["address"] != "$cbs" && x["role"] == "sender")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(m.stop(Duration::from_secs(10)).success());
+    let out = m.output();
+    assert!(out.contains("E-OUTBOX-CORRUPT"), "{out}");
+    let aside: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("outbox.sqlite.corrupt-")
+        })
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the corrupt file is kept aside for inspection"
+    );
+    assert!(!event_ids(&hub).is_empty(), "the module delivered");
+}
+
+#[test]
+fn a_read_only_data_directory_forwards_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
+    let hub = EdgeHub::start(dir.path(), &certs, &hub_options(0));
+    let data = dir.path().join("ro");
+    // Root ignores file modes: a read-only mount is what makes it read-only.
+    let _mount = Mount::tmpfs(&data, "size=1m,ro");
+    let feed = AuditFeed::start(dir.path(), capture("exec_args.log"));
+    let mut m = Module::start(
+        dir.path(),
+        "ro",
+        &env(&workload, hub.port, &feed, &data, &[]),
+        &["run"],
+    );
+    hub.wait("the telemetry link", Duration::from_secs(30), |r| {
+        r.iter()
+            .any(|x| x["kind"] == "attach" && x["address"] != "$cbs" && x["role"] == "sender")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(m.stop(Duration::from_secs(10)).success(), "{}", m.output());
+    let out = m.output();
+    assert!(out.contains("E-DATADIR"), "{out}");
+    assert!(out.contains("E-OUTBOX-UNAVAILABLE"), "{out}");
+    assert!(!event_ids(&hub).is_empty(), "delivered from memory");
+}
+
+#[test]
+fn a_full_disk_switches_the_outbox_to_memory_and_counts_what_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    let _mount = Mount::tmpfs(&small, "size=192k");
+    let store = SqliteStore::open(&small.join("outbox.sqlite"), 10 << 20).unwrap();
+    let mut s = Resilient::new(store);
+    let event = format!("{{\"e\":\"{}\"}}", "x".repeat(2000));
+    let (mut added, mut dropped) = (0u64, 0u64);
+    for i in 0..400 {
+        let d = s
+            .add_pending(Pending {
+                queue: QueueName::Low,
+                json: event.clone(),
+            })
+            .expect("the resilient store never fails");
+        added += 1;
+        dropped += d.high + d.low;
+        if i % 5 == 4 {
+            s.commit().expect("the resilient store never fails");
+        }
+        if !s.durable() {
+            break;
+        }
+    }
+    assert!(!s.durable(), "192 KB filled up ({added} events added)");
+    // The events of the failed transaction are reported as dropped, the rest kept.
+    let d = s
+        .add_pending(Pending {
+            queue: QueueName::High,
+            json: "{\"after\":1}".into(),
+        })
+        .unwrap();
+    dropped += d.high + d.low;
+    assert!(
+        (1..=5).contains(&dropped),
+        "lost {dropped} of the last transaction"
+    );
+    s.build_message("m1", QueueName::High, 10, 0, &mut |e| e.join(","))
+        .unwrap();
+    assert_eq!(s.next_message().unwrap().unwrap().body, "{\"after\":1}");
+}
