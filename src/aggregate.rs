@@ -208,11 +208,21 @@ struct Entry {
 impl Entry {
     /// The aggregated event.
     fn finish(self) -> SecurityEvent {
-        let mut ev = self.first;
-        let (start_local, start_utc) = timestamps(self.start_ms);
-        let (end_local, end_utc) = timestamps(self.end_ms);
+        let (hits, start_ms, end_ms) = (self.hits, self.start_ms, self.end_ms);
+        Self::render(self.first, hits, start_ms, end_ms)
+    }
+
+    /// The aggregated event as it would be if the window closed now.
+    fn peek(&self) -> SecurityEvent {
+        Self::render(self.first.clone(), self.hits, self.start_ms, self.end_ms)
+    }
+
+    fn render(first: SecurityEvent, hits: u64, start_ms: u64, end_ms: u64) -> SecurityEvent {
+        let mut ev = first;
+        let (start_local, start_utc) = timestamps(start_ms);
+        let (end_local, end_utc) = timestamps(end_ms);
         if let Some(extra) = ev.payload.extra_details_mut() {
-            extra.insert("HitCount", self.hits.to_string());
+            extra.insert("HitCount", hits.to_string());
             extra.insert("StartTimeUtc", start_utc);
             extra.insert("StartTimeLocal", start_local);
             extra.insert("EndTimeUtc", end_utc);
@@ -453,6 +463,18 @@ impl Aggregator {
             }
         }
         self.emit_all(due, out);
+    }
+
+    /// The open windows' entries as the events they would become now, in first-seen order,
+    /// without closing anything: what a checkpoint keeps against a hard kill.
+    pub fn open_events(&self) -> Vec<SecurityEvent> {
+        let mut all: Vec<(u64, SecurityEvent)> = self
+            .caches
+            .iter()
+            .flat_map(|c| c.entries.iter().map(|(seq, e)| (*seq, e.peek())))
+            .collect();
+        all.sort_by_key(|(seq, _)| *seq);
+        all.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Emit everything, in first-seen order (shutdown, end of a replay). The next windows
@@ -751,6 +773,31 @@ mod tests {
             agg.push(ev.clone(), now_ms, &mut out);
         }
         out
+    }
+
+    #[test]
+    fn open_events_are_what_a_flush_would_emit_and_close_nothing() {
+        let mut agg = Aggregator::new(hour());
+        let out = run(
+            &mut agg,
+            &[
+                process(1, T0),
+                connection(2, T0 + 1, Direction::Out, "443"),
+                process(3, T0 + 5),
+                process(4, T0 + 9),
+            ],
+            0,
+        );
+        assert!(out.is_empty());
+        let peeked = agg.open_events();
+        assert_eq!(peeked.len(), 2, "one process key, one connection key");
+        let before = agg.len();
+        assert_eq!(before.0, 2, "nothing was closed");
+        assert_eq!(agg.open_events(), peeked, "peeking twice changes nothing");
+        let mut flushed = Vec::new();
+        agg.flush(&mut flushed);
+        assert_eq!(peeked, flushed);
+        assert!(agg.open_events().is_empty());
     }
 
     #[test]

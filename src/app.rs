@@ -173,7 +173,7 @@ impl<W: Write> Emitter<W> {
         let dir = &self.settings.module.data_dir;
         match sqlite::open_or_recover(dir, cache) {
             Ok((store, Recovery::Clean)) => {
-                tracing::info!(path = %store.path().display(), messages = store.message_count(), bytes = store.bytes(), "outbox opened");
+                tracing::info!(path = %store.path().display(), messages = store.message_count(), bytes = store.bytes(), restored_window_events = store.restored_window_events(), "outbox opened");
                 Box::new(sqlite::Resilient::new(store))
             }
             Ok((store, Recovery::MovedAside { moved_to, reason })) => {

@@ -63,6 +63,7 @@ pub struct Outgoing {
     upstream_mark: UpstreamDrops,
     last_snapshot_ms: u64,
     snapshot_seq: u64,
+    last_checkpoint_ms: u64,
     /// See [`Outgoing::set_run_salt`].
     salt: Uuid,
     max_aggregation_entries: usize,
@@ -76,6 +77,9 @@ impl std::fmt::Debug for Outgoing {
             .finish_non_exhaustive()
     }
 }
+
+/// How often the open aggregation windows are checkpointed: what a hard kill can lose.
+pub const CHECKPOINT_EVERY_MS: u64 = 5_000;
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -120,6 +124,7 @@ impl Outgoing {
             upstream_mark: UpstreamDrops::default(),
             last_snapshot_ms: now_ms,
             snapshot_seq: 0,
+            last_checkpoint_ms: now_ms,
             salt: Uuid::nil(),
             max_aggregation_entries,
         }
@@ -206,6 +211,24 @@ impl Outgoing {
         }
     }
 
+    /// The open aggregation windows, as the events they would be now, into the store's
+    /// checkpoint (replacing the previous one).
+    fn checkpoint_windows(&mut self) -> Result<(), StoreError> {
+        let limit = self.batcher.config().body_limit();
+        let mut pending = Vec::new();
+        for mut ev in self.aggregator.open_events() {
+            let queue = match self.config.priority(ev.payload.name()) {
+                Priority::Off => continue,
+                Priority::High => QueueName::High,
+                Priority::Low => QueueName::Low,
+            };
+            if let Ok((json, _)) = serialize_fitting(&mut ev, self.batcher.envelope(), limit) {
+                pending.push(Pending { queue, json });
+            }
+        }
+        self.store.checkpoint_windows(pending)
+    }
+
     fn count_collected(&mut self, q: QueueName, n: u64) {
         for p in [&mut self.period, &mut self.totals] {
             match q {
@@ -234,8 +257,15 @@ impl Outgoing {
     ) -> Result<(), StoreError> {
         let mut out = Vec::new();
         self.aggregator.tick(now_ms, &mut out);
+        let closed = !out.is_empty();
         for ev in out {
             self.enqueue(ev);
+        }
+        // The open windows are checkpointed every few seconds, and at once when some closed
+        // (so that a restored checkpoint never repeats an event that went on).
+        if closed || now_ms.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_EVERY_MS {
+            self.last_checkpoint_ms = now_ms;
+            self.checkpoint_windows()?;
         }
         let snapshot_ms = ms(self.config.snapshot_frequency);
         if now_ms.saturating_sub(self.last_snapshot_ms) >= snapshot_ms {
@@ -329,6 +359,7 @@ impl Outgoing {
         for ev in out {
             self.enqueue(ev);
         }
+        self.store.checkpoint_windows(Vec::new())?;
         self.batcher.flush(self.store.as_mut())?;
         self.store.commit()
     }

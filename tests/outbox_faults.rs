@@ -315,3 +315,76 @@ fn a_full_disk_switches_the_outbox_to_memory_and_counts_what_it_lost() {
         .unwrap();
     assert_eq!(s.next_message().unwrap().unwrap().body, "{\"after\":1}");
 }
+
+/// Ids of the audit-derived events (not the periodic statistics) in `replay --messages`.
+fn replay_event_ids(capture_name: &str) -> std::collections::BTreeSet<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        .args(["replay", "--messages"])
+        .arg(support::root().join("tests/data").join(capture_name))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["Events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["Category"] != "Periodic")
+                .map(|e| e["Id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_hard_kill_loses_no_aggregated_event_older_than_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
+    let data = dir.path().join("data");
+    let port = free_port();
+    // Run 1: the capture goes into hour-long aggregation windows; edgeHub is away. After
+    // more than a checkpoint interval, SIGKILL: no flush, no goodbye.
+    let feed = AuditFeed::start(dir.path(), capture("exec_args.log"));
+    let mut m = Module::start(
+        dir.path(),
+        "kill",
+        &env(&workload, port, &feed, &data, &[]),
+        &["run"],
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let _ = m.proc.child.kill();
+    let _ = m.proc.child.wait();
+    drop(feed);
+    // Run 2: edgeHub is there; the checkpointed windows come back as pending events.
+    let hub = EdgeHub::start(dir.path(), &certs, &hub_options(port));
+    let empty = AuditFeed::start(dir.path(), Vec::new());
+    let mut m = Module::start(
+        dir.path(),
+        "after",
+        &env(&workload, port, &empty, &data, &[]),
+        &["run"],
+    );
+    hub.wait("the telemetry link", Duration::from_secs(30), |r| {
+        r.iter()
+            .any(|x| x["kind"] == "attach" && x["address"] != "$cbs" && x["role"] == "sender")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(m.stop(Duration::from_secs(10)).success());
+    assert!(
+        m.output().contains("restored_window_events="),
+        "{}",
+        m.output()
+    );
+    let got: std::collections::BTreeSet<String> = event_ids(&hub).into_iter().collect();
+    let want = replay_event_ids("exec_args.log");
+    assert!(!want.is_empty());
+    assert_eq!(
+        got, want,
+        "every aggregated event of the killed run arrived"
+    );
+}

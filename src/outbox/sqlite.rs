@@ -55,6 +55,8 @@ pub struct SqliteStore {
     commits: u64,
     /// Events added since the last commit: lost if the commit fails.
     uncommitted: Dropped,
+    /// Aggregation entries a killed run left in its checkpoint, now pending events.
+    restored_window_events: usize,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -101,6 +103,10 @@ impl SqliteStore {
                  queue INTEGER NOT NULL,
                  json TEXT NOT NULL);
              CREATE INDEX IF NOT EXISTS pending_by_queue ON pending (queue, seq);
+             CREATE TABLE IF NOT EXISTS windows (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 queue INTEGER NOT NULL,
+                 json TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS messages (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  message_id TEXT NOT NULL UNIQUE,
@@ -120,9 +126,32 @@ impl SqliteStore {
             in_tx: false,
             commits: 0,
             uncommitted: Dropped::default(),
+            restored_window_events: 0,
         };
+        s.restore_windows()?;
         s.load()?;
         Ok(s)
+    }
+
+    /// A checkpoint of aggregation windows left by a run that did not stop cleanly: its
+    /// entries become pending events (a window cut in two, nothing lost).
+    fn restore_windows(&mut self) -> Result<(), StoreError> {
+        let tx = self.conn.transaction().map_err(db)?;
+        let n = tx
+            .execute(
+                "INSERT INTO pending (queue, json) SELECT queue, json FROM windows ORDER BY seq",
+                [],
+            )
+            .map_err(db)?;
+        tx.execute("DELETE FROM windows", []).map_err(db)?;
+        tx.commit().map_err(db)?;
+        self.restored_window_events = n;
+        Ok(())
+    }
+
+    /// How many aggregation entries of a killed run were restored at open.
+    pub fn restored_window_events(&self) -> usize {
+        self.restored_window_events
     }
 
     fn load(&mut self) -> Result<(), StoreError> {
@@ -431,6 +460,20 @@ impl Store for SqliteStore {
         self.bytes
     }
 
+    fn checkpoint_windows(&mut self, events: Vec<Pending>) -> Result<(), StoreError> {
+        self.begin()?;
+        self.conn.execute("DELETE FROM windows", []).map_err(db)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("INSERT INTO windows (queue, json) VALUES (?1, ?2)")
+            .map_err(db)?;
+        for e in events {
+            stmt.execute(params![queue_code(e.queue), e.json])
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+
     fn commit(&mut self) -> Result<(), StoreError> {
         let was = self.in_tx;
         self.commit_tx()?;
@@ -563,6 +606,9 @@ impl Store for Resilient {
     }
     fn commit(&mut self) -> Result<(), StoreError> {
         self.with(|s| s.commit())
+    }
+    fn checkpoint_windows(&mut self, events: Vec<Pending>) -> Result<(), StoreError> {
+        self.with(|s| s.checkpoint_windows(events.clone()))
     }
 }
 
@@ -717,6 +763,32 @@ mod tests {
         s.ack("m").unwrap();
         let empty = s.disk_bytes();
         assert!(empty < 100_000, "the file shrank from {full} to {empty}");
+    }
+
+    #[test]
+    fn a_window_checkpoint_left_by_a_kill_becomes_pending_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        {
+            let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+            s.add_pending(p(QueueName::High, "before")).unwrap();
+            s.checkpoint_windows(vec![p(QueueName::Low, "w1"), p(QueueName::High, "w2")])
+                .unwrap();
+            s.commit().unwrap();
+            // A newer checkpoint replaces the older one.
+            s.checkpoint_windows(vec![p(QueueName::Low, "w1'")])
+                .unwrap();
+            s.commit().unwrap();
+        }
+        let s = SqliteStore::open(&path, 1 << 20).unwrap();
+        assert_eq!(s.restored_window_events(), 1);
+        assert_eq!(s.pending_sizes(QueueName::Low), ["w1'".len()]);
+        assert_eq!(s.pending_sizes(QueueName::High), ["before".len()]);
+        drop(s);
+        // Restored once: the checkpoint is gone.
+        let s = SqliteStore::open(&path, 1 << 20).unwrap();
+        assert_eq!(s.restored_window_events(), 0);
+        assert_eq!(s.pending_sizes(QueueName::Low).len(), 1);
     }
 
     #[test]
