@@ -2113,7 +2113,8 @@ mod tests {
         assert_eq!(report["debug"], serde_json::to_value(&s.debug).unwrap());
         assert_eq!(report["module"], serde_json::to_value(&s.module).unwrap());
         assert_eq!(report["edgehub"], serde_json::to_value(&s.edgehub).unwrap());
-        assert_eq!(report.as_object().unwrap().len(), 6);
+        assert_eq!(report["metrics"], serde_json::to_value(&s.metrics).unwrap());
+        assert_eq!(report.as_object().unwrap().len(), 7);
         assert_eq!(
             report["audit"]["socket_path"],
             json!("/var/run/audispd_events")

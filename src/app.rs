@@ -27,6 +27,7 @@ use crate::outbox::sqlite::{self, Recovery};
 use crate::outbox::{MemoryStore, Store, StoreError};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::settings::Settings;
+use crate::telemetry::{self, Counters};
 
 #[derive(Debug, Error)]
 pub enum AppError {
@@ -269,6 +270,14 @@ impl<W: Write> Emitter<W> {
         Ok(())
     }
 
+    /// Messages waiting and bytes held by the store (0 when printing events).
+    pub fn queued(&self) -> (usize, usize) {
+        self.outgoing
+            .as_ref()
+            .and_then(|o| lock(o).ok().map(|o| o.queued()))
+            .unwrap_or((0, 0))
+    }
+
     /// Totals of the outgoing half (message modes).
     pub fn outgoing_totals(&self) -> Option<crate::delivery::TotalStats> {
         let o = self.outgoing.as_ref()?;
@@ -358,6 +367,13 @@ pub async fn run<W: Write + Send + 'static>(
     let start = Instant::now();
     let now_ms = move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let sender = start_sender(&mut emitter, &mode, now_ms(), wall_ms());
+    let counters = Arc::new(Mutex::new(Counters::default()));
+    let metrics_task = if settings.metrics.enabled {
+        start_metrics(&settings.metrics.listen, counters.clone()).await
+    } else {
+        None
+    };
+    let mut counters_at = Instant::now();
     let queue = LineQueue::new(settings.audit.queue_max_bytes);
     let source_stats = Arc::new(SourceStats::default());
     let stop_reader = Arc::new(Notify::new());
@@ -416,11 +432,15 @@ pub async fn run<W: Write + Send + 'static>(
                             );
                         }
                     }
-                    if Instant::now() >= stats_at {
-                        stats_at = Instant::now() + STATS_EVERY;
-                        log_stats(&pipeline.stats(), &source_stats, queue.bytes());
-                        if let Some(s) = &sender {
-                            log_sender_stats(&s.stats);
+                    if Instant::now() >= counters_at {
+                        counters_at = Instant::now() + Duration::from_secs(1);
+                        let c = collect(&pipeline, &source_stats, &emitter, sender.as_ref());
+                        if let Ok(mut shared) = counters.lock() {
+                            *shared = c.clone();
+                        }
+                        if Instant::now() >= stats_at {
+                            stats_at = Instant::now() + STATS_EVERY;
+                            c.log();
                         }
                     }
                 }
@@ -446,9 +466,13 @@ pub async fn run<W: Write + Send + 'static>(
         emitter.event(ev, now, wall_ms())?;
     }
     emitter.finish(now, wall_ms(), upstream(&pipeline, &source_stats))?;
-    if let Some(s) = sender {
+    if let Some(s) = sender.as_ref() {
         s.finish().await;
     }
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    collect(&pipeline, &source_stats, &emitter, sender.as_ref()).log();
     result?;
     let stats = pipeline.stats();
     log_stats(&stats, &source_stats, 0);
@@ -465,11 +489,15 @@ struct RunningSender {
 
 impl RunningSender {
     /// Send what is ready until the grace period ends, then close the connection.
-    async fn finish(self) {
+    async fn finish(&self) {
         let deadline = Instant::now() + self.grace;
         let _ = self.control.send(Control::Finish { deadline });
         // The client stops itself at the deadline; the margin covers a clean close.
-        let _ = tokio::time::timeout(self.grace + Duration::from_secs(2), self.task).await;
+        let limit = tokio::time::Instant::now() + self.grace + Duration::from_secs(2);
+        while !self.task.is_finished() && tokio::time::Instant::now() < limit {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.task.abort();
         log_sender_stats(&self.stats);
     }
 }
@@ -507,6 +535,64 @@ fn start_sender<W: Write>(
         stats,
         grace: *grace,
     })
+}
+
+async fn start_metrics(
+    listen: &str,
+    counters: Arc<Mutex<Counters>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let addr = match listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error_id = "E-METRICS", listen, error = %e, "bad metrics address: no /metrics");
+            return None;
+        }
+    };
+    match telemetry::serve_metrics(addr, counters).await {
+        Ok((bound, task)) => {
+            tracing::info!(address = %bound, "serving /metrics");
+            Some(task)
+        }
+        Err(e) => {
+            tracing::error!(error_id = "E-METRICS", listen, error = %e, "cannot serve /metrics (port in use?); the module runs on without it");
+            None
+        }
+    }
+}
+
+/// Every counter of the module, for the statistics line and `/metrics`.
+fn collect<W: Write>(
+    pipeline: &Pipeline,
+    source: &SourceStats,
+    emitter: &Emitter<W>,
+    sender: Option<&RunningSender>,
+) -> Counters {
+    let p = pipeline.stats();
+    let totals = emitter.outgoing_totals().unwrap_or_default();
+    let (queued_messages, queued_bytes) = emitter.queued();
+    let get = AmqpStats::get;
+    let mut c = Counters {
+        records_read: p.coalesce.records,
+        lines_dropped_queue_full: source.lines_dropped.load(Ordering::Relaxed),
+        audit_events: p.coalesce.events,
+        estimated_kernel_loss: p.coalesce.estimated_lost,
+        security_events: p.derive.events,
+        messages_sent: totals.messages_sent,
+        bytes_sent: totals.bytes_sent,
+        chunks_sent: totals.chunks_sent,
+        messages_failed: totals.messages_failed,
+        dropped_high: totals.dropped_high,
+        dropped_low: totals.dropped_low,
+        queued_messages: queued_messages as u64,
+        queued_bytes: queued_bytes as u64,
+        ..Counters::default()
+    };
+    if let Some(s) = sender {
+        c.connects = get(&s.stats.connects);
+        c.connect_failures = get(&s.stats.connect_failures);
+        c.released = get(&s.stats.released);
+    }
+    c
 }
 
 fn log_sender_stats(s: &AmqpStats) {

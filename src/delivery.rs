@@ -396,6 +396,11 @@ impl Outgoing {
         Ok(())
     }
 
+    /// Messages waiting and bytes held by the store.
+    pub fn queued(&self) -> (usize, usize) {
+        (self.store.message_count(), self.store.bytes())
+    }
+
     pub fn totals(&self) -> &TotalStats {
         &self.totals
     }

@@ -32,4 +32,5 @@ pub mod outbox;
 pub mod pipeline;
 pub mod rules;
 pub mod settings;
+pub mod telemetry;
 pub mod validate;

@@ -31,6 +31,7 @@ pub struct Settings {
     pub debug: DebugSettings,
     pub module: ModuleSettings,
     pub edgehub: EdgeHubSettings,
+    pub metrics: MetricsSettings,
     /// `[agent]`: the agent configuration (the module twin's
     /// `ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration` settings), as plain values
     /// (`highPriorityMessageFrequency = "PT7M"`) or `{ value = "PT7M" }` tables. Key names are
@@ -140,6 +141,25 @@ impl Default for EdgeHubSettings {
             reconnect_min_ms: 1_000,
             reconnect_max_ms: 60_000,
             shutdown_grace_ms: 3_000,
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint (IoT Edge's metrics-collector convention).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `/metrics`; off by default.
+    pub enabled: bool,
+    /// Where: `0.0.0.0:9600` by default (the metrics-collector scrapes the module by name).
+    pub listen: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            enabled: false,
+            listen: "0.0.0.0:9600".to_owned(),
         }
     }
 }
@@ -267,6 +287,12 @@ impl Settings {
         }
         if e.connect_timeout_ms == 0 || e.request_timeout_ms == 0 || e.send_timeout_ms == 0 {
             return bad("edgehub.send_timeout_ms", "timeouts must be positive");
+        }
+        if self.metrics.enabled && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            return bad(
+                "metrics.listen",
+                "must be an address:port such as 0.0.0.0:9600",
+            );
         }
         if self.module.aggregation_max_entries == 0 {
             return bad("module.aggregation_max_entries", "must be positive");

@@ -388,3 +388,80 @@ fn a_hard_kill_loses_no_aggregated_event_older_than_the_checkpoint() {
         "every aggregated event of the killed run arrived"
     );
 }
+
+/// GET `path` from 127.0.0.1:`port` (plain HTTP/1.0), the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("azureiotsecurity_{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_count_what_edgehub_accepted_and_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
+    let mut opts = hub_options(0);
+    opts.outcomes = vec!["reject"];
+    let hub = EdgeHub::start(dir.path(), &certs, &opts);
+    let data = dir.path().join("data");
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let feed = AuditFeed::start(dir.path(), capture("activity.log"));
+    let mut m = Module::start(
+        dir.path(),
+        "metrics",
+        &env(
+            &workload,
+            hub.port,
+            &feed,
+            &data,
+            &[
+                ("AZUREIOTSECURITY_METRICS__ENABLED", "true"),
+                ("AZUREIOTSECURITY_METRICS__LISTEN", &listen),
+                ("AZUREIOTSECURITY_MODULE__TRYOUT", "true"),
+            ],
+        ),
+        &["run"],
+    );
+    // Try-out mode: messages within 10-30 s; wait for two, then for a quiet moment.
+    let count = |outcome: &str| {
+        hub.records()
+            .iter()
+            .filter(|r| r["kind"] == "message" && r["outcome"] == outcome)
+            .count() as u64
+    };
+    hub.wait("two messages", Duration::from_secs(60), |r| {
+        r.iter().filter(|x| x["kind"] == "message").count() >= 2
+    });
+    let (accepted, rejected) = loop {
+        let before = (count("accept"), count("reject"));
+        std::thread::sleep(Duration::from_millis(2500));
+        if (count("accept"), count("reject")) == before {
+            break before;
+        }
+    };
+    let text = http_get(metrics_port, "/metrics");
+    assert_eq!(metric(&text, "messages_sent_total"), accepted, "{text}");
+    assert_eq!(metric(&text, "messages_failed_total"), rejected, "{text}");
+    assert_eq!(rejected, 1);
+    assert!(metric(&text, "security_events_total") > 0);
+    assert_eq!(metric(&text, "edgehub_connects_total"), 1);
+    assert!(http_get(metrics_port, "/nothing").contains("not found"));
+    assert!(m.stop(Duration::from_secs(10)).success());
+    assert!(m.output().contains(" statistics "), "{}", m.output());
+}
