@@ -38,6 +38,7 @@ pub fn load_or_create(dir: &Path) -> Result<Uuid, AgentIdError> {
         Ok(text) => match Uuid::parse_str(text.trim()) {
             Ok(id) => return Ok(id),
             Err(e) => tracing::error!(
+                error_id = "E-AGENTID-BAD",
                 path = %path.display(),
                 error = %e,
                 "the AgentId file does not hold a GUID: making a new AgentId"

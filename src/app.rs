@@ -83,6 +83,7 @@ pub fn agent_config(settings: &Settings) -> (AgentConfig, Vec<ConfigurationError
     let applied = agent_config::agent_config_from_settings(settings);
     for e in &applied.errors {
         tracing::warn!(
+            error_id = "W-CONFIG",
             setting = %e.configuration_name,
             error = ?e.error_type,
             message = %e.message,
@@ -333,7 +334,11 @@ pub fn replay<R: BufRead, W: Write>(
     }
     emitter.finish(clock, clock, pipeline.upstream_drops())?;
     if oversized > 0 {
-        tracing::warn!(lines = oversized, "over-long lines skipped");
+        tracing::warn!(
+            error_id = "W-AUDIT-LONGLINE",
+            lines = oversized,
+            "over-long lines skipped"
+        );
     }
     Ok(pipeline.stats())
 }
@@ -427,6 +432,7 @@ pub async fn run<W: Write + Send + 'static>(
                         if quiet >= rules_warn_ms {
                             rules_warned = true;
                             tracing::warn!(
+                                error_id = "W-RULES-MISSING",
                                 minutes = rules_warn_ms / 60_000,
                                 "no audit event with the key azureiotsecurity arrived: the module's audit rules may not be loaded. Load them as root with: azureiotsecurity rules > /tmp/r && auditctl -R /tmp/r (auditctl -R fails silently on a pipe)"
                             );

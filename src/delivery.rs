@@ -185,7 +185,7 @@ impl Outgoing {
                     }
                     FitError::Json(e) => e,
                 };
-                tracing::error!(event = ev.payload.name(), %why, "an event fits in no message: dropped (counted)");
+                tracing::error!(error_id = "E-EVENT-TOO-LARGE", event = ev.payload.name(), %why, "an event fits in no message: dropped (counted)");
                 self.count_collected(queue, 1);
                 self.count_dropped(queue, 1);
                 return;
@@ -198,6 +198,7 @@ impl Outgoing {
                 self.count_dropped(QueueName::Low, d.low);
                 if d.high + d.low > 0 {
                     tracing::warn!(
+                        error_id = "W-CACHE-FULL",
                         high = d.high,
                         low = d.low,
                         "the local cache (maxLocalCacheSizeInBytes) is full: oldest events dropped (counted)"
@@ -205,7 +206,7 @@ impl Outgoing {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "the store refused an event: dropped (counted)");
+                tracing::error!(error_id = "E-STORE-REFUSED", error = %e, "the store refused an event: dropped (counted)");
                 self.count_dropped(queue, 1);
             }
         }

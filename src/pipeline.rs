@@ -61,6 +61,7 @@ impl Pipeline {
             if !self.bad_line_logged {
                 self.bad_line_logged = true;
                 tracing::warn!(
+                    error_id = "W-AUDIT-NONUTF8",
                     line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
                     "skipping a line that is not UTF-8 (counted; further ones are only counted)"
                 );
@@ -77,6 +78,7 @@ impl Pipeline {
         if !self.bad_line_logged {
             self.bad_line_logged = true;
             tracing::warn!(
+                error_id = "W-AUDIT-GARBAGE",
                 error = %e,
                 line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
                 "skipping a line that is not an audit record (counted; further ones are only counted)"

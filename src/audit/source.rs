@@ -394,6 +394,7 @@ pub async fn read_socket(
                     if over > 0 {
                         SourceStats::add(&stats.oversized_lines, over);
                         tracing::warn!(
+                            error_id = "W-AUDIT-LONGLINE",
                             lines = over,
                             limit = cfg.max_line,
                             "over-long audit line skipped"
@@ -409,6 +410,7 @@ pub async fn read_socket(
                             queue.push_dropped(nlines, serial_range(&chunk));
                             if first {
                                 tracing::warn!(
+                                    error_id = "W-AUDIT-BEHIND",
                                     lines = nlines,
                                     queue_bytes = queue.bytes(),
                                     "pipeline behind: audit lines dropped to keep draining auditd's socket (counted)"
@@ -436,21 +438,23 @@ fn log_state(state: SocketState, path: &std::path::Path, err: Option<&io::Error>
     match state {
         SocketState::Connected => tracing::info!(%path, "connected to auditd's af_unix socket"),
         SocketState::NoSocket => tracing::warn!(
+            error_id = "E-AUDIT-NOSOCKET",
             %path,
             "no audit socket: is auditd running with its af_unix plugin active (format = string)? retrying"
         ),
         SocketState::PermissionDenied => tracing::error!(
+            error_id = "E-AUDIT-PERMISSION",
             %path,
             "permission denied on the audit socket: connecting needs write permission on it (run as root or fix the socket mode); retrying"
         ),
         SocketState::Refused => {
-            tracing::warn!(%path, "audit socket refused the connection: auditd is not listening; retrying")
+            tracing::warn!(error_id = "E-AUDIT-REFUSED", %path, "audit socket refused the connection: auditd is not listening; retrying")
         }
         SocketState::Closed => {
-            tracing::warn!(%path, error = %err, "audit socket closed (auditd stopped or restarted); reconnecting")
+            tracing::warn!(error_id = "E-AUDIT-CLOSED", %path, error = %err, "audit socket closed (auditd stopped or restarted); reconnecting")
         }
         SocketState::Other => {
-            tracing::warn!(%path, error = %err, "cannot connect to the audit socket; retrying")
+            tracing::warn!(error_id = "E-AUDIT-CONNECT", %path, error = %err, "cannot connect to the audit socket; retrying")
         }
     }
 }

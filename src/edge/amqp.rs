@@ -239,7 +239,7 @@ impl Client {
                     let delay = backoff.next_delay(backoff::random_unit());
                     // Say it once per change at warn level; repeats go to debug.
                     if last_error.as_deref() != Some(text.as_str()) {
-                        tracing::warn!(error = %text, retry_in_ms = delay.as_millis() as u64, "edgeHub connection failed");
+                        tracing::warn!(error_id = "E-EDGEHUB-CONNECT", error = %text, retry_in_ms = delay.as_millis() as u64, "edgeHub connection failed");
                         last_error = Some(text);
                     } else {
                         tracing::debug!(error = %text, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "edgeHub connection failed again");
@@ -463,6 +463,7 @@ impl Client {
                     description,
                 } => {
                     tracing::warn!(
+                        error_id = "E-EDGEHUB-REJECTED",
                         message_id = %m.message_id,
                         %condition,
                         %description,
