@@ -21,7 +21,8 @@ use crate::audit::source::{self, Chunk, LineQueue, SocketConfig, SourceStats};
 use crate::delivery::{Outgoing, UpstreamDrops};
 use crate::edge::amqp::{AmqpConfig, AmqpStats, Client, Control};
 use crate::edge::credentials::Credentials;
-use crate::events::{ConfigurationError, Payload, SecurityEvent};
+use crate::events::operational::DiagnosticSeverity;
+use crate::events::{ConfigurationError, Diagnostic, Payload, SecurityEvent};
 use crate::message::Envelope;
 use crate::outbox::sqlite::{self, Recovery};
 use crate::outbox::{MemoryStore, Store, StoreError};
@@ -117,6 +118,8 @@ pub struct Emitter<W: Write> {
     outgoing: Option<Arc<Mutex<Outgoing>>>,
     /// Sending: the sender's wake-up.
     wake: Option<Arc<Notify>>,
+    /// What opening the store had to say, as a Diagnostic event.
+    store_diagnostic: Option<(DiagnosticSeverity, String)>,
 }
 
 impl<W: Write> Emitter<W> {
@@ -128,6 +131,7 @@ impl<W: Write> Emitter<W> {
             settings: settings.clone(),
             outgoing: None,
             wake: None,
+            store_diagnostic: None,
         }
     }
 
@@ -150,6 +154,22 @@ impl<W: Write> Emitter<W> {
             if durable {
                 o.set_run_salt(Uuid::new_v4());
             }
+            if let Some((severity, message)) = self.store_diagnostic.take() {
+                o.push(
+                    SecurityEvent {
+                        id: Uuid::new_v4(),
+                        time_ms: wall_ms,
+                        payload: Payload::Diagnostic(vec![Diagnostic {
+                            severity,
+                            message,
+                            process_id: std::process::id(),
+                            thread_id: 0,
+                            extra_details: Default::default(),
+                        }]),
+                    },
+                    now_ms,
+                );
+            }
             if !errors.is_empty() {
                 o.push(
                     SecurityEvent {
@@ -168,7 +188,7 @@ impl<W: Write> Emitter<W> {
     /// The store: the durable outbox in the data directory when sending, memory when
     /// printing. An outbox that cannot be opened (a read-only or full data directory) leaves
     /// the module forwarding from memory, and says so.
-    fn store(&self, cache: usize) -> Box<dyn Store + Send> {
+    fn store(&mut self, cache: usize) -> Box<dyn Store + Send> {
         if !matches!(self.mode, Mode::Send { .. }) {
             return Box::new(MemoryStore::new(cache));
         }
@@ -185,6 +205,13 @@ impl<W: Write> Emitter<W> {
                     %reason,
                     "the outbox was corrupt: it was moved aside and the module starts with an empty one; what it held is not sent"
                 );
+                self.store_diagnostic = Some((
+                    DiagnosticSeverity::Error,
+                    format!(
+                        "E-OUTBOX-CORRUPT: the outbox was corrupt ({reason}); it was moved to {} and the module started with an empty one",
+                        moved_to.display()
+                    ),
+                ));
                 Box::new(sqlite::Resilient::new(store))
             }
             Err(e) => {
@@ -194,6 +221,13 @@ impl<W: Write> Emitter<W> {
                     error = %e,
                     "cannot open the outbox: forwarding from memory (a restart loses what is queued)"
                 );
+                self.store_diagnostic = Some((
+                    DiagnosticSeverity::Error,
+                    format!(
+                        "E-OUTBOX-UNAVAILABLE: cannot open the outbox in {} ({e}); forwarding from memory",
+                        dir.display()
+                    ),
+                ));
                 Box::new(MemoryStore::new(cache))
             }
         }

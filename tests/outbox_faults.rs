@@ -122,6 +122,31 @@ fn event_ids(hub: &EdgeHub) -> Vec<String> {
         .collect()
 }
 
+/// A Diagnostic event with Severity Error naming `id` arrived, in schema-valid messages.
+fn assert_diagnostic(hub: &EdgeHub, id: &str) {
+    let bodies: Vec<String> = hub
+        .records()
+        .iter()
+        .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
+        .map(|r| r["body"].as_str().unwrap().to_owned())
+        .collect();
+    let verdicts = support::reference_validate(&bodies);
+    assert!(verdicts.iter().all(|v| v == "ok"), "{verdicts:?}");
+    let found = bodies.iter().any(|b| {
+        let v: Value = serde_json::from_str(b).unwrap();
+        v["Events"].as_array().unwrap().iter().any(|e| {
+            e["Name"] == "Diagnostic"
+                && e["EventType"] == "Diagnostic"
+                && e["Payload"][0]["Severity"] == "Error"
+                && e["Payload"][0]["Message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with(id)
+        })
+    });
+    assert!(found, "no Diagnostic event for {id} in {bodies:#?}");
+}
+
 #[test]
 fn what_was_committed_while_edgehub_was_down_is_delivered_after_restarts_with_the_same_ids() {
     let dir = tempfile::tempdir().unwrap();
@@ -243,6 +268,7 @@ fn a_corrupt_outbox_is_moved_aside_and_the_module_still_delivers() {
         "the corrupt file is kept aside for inspection"
     );
     assert!(!event_ids(&hub).is_empty(), "the module delivered");
+    assert_diagnostic(&hub, "E-OUTBOX-CORRUPT");
 }
 
 #[test]
@@ -271,6 +297,7 @@ fn a_read_only_data_directory_forwards_from_memory() {
     assert!(out.contains("E-DATADIR"), "{out}");
     assert!(out.contains("E-OUTBOX-UNAVAILABLE"), "{out}");
     assert!(!event_ids(&hub).is_empty(), "delivered from memory");
+    assert_diagnostic(&hub, "E-OUTBOX-UNAVAILABLE");
 }
 
 #[test]

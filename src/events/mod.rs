@@ -24,7 +24,7 @@ use uuid::Uuid;
 pub use connection_create::ConnectionCreate;
 pub use derive::{DeriveStats, Deriver};
 pub use login::Login;
-pub use operational::{ConfigurationError, DroppedEvents, MessageStatistics};
+pub use operational::{ConfigurationError, Diagnostic, DroppedEvents, MessageStatistics};
 pub use process_create::ProcessCreate;
 
 /// Extra details: a string → string map, serialized in key order.
@@ -40,6 +40,7 @@ pub enum Payload {
     ConfigurationError(Vec<ConfigurationError>),
     MessageStatistics(MessageStatistics),
     DroppedEventsStatistics(Vec<DroppedEvents>),
+    Diagnostic(Vec<Diagnostic>),
 }
 
 impl Payload {
@@ -52,6 +53,7 @@ impl Payload {
             Payload::ConfigurationError(_) => "ConfigurationError",
             Payload::MessageStatistics(_) => "MessageStatistics",
             Payload::DroppedEventsStatistics(_) => "DroppedEventsStatistics",
+            Payload::Diagnostic(_) => "Diagnostic",
         }
     }
 
@@ -61,6 +63,7 @@ impl Payload {
             Payload::ProcessCreate(_) | Payload::ConnectionCreate(_) | Payload::Login(_) => {
                 "Security"
             }
+            Payload::Diagnostic(_) => "Diagnostic",
             _ => "Operational",
         }
     }
@@ -93,6 +96,7 @@ impl Serialize for Payload {
             Payload::ConfigurationError(v) => v.serialize(s),
             Payload::MessageStatistics(p) => [p].serialize(s),
             Payload::DroppedEventsStatistics(v) => v.serialize(s),
+            Payload::Diagnostic(v) => v.serialize(s),
         }
     }
 }

@@ -6,6 +6,25 @@ use serde::Serialize;
 
 use super::ExtraDetails;
 
+/// A diagnostic event item (`messageEventDiagnostic_v1_0.json`): something the operator
+/// should know about the module itself, such as an outbox that had to be moved aside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Diagnostic {
+    pub severity: DiagnosticSeverity,
+    pub message: String,
+    pub process_id: u32,
+    pub thread_id: u32,
+    #[serde(skip_serializing_if = "ExtraDetails::is_empty")]
+    pub extra_details: ExtraDetails,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DiagnosticSeverity {
+    Error,
+    Warning,
+}
+
 /// One configuration problem (`messageOperationalEventConfigurationError_v1_0.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
