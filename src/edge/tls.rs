@@ -19,14 +19,20 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+/// Why a trust bundle or a TLS connection failed.
 #[derive(Debug, Error)]
 pub enum TlsError {
-    #[error("the trust bundle has no certificate")]
+    /// The PEM text has no `CERTIFICATE` block.
+    #[error("the PEM bundle has no certificate")]
     NoCertificate,
-    #[error("the trust bundle's certificate {index} is unreadable: {reason}")]
+    /// Certificate `index` (from 0, in PEM order) is not base64 DER or rustls refuses it
+    /// as a trust anchor.
+    #[error("certificate {index} (counting from 0) of the PEM bundle is refused: {reason}")]
     BadCertificate { index: usize, reason: String },
-    #[error("{0:?} is not a valid server name")]
+    /// The host is neither a DNS name nor an IP address.
+    #[error("{0:?} is not a valid server name (a DNS name or an IP address)")]
     ServerName(String),
+    /// The TCP connection failed (refused, unreachable, name not resolved).
     #[error("cannot connect to {host}:{port}: {source}")]
     Connect {
         host: String,
@@ -34,12 +40,15 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
+    /// The handshake failed; `reason` is rustls's text (unknown issuer, not valid for
+    /// name, expired…), which is what tells an operator which side is misconfigured.
     #[error("TLS handshake with {host}:{port} failed: {reason}")]
     Handshake {
         host: String,
         port: u16,
         reason: String,
     },
+    /// TCP connect and handshake together took longer than the timeout.
     #[error("connecting to {host}:{port} timed out after {after:?}")]
     Timeout {
         host: String,
@@ -77,22 +86,24 @@ pub fn webpki_roots() -> RootCertStore {
     }
 }
 
-/// A client configuration with the ring provider, safe protocol versions, no client
-/// certificate.
+/// A client configuration with the ring provider, safe protocol versions (TLS 1.2 and
+/// 1.3), the given trust anchors, no client certificate. Verification is rustls's default
+/// (chain to `roots`, validity dates, server name); nothing here can turn it off.
 pub fn client_config(roots: RootCertStore) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config =
-        match ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
-            Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
-            // The ring provider supports the safe defaults; this arm is not reachable with it.
-            Err(_) => ClientConfig::builder()
-                .with_root_certificates(RootCertStore::empty())
-                .with_no_client_auth(),
-        };
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        // Not outside data: a fixed property of the ring provider compiled in (every test
+        // that connects goes through here).
+        .expect("rustls's ring provider supports the safe default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Arc::new(config)
 }
 
-/// TCP connect, then the TLS handshake, verifying the server as `host`.
+/// TCP connect, then the TLS handshake, verifying the server as `host` (the gateway host
+/// name: a DNS name checked against the certificate's DNS SANs, or an IP address checked
+/// against its IP SANs), all within `timeout`.
 pub async fn connect(
     config: Arc<ClientConfig>,
     host: &str,
@@ -129,17 +140,18 @@ pub async fn connect(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    struct Ca {
-        pem: String,
+    /// A CA made with rcgen.
+    pub(crate) struct Ca {
+        pub(crate) pem: String,
         issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
         der: CertificateDer<'static>,
     }
 
-    fn ca(name: &str) -> Ca {
+    pub(crate) fn ca(name: &str) -> Ca {
         use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -154,7 +166,7 @@ mod tests {
     }
 
     /// An echo server with a certificate for `names`, signed by `ca`.
-    async fn server(ca: &Ca, names: &[&str]) -> u16 {
+    pub(crate) async fn server(ca: &Ca, names: &[&str]) -> u16 {
         let key = rcgen::KeyPair::generate().unwrap();
         let params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -235,6 +247,66 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_ip_address_is_checked_against_ip_sans() {
+        let ca1 = ca("edge CA");
+        let config = client_config(roots_from_pem(&ca1.pem).unwrap());
+        // Only DNS:localhost: 127.0.0.1 is not a name the certificate is valid for.
+        let port = server(&ca1, &["localhost"]).await;
+        match connect(config.clone(), "127.0.0.1", port, T).await {
+            Err(e @ TlsError::Handshake { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("not valid for name"), "{text}");
+                assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // An IP SAN: accepted.
+        let port = server(&ca1, &["127.0.0.1"]).await;
+        let mut s = connect(config, "127.0.0.1", port, T).await.unwrap();
+        s.write_all(b"ip").await.unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ip");
+    }
+
+    #[tokio::test]
+    async fn a_bad_server_name_is_refused_before_connecting() {
+        let config = client_config(webpki_roots());
+        match connect(config, "not a host", 5671, T).await {
+            Err(e @ TlsError::ServerName(_)) => {
+                assert_eq!(
+                    e.to_string(),
+                    "\"not a host\" is not a valid server name (a DNS name or an IP address)"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp); // accepted, never a byte back
+            }
+        });
+        let ca1 = ca("edge CA");
+        let config = client_config(roots_from_pem(&ca1.pem).unwrap());
+        let after = Duration::from_millis(200);
+        match connect(config, "localhost", port, after).await {
+            Err(TlsError::Timeout {
+                host,
+                port: p,
+                after: a,
+            }) => assert_eq!((host.as_str(), p, a), ("localhost", port, after)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn nothing_listening_is_a_connect_error() {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -261,6 +333,27 @@ mod tests {
             roots_from_pem(bad),
             Err(TlsError::BadCertificate { index: 0, .. })
         ));
+        // The index says which one: here the second.
+        let ca1 = ca("edge CA");
+        match roots_from_pem(&format!("{}{bad}", ca1.pem)) {
+            Err(e @ TlsError::BadCertificate { index: 1, .. }) => {
+                assert!(
+                    e.to_string().starts_with("certificate 1 (counting from 0)"),
+                    "{e}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(!webpki_roots().is_empty());
+    }
+
+    #[test]
+    fn every_certificate_of_a_bundle_is_a_root() {
+        let (a, b) = (ca("root A"), ca("root B"));
+        let bundle = format!("{}\n{}", a.pem, b.pem);
+        assert_eq!(roots_from_pem(&bundle).unwrap().len(), 2);
+        // Text around the blocks (as in bundles with comments) is ignored.
+        let commented = format!("# edge CA\n{}trailing words\n", a.pem);
+        assert_eq!(roots_from_pem(&commented).unwrap().len(), 1);
     }
 }
