@@ -20,6 +20,12 @@ impl AuditFeed {
     /// Serve `text` to each client that connects to `dir/audit.sock`, then keep the
     /// connection open until the feed is dropped.
     pub fn start(dir: &Path, text: Vec<u8>) -> AuditFeed {
+        Self::paced(dir, text, Duration::ZERO)
+    }
+
+    /// Like [`AuditFeed::start`], but the lines are spread evenly over `over`: a steady
+    /// load instead of a burst.
+    pub fn paced(dir: &Path, text: Vec<u8>, over: Duration) -> AuditFeed {
         let path = dir.join("audit.sock");
         let listener = UnixListener::bind(&path).expect("bind the audit feed socket");
         listener
@@ -33,7 +39,18 @@ impl AuditFeed {
                 match listener.accept() {
                     Ok((mut c, _)) => {
                         let _ = c.set_nonblocking(false);
-                        let _ = c.write_all(&text);
+                        if over.is_zero() {
+                            let _ = c.write_all(&text);
+                        } else {
+                            let lines: Vec<&[u8]> = text.split_inclusive(|&b| b == b'\n').collect();
+                            let gap = over / u32::try_from(lines.len().max(1)).unwrap_or(1);
+                            for l in lines {
+                                if s.load(Ordering::Relaxed) || c.write_all(l).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(gap);
+                            }
+                        }
                         clients.push(c);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
