@@ -1,26 +1,48 @@
-#!/usr/bin/python3
-"""An edgeHub stand-in made with Qpid Proton, for the integration tests.
+#!/usr/bin/env python3
+"""An edgeHub stand-in made with Qpid Proton (python-qpid-proton), for the integration tests.
 
-It does what edgeHub does on its AMQP head, as far as a module sees it
-(shared/reference/iotedge-amqp.md, §3 and §6):
+It plays edgeHub's AMQP head as far as a module sees it. The wire contract is
+shared/reference/iotedge-amqp.md (cited below as "ref §n"); the Proton specifics are in
+shared/reference/auditd-here.md part B.
 
-* TLS on 127.0.0.1 with a server certificate issued by a test CA; no SASL or ANONYMOUS.
-* A `$cbs` node: a put-token request (amqp-value string body = the SAS token, string
+* TLS on 127.0.0.1 (`--port`, 0 = a free port), server certificate `--cert` (PEM, may be a
+  chain) and `--key`. Prints one line `READY <port>` on stdout once listening.
+* SASL: Proton's server autodetects the client's protocol header, so both a SASL layer
+  (without Cyrus, Proton's server offers only ANONYMOUS: auditd-here.md B.3.1) and no SASL at
+  all (the AMQP header straight after TLS, as the C# SDK and our module do) are accepted.
+  The connection record says which was used (`sasl`: "ANONYMOUS" or null).
+* `$cbs` (ref §3.4): a put-token request (amqp-value string body = SAS token; string
   application properties operation/type/name) is answered on the client's `$cbs` receiver
-  link with status-code 200 (int) and status-description "OK", correlation-id = the
-  request's message-id. Like edgeHub (CbsNode.cs) it does not check the token then: it
-  keeps it for the connection.
-* When a link attaches to `/devices/{d}/modules/{m}/messages/events`, the connection's
-  token is checked as edgeHub checks it (DeviceScopeTokenAuthenticator, SharedAccessSignature):
-  HMAC-SHA256 with the module key over `sr` exactly as sent + "\\n" + se, audience
-  `{hub or gateway}/devices/{d}/modules/{m}` after url-decoding, not expired. A bad token
-  refuses the attach with amqp:unauthorized-access.
-* Messages on that link are settled per `--outcomes` (accept, release, reject, modify, drop),
-  then accepted. A transfer that arrives after the connection's newest token expired closes
-  the connection with amqp:unauthorized-access, so a client that does not renew is caught.
+  link with application properties status-code (int) 200 and status-description "OK",
+  correlation-id = the request's message-id (CbsNode.cs). Like edgeHub, the token is NOT
+  checked then: it is stored for the connection (the newest one counts). A malformed request
+  (no string body, no name, unknown type) gets 400 like edgeHub's BadRequest.
+* Link attach on `/devices/{d}/modules/{m}/messages/events` (ref §3.5; the address may be
+  absolute, `amqps://host[:port]/devices/...`: edgeHub matches `uri.AbsolutePath`, ids
+  url-decoded): the connection's newest token is checked as edgeHub checks it when a link
+  opens (ref §5.3: DeviceScopeTokenAuthenticator, SharedAccessSignature): the signature is
+  base64(HMAC-SHA256(module key, `sr` exactly as sent + "\\n" + se)) compared with the
+  url-decoded `sig`; the url-decoded `sr` must be `{hub}/devices/{d}/modules/{m}` with hub =
+  `--hub` or `--gateway` and the ids of the link path; `se` + `--clock-skew-secs` must not be
+  in the past. On failure the link is detached with amqp:unauthorized-access and the reason
+  as the description (edgeHub: "Unable to open ... link as the connection could not be
+  authenticated"). Other addresses are refused (the stand-in serves no twin, methods or C2D)
+  and logged on stderr.
+* Messages on the events link are settled as `--outcomes` says, one outcome per transfer
+  (accept, release, reject, modify, drop), then accept. `reject` carries the error edgeHub
+  sends for a too-large message (EventsLinkHandler.HandleException → AmqpExceptionsHelper:
+  condition amqp:link:message-size-exceeded, description = the JSON-serialised text).
+  `drop` shuts the TCP connection down without settling (no AMQP close). When a transfer
+  arrives after the connection's newest token has expired (or is otherwise bad), the
+  connection is closed with amqp:unauthorized-access, so a client that does not renew its
+  token is caught.
+* Everything seen goes to `--record` as JSON lines, one flush per line (never the token or
+  its signature). Kinds: connection, put-token, cbs-reply, attach, detach, message, closed,
+  disconnect; see README of tests/standin in tests/support/standin.rs for the keys.
+* SIGTERM: exits 0 promptly (SystemExit from the handler, auditd-here.md B.3.5).
 
-Everything it sees goes to `--record` as JSON lines (never the token or its signature).
-Prints `READY <port>` on stdout when listening. Stops on SIGTERM.
+Anything unexpected is written to stderr with the prefix "edgehub stand-in:"; an exception in
+a handler ends the process with a traceback (the harness then sees it die).
 """
 
 import argparse
@@ -35,54 +57,89 @@ import time
 import urllib.parse
 import uuid
 
-from proton import Condition, Delivery, Message, int32, symbol
-from proton.handlers import MessagingHandler
+import proton
+from proton import Condition, Data, Delivery, Message, SSL, int32, symbol
+from proton.handlers import IncomingMessageHandler, MessagingHandler
 from proton.reactor import Container
+
+# Section descriptors of an AMQP 1.0 message (AMQP 1.0 part 3.2).
+SECTIONS = {
+    0x70: "header",
+    0x71: "delivery-annotations",
+    0x72: "message-annotations",
+    0x73: "properties",
+    0x74: "application-properties",
+    0x75: "data",
+    0x76: "amqp-sequence",
+    0x77: "amqp-value",
+    0x78: "footer",
+}
+BODY_KIND = {"data": "data", "amqp-sequence": "sequence", "amqp-value": "value"}
+
+# CbsConstants.SupportedTokenTypes (Azure/azure-amqp 2.6.9), ref §3.4.
+TOKEN_TYPES = ("azure-devices.net:sastoken", "servicebus.windows.net:sastoken")
+
+OUTCOMES = ("accept", "release", "reject", "modify", "drop")
+
+
+def warn(text):
+    print("edgehub stand-in: " + text, file=sys.stderr, flush=True)
 
 
 def parse_args():
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
-    p.add_argument("--module-key-base64", required=True)
-    p.add_argument("--hub", required=True, help="IoT Hub host name the audience may name")
-    p.add_argument("--gateway", default="localhost", help="edge host name the audience may name")
-    p.add_argument("--device", required=True)
-    p.add_argument("--module", required=True)
-    p.add_argument("--outcomes", default="", help="comma list: accept,release,reject,modify,drop")
-    p.add_argument("--clock-skew-secs", type=int, default=0)
-    p.add_argument("--record", required=True)
-    return p.parse_args()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--port", type=int, default=0, help="0 = a free port")
+    p.add_argument("--cert", required=True, help="server certificate (PEM chain)")
+    p.add_argument("--key", required=True, help="server private key (PEM)")
+    p.add_argument("--key-base64", "--module-key-base64", dest="key_base64", required=True,
+                   help="the module's SAS key, base64")
+    p.add_argument("--hub", required=True, help="IoT Hub host name an audience may name")
+    p.add_argument("--gateway", default="localhost",
+                   help="edge host name an audience may name (edgeHub's EdgeDeviceHostName)")
+    p.add_argument("--device", help="serve only this device id (default: any)")
+    p.add_argument("--module", help="serve only this module id (default: any)")
+    p.add_argument("--outcomes", default="", help="comma list of " + ",".join(OUTCOMES))
+    p.add_argument("--clock-skew-secs", type=int, default=0,
+                   help="a token is expired when se + this < now")
+    p.add_argument("--record", required=True, help="JSON-lines file to append to")
+    args = p.parse_args()
+    args.outcomes = [o.strip() for o in args.outcomes.split(",") if o.strip()]
+    for o in args.outcomes:
+        if o not in OUTCOMES:
+            p.error("unknown outcome %r (known: %s)" % (o, ", ".join(OUTCOMES)))
+    return args
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+# ------------------------------------------------------------------ AMQP values as JSON
 
 
 def type_name(v):
+    """The AMQP type of a value as Proton decoded it."""
     if v is None:
         return "null"
     if isinstance(v, symbol):
         return "symbol"
     if isinstance(v, str):
         return "string"
-    if isinstance(v, uuid.UUID):
-        return "uuid"
     if isinstance(v, bool):
         return "boolean"
-    if isinstance(v, int):
-        return type(v).__name__  # int32, ulong, long, int ...
+    if isinstance(v, uuid.UUID):
+        return "uuid"
     if isinstance(v, (bytes, bytearray, memoryview)):
         return "binary"
-    return type(v).__name__
+    if isinstance(v, dict):
+        return "map"
+    if isinstance(v, (list, tuple)):
+        return "list"
+    if type(v) is int:
+        return "long"  # Proton decodes AMQP long as a plain int
+    if type(v) is float:
+        return "double"
+    return type(v).__name__  # int32, ulong, uint, ubyte, timestamp, char, float32 ...
 
 
 def plain(v):
+    """A JSON-friendly rendering of a value (binary as UTF-8 text, lossy)."""
     if v is None or isinstance(v, (bool, int, float)):
         return v
     if isinstance(v, uuid.UUID):
@@ -97,284 +154,508 @@ def plain(v):
 
 
 def typed_map(m):
-    """A map with the AMQP type of each key and value."""
-    if not m:
-        return {}
+    """{key: {"key_type", "value", "value_type"}} for an AMQP map (annotations, properties)."""
     return {
         str(k): {"key_type": type_name(k), "value": plain(v), "value_type": type_name(v)}
-        for k, v in m.items()
+        for k, v in (m or {}).items()
     }
 
 
-def props(m):
-    return {str(k): plain(v) for k, v in (m or {}).items()}
+def none_if_absent(v):
+    # Proton returns symbol('None') for an absent content-type/encoding (auditd-here.md B.3.3).
+    return None if v is None or str(v) in ("None", "") else str(v)
 
 
-def settle_mode(v):
-    return None if v is None else int(v)
+def sections_of(raw):
+    """The section names of an encoded message, in wire order."""
+    out = []
+    data = Data()
+    rest = memoryview(raw)
+    while len(rest):
+        data.clear()
+        n = data.decode(bytes(rest))
+        if n <= 0:
+            raise ValueError("undecodable message bytes")
+        rest = rest[n:]
+        data.rewind()
+        data.next()
+        if data.type() != Data.DESCRIBED:
+            raise ValueError("a message section that is not a described type")
+        data.enter()
+        data.next()
+        d = data.get_object()
+        name = SECTIONS.get(int(d)) if isinstance(d, int) else None
+        if name is None:
+            raise ValueError("unknown section descriptor %r" % (d,))
+        out.append(name)
+    return out
+
+
+# ------------------------------------------------------------------ SAS tokens
+
+
+def parse_token(token, key):
+    """What the token says and whether its signature holds; never returns the token."""
+    out = {"audience": None, "expiry": None, "error": None, "ids": None, "host": None}
+    if not isinstance(token, str) or not token.startswith("SharedAccessSignature "):
+        out["error"] = "not a SharedAccessSignature token"
+        return out
+    fields = {}
+    for part in token[len("SharedAccessSignature "):].split("&"):
+        k, _, v = part.partition("=")
+        fields[k] = v
+    sr, sig, se = fields.get("sr"), fields.get("sig"), fields.get("se")
+    if not (sr and sig and se):
+        out["error"] = "the token lacks sr, sig or se"
+        return out
+    try:
+        out["expiry"] = int(se)
+    except ValueError:
+        out["error"] = "se is not a number"
+        return out
+    out["audience"] = urllib.parse.unquote(sr)
+    # SharedAccessSignature.ComputeSignature: over `sr` exactly as sent (ref §5.3).
+    expected = base64.b64encode(
+        hmac.new(key, (sr + "\n" + se).encode(), hashlib.sha256).digest()
+    ).decode()
+    if not hmac.compare_digest(urllib.parse.unquote(sig).encode(), expected.encode()):
+        out["error"] = "signature does not match the module key"
+        return out
+    # {host}/devices/{d}/modules/{m} (the C# SDK encodes the ids twice: decode them again).
+    parts = out["audience"].split("/")
+    if len(parts) != 5 or parts[1] != "devices" or parts[3] != "modules":
+        out["error"] = "audience %s is not {host}/devices/{d}/modules/{m}" % out["audience"]
+        return out
+    out["host"] = parts[0]
+    out["ids"] = (urllib.parse.unquote(parts[2]), urllib.parse.unquote(parts[4]))
+    return out
+
+
+# ------------------------------------------------------------------ the stand-in
 
 
 class EdgeHub(MessagingHandler):
-    def __init__(self, args, url):
-        super().__init__(auto_accept=False, auto_settle=True)
+    def __init__(self, args):
+        super().__init__(prefetch=100, auto_accept=False, auto_settle=True)
+        # Transfers are read in on_delivery below (raw bytes, to see the sections as sent),
+        # so Proton's IncomingMessageHandler must not read them too.
+        self.handlers = [h for h in self.handlers if not isinstance(h, IncomingMessageHandler)]
         self.args = args
-        self.url = url
-        self.key = base64.b64decode(args.module_key_base64)
-        self.outcomes = [o for o in args.outcomes.split(",") if o]
-        self.record_file = open(args.record, "a", buffering=1)
-        self.conns = {}  # connection -> state
-        self.refusals = {}  # link -> reason, closed once open
+        self.key = base64.b64decode(args.key_base64)
+        self.outcomes = list(args.outcomes)
+        self.record_file = open(args.record, "a", encoding="utf-8")
+        self.conns = {}  # Connection -> state
+        self.refusals = {}  # Link -> (condition, reason), detached once open
+        self.refused_links = set()  # names of refused links, per connection id
         self.next_conn = 0
-        self.events_path = "/devices/%s/modules/%s/messages/events" % (args.device, args.module)
+        self.port = None
 
-    # ------------------------------------------------------------ plumbing
+    # -------------------------------------------------------------- plumbing
 
     def record(self, **fields):
         fields["time"] = time.time()
         self.record_file.write(json.dumps(fields, sort_keys=True) + "\n")
+        self.record_file.flush()
 
     def state(self, connection):
         s = self.conns.get(connection)
         if s is None:
             self.next_conn += 1
-            s = {"id": self.next_conn, "token": None, "cbs_senders": []}
+            s = {"id": self.next_conn, "token": None, "cbs_senders": [], "client_closed": None}
             self.conns[connection] = s
         return s
 
     def on_start(self, event):
         event.container.ssl.server.set_credentials(self.args.cert, self.args.key, None)
-        event.container.listen(self.url)
-        print("READY %d" % self.args.port, flush=True)
+        acceptor = event.container.listen("amqps://127.0.0.1:%d" % self.args.port)
+        self.port = acceptor._selectable._delegate.getsockname()[1]
+        print("READY %d" % self.port, flush=True)
 
-    def on_connection_opened(self, event):
+    def on_connection_opening(self, event):
+        # The client's Open (before ours, so this record precedes the links' records).
         c = event.connection
         t = event.transport
         s = self.state(c)
-        idle = t.remote_idle_timeout
+        sasl = t.sasl()  # the existing layer, or an unused one when the client skipped SASL
+        tls = t._ssl
+        idle = t.remote_idle_timeout  # seconds; 0 when absent or 0 (indistinguishable)
         self.record(
             kind="connection",
             conn=s["id"],
+            sasl=sasl.mech or None,
+            sasl_outcome=sasl.outcome,
+            tls_protocol=tls.protocol_name() if tls else None,
             hostname=c.remote_hostname,
             container_id=c.remote_container,
-            idle_timeout_ms=None if not idle else int(round(idle * 1000)),
+            idle_timeout_ms=int(round(idle * 1000)) if idle else None,
             max_frame_size=t.remote_max_frame_size,
+            channel_max=t.remote_channel_max,
+            properties=typed_map(c.remote_properties),
+            offered_capabilities=plain(c.remote_offered_capabilities),
+            desired_capabilities=plain(c.remote_desired_capabilities),
         )
+
+    def on_connection_remote_close(self, event):
+        s = self.conns.get(event.connection)
+        if s is not None:
+            cond = event.connection.remote_condition
+            s["client_closed"] = {"condition": cond.name, "description": cond.description} \
+                if cond else {}
+
+    def on_connection_error(self, event):
+        pass  # recorded in disconnect
+
+    def on_transport_error(self, event):
+        cond = event.transport.condition
+        if cond and cond.name != "amqp:connection:framing-error":
+            warn("transport error %s: %s" % (cond.name, cond.description))
 
     def on_transport_closed(self, event):
         c = event.connection
-        if c in self.conns:
-            self.record(kind="disconnect", conn=self.conns[c]["id"])
-            del self.conns[c]
+        s = self.conns.pop(c, None)
+        if s is None:
+            cond = event.transport.condition
+            warn("a client went away before its AMQP open%s" % (
+                ": %s %s" % (cond.name, cond.description) if cond else ""))
+            return
+        cond = event.transport.condition
+        self.record(
+            kind="disconnect",
+            conn=s["id"],
+            client_closed=s["client_closed"] is not None,
+            client_condition=(s["client_closed"] or {}).get("condition"),
+            client_description=(s["client_closed"] or {}).get("description"),
+            transport_condition=cond.name if cond else None,
+        )
 
-    # ------------------------------------------------------------ links
+    # -------------------------------------------------------------- links
 
-    def address_of(self, link):
+    @staticmethod
+    def address_of(link):
+        """The node the client names: its target when it sends, its source when it receives."""
         term = link.remote_target if link.is_receiver else link.remote_source
         return term.address
 
-    def path_of(self, address):
+    @staticmethod
+    def path_of(address):
+        """edgeHub matches `uri.AbsolutePath` (ref §3.5): strip amqps://host[:port]."""
         if not address:
             return ""
-        return urllib.parse.urlparse(address).path if "://" in address else address
+        if "://" in address:
+            return urllib.parse.urlparse(address).path
+        return address
+
+    def events_identity(self, address):
+        """(device, module) when the address is a module's events node, else None."""
+        parts = self.path_of(address).split("/")
+        if (len(parts) == 7 and parts[0] == "" and parts[1] == "devices"
+                and parts[3] == "modules" and parts[5:] == ["messages", "events"]):
+            return urllib.parse.unquote(parts[2]), urllib.parse.unquote(parts[4])
+        return None
 
     def on_link_opening(self, event):
         link = event.link
         s = self.state(link.connection)
         address = self.address_of(link)
+        path = self.path_of(address)
         refused = None
-        if link.is_receiver and self.path_of(address) not in ("$cbs",):
-            path = urllib.parse.unquote(self.path_of(address))
-            if path != self.events_path:
-                refused = "unknown address %s" % address
+        if path in ("$cbs", "/$cbs"):
+            if link.is_sender:
+                s["cbs_senders"].append(link)
+        elif link.is_receiver:
+            ids = self.events_identity(address)
+            if ids is None:
+                refused = ("amqp:not-found", "the stand-in serves no node %s" % address)
+                warn("refused a sender link to an unknown node %r" % address)
+            elif (self.args.device and ids[0] != self.args.device) or (
+                    self.args.module and ids[1] != self.args.module):
+                refused = ("amqp:unauthorized-access",
+                           "identity %s/%s is not served by this edgeHub" % ids)
+                warn("refused a link for %s/%s" % ids)
             else:
-                refused = self.check_token(s["token"])
+                reason = self.check_token(s["token"], ids)
+                if reason:
+                    refused = ("amqp:unauthorized-access",
+                               "Unable to open Events link as the connection could not be "
+                               "authenticated: " + reason)
+        else:
+            refused = ("amqp:not-implemented",
+                       "the stand-in serves no receiver links but $cbs (asked for %s)" % address)
+            warn("refused a receiver link from %r" % address)
         self.record(
             kind="attach",
             conn=s["id"],
-            role="receiver" if link.is_sender else "sender",
+            role="sender" if link.is_receiver else "receiver",  # the client's role
             name=link.name,
             address=address,
             source=link.remote_source.address,
             target=link.remote_target.address,
             properties=typed_map(link.remote_properties),
-            snd_settle_mode=settle_mode(link.remote_snd_settle_mode),
-            rcv_settle_mode=settle_mode(link.remote_rcv_settle_mode),
-            refused=refused,
+            snd_settle_mode=None if link.remote_snd_settle_mode is None
+            else int(link.remote_snd_settle_mode),
+            rcv_settle_mode=None if link.remote_rcv_settle_mode is None
+            else int(link.remote_rcv_settle_mode),
+            max_message_size=link.remote_max_message_size,
+            refused=refused[1] if refused else None,
         )
         if refused:
-            # edgeHub: "Unable to open ... link as the connection could not be authenticated":
-            # the attach is answered, then the link is detached with the error. Proton sends
-            # the detach only once the link is open on both sides (on_link_opened).
+            # edgeHub answers the attach, then detaches with the error. Proton sends the detach
+            # only once the link is open on both sides (on_link_opened).
             self.refusals[link] = refused
-            link.open()
+            self.refused_links.add((s["id"], link.name))
             return
-        if link.is_sender and self.path_of(address) == "$cbs":
-            s["cbs_senders"].append(link)
-        if link.is_receiver:
-            link.flow(100)
+        # Echo the client's termini, as edgeHub does.
+        link.source.copy(link.remote_source)
+        link.target.copy(link.remote_target)
 
     def on_link_opened(self, event):
-        reason = self.refusals.pop(event.link, None)
-        if reason:
-            event.link.condition = Condition("amqp:unauthorized-access", reason)
+        refused = self.refusals.pop(event.link, None)
+        if refused:
+            event.link.condition = Condition(*refused)
             event.link.close()
 
-    # ------------------------------------------------------------ tokens
+    def on_link_remote_close(self, event):
+        link = event.link
+        s = self.conns.get(link.connection)
+        if s is not None:
+            cond = link.remote_condition
+            self.record(
+                kind="detach",
+                conn=s["id"],
+                name=link.name,
+                address=self.address_of(link),
+                condition=cond.name if cond else None,
+                description=cond.description if cond else None,
+            )
+            if link in s["cbs_senders"]:
+                s["cbs_senders"].remove(link)
 
-    def check_token(self, tok):
-        """None when the token is good, else the reason (what edgeHub would refuse for)."""
+    def on_link_error(self, event):
+        pass  # recorded as detach
+
+    # -------------------------------------------------------------- tokens
+
+    def check_token(self, tok, ids):
+        """None when the token lets `ids` open a link, else the reason (ref §5.3)."""
         if tok is None:
             return "no token was put on this connection"
-        if tok.get("error"):
+        if tok["error"]:
             return tok["error"]
+        if tok["host"] not in (self.args.hub, self.args.gateway):
+            return "audience %s names neither the hub %s nor the gateway %s" % (
+                tok["audience"], self.args.hub, self.args.gateway)
+        if ids is not None and tok["ids"] != tuple(ids):
+            return "audience %s is not for %s/%s" % (tok["audience"], ids[0], ids[1])
         if tok["expiry"] + self.args.clock_skew_secs < time.time():
-            return "token expired"
+            return "token expired at %d" % tok["expiry"]
         return None
-
-    def parse_token(self, token):
-        out = {"expiry": 0, "audience": None, "error": None}
-        if not isinstance(token, str) or not token.startswith("SharedAccessSignature "):
-            out["error"] = "not a SharedAccessSignature token"
-            return out
-        fields = {}
-        for part in token[len("SharedAccessSignature "):].split("&"):
-            k, _, v = part.partition("=")
-            fields[k] = v
-        sr, sig, se = fields.get("sr"), fields.get("sig"), fields.get("se")
-        if not (sr and sig and se):
-            out["error"] = "sr, sig or se missing"
-            return out
-        try:
-            out["expiry"] = int(se)
-        except ValueError:
-            out["error"] = "se is not a number"
-            return out
-        out["audience"] = urllib.parse.unquote(sr)
-        expected = base64.b64encode(
-            hmac.new(self.key, (sr + "\n" + se).encode(), hashlib.sha256).digest()
-        ).decode()
-        if not hmac.compare_digest(urllib.parse.unquote(sig), expected):
-            out["error"] = "signature does not match the module key"
-            return out
-        allowed = {
-            "%s/devices/%s/modules/%s" % (h, self.args.device, self.args.module)
-            for h in (self.args.hub, self.args.gateway)
-        }
-        if out["audience"] not in allowed:
-            out["error"] = "audience %s is not the module's" % out["audience"]
-        return out
 
     def put_token(self, event, msg):
         s = self.state(event.connection)
         ap = msg.properties or {}
-        token = self.parse_token(msg.body)
-        s["token"] = token
-        reason = self.check_token(token)
+        status, description = 200, "OK"
+        token = None
+        if not isinstance(msg.body, str):
+            status, description = 400, "the put-token body is not an amqp-value string"
+        elif not ap.get("name"):
+            status, description = 400, "the put-token request has no name"
+        elif ap.get("type") not in TOKEN_TYPES:
+            status, description = 400, "unsupported token type %r" % (ap.get("type"),)
+        else:
+            token = parse_token(msg.body, self.key)
+            s["token"] = token
+        if status != 200:
+            warn("put-token answered %d: %s" % (status, description))
+        reason = self.check_token(token, token and token["ids"]) if token else description
         self.record(
             kind="put-token",
             conn=s["id"],
             operation=plain(ap.get("operation")),
             type=plain(ap.get("type")),
             name=plain(ap.get("name")),
+            expiration=plain(ap.get("expiration")),
             app_property_types={str(k): type_name(v) for k, v in ap.items()},
             body_type=type_name(msg.body),
-            audience=token["audience"],
-            expiry=token["expiry"],
+            audience=token and token["audience"],
+            expiry=token and token["expiry"],
             token_valid=reason is None,
             reason=reason,
-            status=200,
+            status=status,
             message_id=plain(msg.id),
             message_id_type=type_name(msg.id),
             reply_to=msg.reply_to,
+            link=event.link.name,
         )
+        # CbsNode.cs: correlation-id = the request's message-id; the reply goes out on the
+        # client's $cbs receiver (the one whose target/source matches reply-to if several).
         reply = Message(
             correlation_id=msg.id,
-            properties={"status-code": int32(200), "status-description": "OK"},
+            properties={"status-code": int32(status), "status-description": description},
         )
         target = None
         for link in s["cbs_senders"]:
-            if msg.reply_to and link.remote_source.address == msg.reply_to:
+            if msg.reply_to and msg.reply_to in (link.remote_source.address,
+                                                 link.remote_target.address):
                 target = link
         if target is None and s["cbs_senders"]:
             target = s["cbs_senders"][0]
         if target is None:
-            print("edgehub stand-in: put-token with no $cbs receiver to reply to", file=sys.stderr)
+            warn("put-token with no $cbs receiver link to reply on")
             return
+        if target.credit <= 0:
+            warn("the client's $cbs receiver has no credit; the reply waits for it")
         target.send(reply)
+        self.record(kind="cbs-reply", conn=s["id"], link=target.name,
+                    correlation_id=plain(msg.id), status=status)
 
-    # ------------------------------------------------------------ messages
+    # -------------------------------------------------------------- messages
 
-    def on_message(self, event):
-        link = event.link
-        msg = event.message
-        address = self.path_of(self.address_of(link))
-        if address == "$cbs":
-            self.accept(event.delivery)
-            if (msg.properties or {}).get("operation") == "put-token":
-                self.put_token(event, msg)
+    def on_delivery(self, event):
+        dlv = event.delivery
+        link = dlv.link
+        if not link.is_receiver:
+            return  # our CBS replies: settled by OutgoingMessageHandler
+        if dlv.aborted:
+            warn("a client aborted a transfer")
+            dlv.settle()
             return
-        s = self.state(event.connection)
-        expired = self.check_token(s["token"])
-        if expired:
-            self.record(kind="closed", conn=s["id"], reason=expired)
-            event.connection.condition = Condition("amqp:unauthorized-access", expired)
+        if not dlv.readable or dlv.partial:
+            return
+        raw = link.recv(dlv.pending)
+        link.advance()
+        msg = Message()
+        msg.decode(raw)
+        self.on_transfer(event, dlv, msg, raw)
+
+    def on_transfer(self, event, dlv, msg, raw):
+        link = dlv.link
+        s = self.state(link.connection)
+        path = self.path_of(self.address_of(link))
+        if path in ("$cbs", "/$cbs"):
+            dlv.update(Delivery.ACCEPTED)
+            dlv.settle()
+            op = (msg.properties or {}).get("operation")
+            if op == "put-token":
+                self.put_token(event, msg)
+            else:
+                warn("unknown $cbs operation %r" % (op,))
+            return
+        if (s["id"], link.name) in self.refused_links:
+            # A client may send before it sees the detach; edgeHub never takes these.
+            warn("a transfer on the refused link %r (left unsettled)" % link.name)
+            self.record(kind="ignored", conn=s["id"], link=link.name,
+                        reason="transfer on a refused link")
+            return
+        ids = self.events_identity(self.address_of(link))
+        bad = self.check_token(s["token"], ids)
+        if bad:
+            # The token ran out (or was replaced by a bad one) while the link was open.
+            self.record(kind="closed", conn=s["id"], reason=bad)
+            event.connection.condition = Condition("amqp:unauthorized-access", bad)
             event.connection.close()
             return
         outcome = self.outcomes.pop(0) if self.outcomes else "accept"
+        sections = sections_of(raw)
+        body_sections = [BODY_KIND[x] for x in sections if x in BODY_KIND]
+        body = msg.body
+        if body_sections == ["data"] and isinstance(body, (bytes, memoryview)):
+            body_text = bytes(body).decode("utf-8", "replace")
+        else:
+            body_text = plain(body)
+        props = {
+            "message_id": plain(msg.id),
+            "user_id": plain(msg.user_id) or None,
+            "to": msg.address,
+            "subject": msg.subject,
+            "reply_to": msg.reply_to,
+            "correlation_id": plain(msg.correlation_id),
+            "content_type": none_if_absent(msg.content_type),
+            "content_encoding": none_if_absent(msg.content_encoding),
+            "absolute_expiry_time": msg.expiry_time or None,
+            "creation_time": msg.creation_time or None,
+            "group_id": msg.group_id,
+        }
         self.record(
             kind="message",
             conn=s["id"],
+            link=link.name,
             address=self.address_of(link),
-            message_id=plain(msg.id),
+            settled_by_client=dlv.settled,
+            sections=sections,
+            message_id=props["message_id"],
             message_id_type=type_name(msg.id),
-            to=msg.address,
-            content_type=None if str(msg.content_type) in ("None", "") else str(msg.content_type),
-            content_encoding=None
-            if str(msg.content_encoding) in ("None", "")
-            else str(msg.content_encoding),
+            correlation_id_type=type_name(msg.correlation_id),
+            to=props["to"],
+            content_type=props["content_type"],
+            content_encoding=props["content_encoding"],
+            message_properties={k: v for k, v in props.items() if v is not None},
+            header={"durable": msg.durable, "priority": msg.priority, "ttl": msg.ttl,
+                    "first_acquirer": msg.first_acquirer,
+                    "delivery_count": msg.delivery_count} if "header" in sections else None,
             annotations=typed_map(msg.annotations),
-            application_properties=props(msg.properties),
-            body_section="data" if msg.inferred and isinstance(msg.body, (bytes, memoryview)) else "value",
-            body=plain(msg.body),
+            delivery_annotations=typed_map(msg.instructions),
+            application_properties={str(k): plain(v) for k, v in (msg.properties or {}).items()},
+            application_property_types={
+                str(k): {"key_type": type_name(k), "value_type": type_name(v)}
+                for k, v in (msg.properties or {}).items()
+            },
+            body_sections=",".join(body_sections),
+            body_section=body_sections[0] if len(body_sections) == 1 else ",".join(body_sections),
+            body=body_text,
+            size=len(raw),
             outcome=outcome,
         )
-        d = event.delivery
         if outcome == "accept":
-            self.accept(d)
+            dlv.update(Delivery.ACCEPTED)
+            dlv.settle()
         elif outcome == "release":
-            self.release(d, delivered=False)
+            dlv.update(Delivery.RELEASED)
+            dlv.settle()
         elif outcome == "modify":
-            d.local.failed = True
-            d.update(Delivery.MODIFIED)
-            d.settle()
+            dlv.local.failed = True
+            dlv.update(Delivery.MODIFIED)
+            dlv.settle()
         elif outcome == "reject":
-            d.local.condition = Condition(
-                "amqp:not-allowed", "Message size exceeds the limit (stand-in rejection)"
+            # edgeHub's Rejected{Error}: description = JsonConvert.SerializeObject(message).
+            dlv.local.condition = Condition(
+                "amqp:link:message-size-exceeded",
+                json.dumps("Message size exceeds the limit (stand-in rejection)"),
             )
-            d.update(Delivery.REJECTED)
-            d.settle()
+            dlv.update(Delivery.REJECTED)
+            dlv.settle()
         elif outcome == "drop":
-            event.connection.close()
-        else:
-            print("edgehub stand-in: unknown outcome %r" % outcome, file=sys.stderr)
-            self.accept(d)
+            # Cut the TCP connection: no disposition, no AMQP close.
+            sel = getattr(event.transport, "_selectable", None)
+            if sel is not None and getattr(sel, "_delegate", None) is not None:
+                try:
+                    sel._delegate.shutdown(socket.SHUT_RDWR)
+                except OSError as e:
+                    warn("drop: shutdown failed: %s" % e)
+            else:
+                warn("drop: no socket to shut down")
+            event.transport.close_tail()
+            event.transport.close_head()
 
 
 def main():
     args = parse_args()
-    if args.port == 0:
-        args.port = free_port()
-    url = "amqps://127.0.0.1:%d" % args.port
-    handler = EdgeHub(args, url)
+    if not SSL.present():
+        warn("this Proton (%s) has no TLS; build python-qpid-proton with libssl-dev and "
+             "pkg-config present (scripts/install-test-deps.sh)" % (proton.VERSION,))
+        sys.exit(2)
+    handler = EdgeHub(args)
 
     def stop(*_):
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         Container(handler).run()
     except SystemExit:
         pass
+    finally:
+        handler.record_file.close()
 
 
 if __name__ == "__main__":
