@@ -64,6 +64,8 @@ pub struct Outgoing {
     last_snapshot_ms: u64,
     snapshot_seq: u64,
     last_checkpoint_ms: u64,
+    /// The last event that entered the store made it drop others.
+    cache_full: bool,
     /// See [`Outgoing::set_run_salt`].
     salt: Uuid,
     max_aggregation_entries: usize,
@@ -125,6 +127,7 @@ impl Outgoing {
             last_snapshot_ms: now_ms,
             snapshot_seq: 0,
             last_checkpoint_ms: now_ms,
+            cache_full: false,
             salt: Uuid::nil(),
             max_aggregation_entries,
         }
@@ -196,14 +199,17 @@ impl Outgoing {
             Ok(d) => {
                 self.count_dropped(QueueName::High, d.high);
                 self.count_dropped(QueueName::Low, d.low);
-                if d.high + d.low > 0 {
+                // Said once when the cache fills; while it stays full the drops are only
+                // counted (the statistics line and DroppedEventsStatistics carry them).
+                if d.high + d.low > 0 && !self.cache_full {
                     tracing::warn!(
                         error_id = "W-CACHE-FULL",
                         high = d.high,
                         low = d.low,
-                        "the local cache (maxLocalCacheSizeInBytes) is full: oldest events dropped (counted)"
+                        "the local cache (maxLocalCacheSizeInBytes) is full: oldest events dropped (counted; said once until it has room again)"
                     );
                 }
+                self.cache_full = d.high + d.low > 0;
             }
             Err(e) => {
                 tracing::error!(error_id = "E-STORE-REFUSED", error = %e, "the store refused an event: dropped (counted)");
