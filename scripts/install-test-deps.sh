@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian 12 machine (as root): Debian's auditd
-# and the programs the live tests run, a Python venv with the reference schema validator,
-# and the IoT Edge stand-ins: Qpid Proton (Debian's python3-qpid-proton, TLS built in) for
-# the edgeHub stand-in, openssl for test certificates, Node.js with the official Azure IoT
-# SDK (tests/standin/node, from its package-lock.json) as the reference client. Idempotent.
+# and the programs the live tests run, a Python venv (.venv) with the reference schema
+# validator and Qpid Proton for the edgeHub stand-in, openssl for test certificates, and
+# Node.js with the official Azure IoT SDK (tests/standin/node, from its package-lock.json)
+# as the reference client. Idempotent and quiet: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(auditd audispd-plugins openssh-server openssh-client sshpass sudo pamtester
       gcc gcc-multilib libc6-dev-i386 build-essential python3 python3-venv iproute2 procps
-      python3-qpid-proton openssl)
+      openssl
+      # python-qpid-proton is only an sdist on PyPI: it compiles, and it has TLS only when
+      # libssl-dev and pkg-config are there at build time (else SSL is silently stubbed).
+      python3-dev libssl-dev pkg-config
+      # Debian's prebuilt Proton, for scripts/run-with-standins.sh (/usr/bin/python3).
+      python3-qpid-proton)
 # Node.js: Debian's, unless a node and npm are already there (e.g. from NodeSource).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   pkgs+=(nodejs npm)
@@ -25,17 +30,28 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The reference validator: python-jsonschema with rfc3339-validator (without it, jsonschema
-# silently skips "date-time"). Debian has no package for rfc3339-validator.
+# The venv: the reference validator (python-jsonschema with rfc3339-validator; without it,
+# jsonschema silently skips "date-time"; Debian has no rfc3339-validator) and Qpid Proton.
+[ -x .venv/bin/python ] || /usr/bin/python3 -m venv .venv
 if ! .venv/bin/python -c 'import jsonschema, rfc3339_validator' 2>/dev/null; then
-  /usr/bin/python3 -m venv .venv
-  .venv/bin/pip install -q jsonschema rfc3339-validator
+  .venv/bin/pip install -q --disable-pip-version-check jsonschema rfc3339-validator
 fi
-# The official Azure IoT Node.js SDK, pinned by package-lock.json.
+proton_ok='import proton; assert proton.VERSION >= (0, 40, 0) and proton.SSL.present()'
+if ! .venv/bin/python -c "$proton_ok" 2>/dev/null; then
+  # --no-cache-dir: never reuse a wheel built before libssl-dev was installed (no TLS).
+  echo "install-test-deps: building python-qpid-proton (about 30 s)"
+  .venv/bin/pip install -q --disable-pip-version-check --no-cache-dir --force-reinstall \
+    python-qpid-proton==0.40.0
+fi
+.venv/bin/python -c "$proton_ok" \
+  || { echo "install-test-deps: python-qpid-proton in .venv has no TLS" >&2; exit 1; }
+
+# The official Azure IoT Node.js SDK, pinned by package-lock.json; again only when
+# node_modules is missing or older than the lock file.
 node_dir=tests/standin/node
 if [ ! -d "$node_dir/node_modules/azure-iot-device-amqp" ] \
    || [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
-  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "install-test-deps: npm ci in $node_dir"
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
-/usr/bin/python3 -c 'import proton; assert proton.SSL.present(), "Proton without TLS"'
 echo "install-test-deps: ok"
