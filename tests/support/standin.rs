@@ -1,24 +1,120 @@
-//! Stand-ins for IoT Edge, as child processes: the edgeHub stand-in (Qpid Proton, Debian's
-//! python3-qpid-proton under /usr/bin/python3), the workload API stand-in (Python standard
-//! library), test certificates (openssl), the official Node.js SDK as a reference client,
-//! and the module binary itself. Each records what it saw as JSON lines; the tests assert on
-//! those. A missing Python, Proton, openssl or Node fails the test (never skips it).
+//! Stand-ins for IoT Edge, as child processes: the edgeHub stand-in (Qpid Proton,
+//! python-qpid-proton built with TLS into the repository's `.venv`), the workload API stand-in
+//! (Python standard library), test certificates (openssl), the official Node.js SDK as a
+//! reference client, and the module binary itself. Each stand-in records what it saw as JSON
+//! lines; the tests assert on those. A missing Python, Proton (or one without TLS), openssl
+//! or Node fails the test with what to run (never skips it). `scripts/install-test-deps.sh`
+//! installs them all.
+//!
+//! Records of the edgeHub stand-in (tests/standin/edgehub.py), one JSON object a line, each
+//! with `kind`, `conn` (1, 2, … per accepted connection) and `time` (Unix seconds, float):
+//! * `connection`: `sasl` ("ANONYMOUS" or null = no SASL layer), `sasl_outcome`,
+//!   `tls_protocol`, `hostname` (Open), `container_id`, `idle_timeout_ms` (null when absent
+//!   or 0), `max_frame_size`, `channel_max`, `properties` (typed map, below),
+//!   `offered_capabilities`, `desired_capabilities`.
+//! * `put-token`: `operation`, `type`, `name`, `expiration`, `app_property_types`
+//!   ({key: AMQP type}), `body_type`, `audience` (url-decoded `sr`), `expiry` (`se`),
+//!   `token_valid`, `reason` (null or why the token cannot open the link it names), `status`,
+//!   `message_id`, `message_id_type`, `reply_to`, `link`. Never the token.
+//! * `cbs-reply`: `link`, `correlation_id`, `status`.
+//! * `attach`: `role` (the client's: "sender"/"receiver"), `name`, `address`, `source`,
+//!   `target`, `properties` (typed map), `snd_settle_mode`, `rcv_settle_mode` (numbers as on
+//!   the wire, null when absent), `max_message_size`, `refused` (null or the reason).
+//! * `detach` (the client detached): `name`, `address`, `condition`, `description`.
+//! * `message`: `link`, `address`, `settled_by_client`, `sections` (wire order, e.g.
+//!   ["header","message-annotations","properties","data"]), `message_id`,
+//!   `message_id_type`, `correlation_id_type`, `to`, `content_type`, `content_encoding`,
+//!   `message_properties` (those present), `header` (null when absent), `annotations` and
+//!   `delivery_annotations` (typed maps), `application_properties` ({key: value}),
+//!   `application_property_types` ({key: {key_type, value_type}}), `body_sections` ("data",
+//!   "value", "sequence", "data,data", …), `body_section` (same, kept for older tests),
+//!   `body` (UTF-8 text), `size` (encoded bytes), `outcome`.
+//! * `ignored`: a transfer on a refused link (`link`, `reason`).
+//! * `closed`: the stand-in closed the connection (`reason`: an expired or bad token).
+//! * `disconnect`: `client_closed` (the client sent Close), `client_condition`,
+//!   `client_description`, `transport_condition`.
+//!
+//! A typed map is `{key: {"key_type": "symbol"|"string"|…, "value": …, "value_type":
+//! "string"|"int32"|"ulong"|"long"|"uuid"|"binary"|…}}`.
+//!
+//! Records of the workload stand-in: `{"kind": "request", "method", "path", "api_version",
+//! "status", "time"}`, for sign requests also `content_type`, `key_id`, `algo`, `data` (the
+//! decoded string-to-sign).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use super::root;
 
-/// Debian's Python, which has python3-qpid-proton (TLS built in).
-pub const PYTHON: &str = "/usr/bin/python3";
+/// The venv Python that has python-qpid-proton with TLS (`AZUREIOTSECURITY_PYTHON` overrides).
+pub fn python() -> PathBuf {
+    super::venv_python()
+}
+
+/// Panics, saying what to run, unless the venv Python imports Proton with TLS. Checked once.
+pub fn require_proton() {
+    static CHECKED: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = CHECKED.get_or_init(|| {
+        let py = python();
+        let out = Command::new(&py)
+            .args([
+                "-c",
+                "import proton; assert proton.SSL.present(), 'Proton without TLS'; print(proton.VERSION)",
+            ])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", py.display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} cannot import python-qpid-proton with TLS: {}",
+                py.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    });
+    if let Err(e) = r {
+        panic!("{e} (run scripts/install-test-deps.sh)");
+    }
+}
+
+/// Panics, saying what to run, unless `node` runs and the SDK is installed.
+pub fn require_node() {
+    let dir = root().join("tests/standin/node");
+    let ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "node does not run (run scripts/install-test-deps.sh)");
+    assert!(
+        dir.join("node_modules/azure-iot-device-amqp").is_dir()
+            && dir.join("node_modules/azure-iot-device").is_dir(),
+        "the Node SDK is not installed in {} (run scripts/install-test-deps.sh)",
+        dir.display()
+    );
+}
 
 fn standin(name: &str) -> PathBuf {
     root().join("tests/standin").join(name)
+}
+
+/// Whether process `pid` has ended (gone, or a zombie not yet reaped).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S …": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+        Err(_) => true,
+    }
 }
 
 /// A test CA and a server certificate for `localhost` signed by it.
@@ -34,8 +130,11 @@ impl Certs {
             .arg(standin("make_certs.sh"))
             .arg(dir)
             .status()
-            .expect("run make_certs.sh (needs openssl: run .ci/run)");
-        assert!(st.success(), "make_certs.sh failed");
+            .expect("run make_certs.sh (needs bash and openssl: run scripts/install-test-deps.sh)");
+        assert!(
+            st.success(),
+            "make_certs.sh failed (is openssl installed? run scripts/install-test-deps.sh)"
+        );
         Certs {
             ca: dir.join("ca.pem"),
             chain: dir.join("server-chain.pem"),
@@ -51,6 +150,18 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Panics when the process has ended: a stand-in that died (a Python exception) fails
+    /// the test at once instead of timing it out.
+    pub fn assert_alive(&self) {
+        assert!(
+            !exited(self.child.id()),
+            "the {} stand-in (pid {}) has exited; its stderr (above) says why",
+            self.name,
+            self.child.id()
+        );
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s; always reaped.
     pub fn terminate(&mut self) {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
@@ -78,10 +189,11 @@ impl Drop for Proc {
 
 /// Start `cmd` and wait for its first stdout line to start with `READY`; returns the rest.
 fn start_ready(name: &'static str, mut cmd: Command) -> (Proc, String) {
+    require_proton();
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start the {name} stand-in: {e} (run .ci/run)"));
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot start the {name} stand-in: {e} (run scripts/install-test-deps.sh)")
+    });
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -89,19 +201,20 @@ fn start_ready(name: &'static str, mut cmd: Command) -> (Proc, String) {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| panic!("the {name} stand-in did not say READY within 20 s"));
-    let rest = line
-        .trim()
-        .strip_prefix("READY")
-        .unwrap_or_else(|| {
-            panic!(
-                "the {name} stand-in said {line:?}, not READY (is python3-qpid-proton installed?)"
-            )
-        })
-        .trim()
-        .to_owned();
+    let line = match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(line) => line,
+        Err(_) => {
+            let mut p = Proc { child, name };
+            p.terminate();
+            panic!("the {name} stand-in did not say READY within 20 s");
+        }
+    };
+    let Some(rest) = line.trim().strip_prefix("READY") else {
+        let mut p = Proc { child, name };
+        p.terminate();
+        panic!("the {name} stand-in said {line:?}, not READY; its stderr (above) says why");
+    };
+    let rest = rest.trim().to_owned();
     (Proc { child, name }, rest)
 }
 
@@ -121,11 +234,11 @@ impl Workload {
     ) -> Workload {
         let socket = dir.join("workload.sock");
         let record = dir.join("workload.jsonl");
-        let mut cmd = Command::new(PYTHON);
+        let mut cmd = Command::new(python());
         cmd.arg(standin("workload.py"))
             .arg("--socket")
             .arg(&socket)
-            .args(["--module-key-base64", key_b64, "--module", module])
+            .args(["--key-base64", key_b64, "--module", module])
             .args(["--generation-id", generation_id])
             .arg("--trust-bundle")
             .arg(trust_bundle)
@@ -142,17 +255,49 @@ impl Workload {
     pub fn uri(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn record_path(&self) -> &Path {
+        &self.record
+    }
+
+    /// The requests it answered, in order.
+    pub fn records(&self) -> Vec<Value> {
+        records(&self.record)
+    }
 }
 
+/// How the edgeHub stand-in behaves (tests/standin/edgehub.py).
 #[derive(Debug, Clone)]
 pub struct EdgeHubOptions {
+    /// 0: a free port (the stand-in binds port 0 and reports the port it got).
     pub port: u16,
     pub key_b64: String,
     pub hub: String,
     pub device: String,
     pub module: String,
+    /// One per transfer on the events link, then "accept": accept, release, reject, modify,
+    /// drop (cut the TCP connection without settling).
     pub outcomes: Vec<&'static str>,
+    /// A token is expired when `se + clock_skew_secs < now`.
     pub clock_skew_secs: i64,
+}
+
+impl Default for EdgeHubOptions {
+    fn default() -> Self {
+        EdgeHubOptions {
+            port: 0,
+            key_b64: String::new(),
+            hub: "hub.example.net".into(),
+            device: "dev1".into(),
+            module: "azureiotsecurity".into(),
+            outcomes: Vec::new(),
+            clock_skew_secs: 0,
+        }
+    }
 }
 
 pub struct EdgeHub {
@@ -163,23 +308,40 @@ pub struct EdgeHub {
 
 impl EdgeHub {
     pub fn start(dir: &Path, certs: &Certs, o: &EdgeHubOptions) -> EdgeHub {
-        let record = dir.join(format!("edgehub-{}.jsonl", o.port));
-        let mut cmd = Command::new(PYTHON);
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let record = dir.join(format!("edgehub-{}-{n}.jsonl", o.port));
+        let mut cmd = Command::new(python());
         cmd.arg(standin("edgehub.py"))
             .args(["--port", &o.port.to_string()])
             .arg("--cert")
             .arg(&certs.chain)
             .arg("--key")
             .arg(&certs.key)
-            .args(["--module-key-base64", &o.key_b64, "--hub", &o.hub])
+            .args(["--key-base64", &o.key_b64, "--hub", &o.hub])
             .args(["--device", &o.device, "--module", &o.module])
             .args(["--outcomes", &o.outcomes.join(",")])
             .args(["--clock-skew-secs", &o.clock_skew_secs.to_string()])
             .arg("--record")
             .arg(&record);
         let (proc, rest) = start_ready("edgeHub", cmd);
-        let port = rest.parse().expect("READY <port>");
+        let port = rest
+            .parse()
+            .unwrap_or_else(|_| panic!("the edgeHub stand-in said READY {rest:?}, not a port"));
         EdgeHub { proc, port, record }
+    }
+
+    pub fn record_path(&self) -> &Path {
+        &self.record
+    }
+
+    /// The first record of `kind`, waiting up to `limit` for it.
+    pub fn wait_kind(&self, kind: &str, limit: Duration) -> Value {
+        let what = format!("a {kind:?} record");
+        let r = self.wait(&what, limit, |r| r.iter().any(|x| x["kind"] == kind));
+        r.into_iter()
+            .find(|x| x["kind"] == kind)
+            .expect("found above")
     }
 
     pub fn records(&self) -> Vec<Value> {
@@ -202,6 +364,7 @@ impl EdgeHub {
             if f(&r) {
                 return r;
             }
+            self.proc.assert_alive();
             assert!(
                 start.elapsed() < limit,
                 "timed out after {limit:?} waiting for {what}; records: {r:#?}"
@@ -245,19 +408,19 @@ pub fn edge_env(
 }
 
 /// Send one security message with the official Node.js SDK (tests/standin/node/send.js).
+/// Runs with only `env` and PATH (no IOTEDGE_* or connection string of the caller leaks in).
 pub fn node_send(env: &[(String, String)], body: &str, message_id: &str) -> std::process::Output {
+    require_node();
     let dir = root().join("tests/standin/node");
-    assert!(
-        dir.join("node_modules/azure-iot-device-amqp").is_dir(),
-        "the Node SDK is not installed in tests/standin/node (run .ci/run)"
-    );
     Command::new("node")
         .current_dir(&dir)
         .arg("send.js")
         .args([body, message_id])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
-        .expect("run node (install nodejs: run .ci/run)")
+        .expect("run node (run scripts/install-test-deps.sh)")
 }
 
 /// The module binary, with its stdout and stderr in files.

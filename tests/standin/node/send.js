@@ -1,7 +1,17 @@
 // Sends one security message with the official Azure IoT Node.js SDK, the way an IoT Edge
-// module does (ModuleClient.fromEnvironment with the AMQP transport, IOTEDGE_* environment),
-// so that the edgeHub stand-in records the SDK's wire behaviour for comparison with ours.
-// Prints "sent <messageId>" and exits 0, or prints the error and exits 1.
+// module does: ModuleClient.fromEnvironment with the AMQP transport and the IOTEDGE_*
+// environment (workload API at IOTEDGE_WORKLOADURI=unix://..., which signs the SAS token and
+// gives the trust bundle). The edgeHub stand-in records the SDK's wire behaviour, the
+// reference our module is compared with.
+//
+// Gateway port: the SDK honours a port in IOTEDGE_GATEWAYHOSTNAME. azure-iot-device-amqp
+// (dist/amqp.js _getConnectionUri) connects to 'amqps://' + gatewayHostName, and
+// azure-iot-amqp-base (dist/amqp.js connect) uses `parsedUrl.port ? parsedUrl.port : 5671`
+// with hostname = the host part (so the AMQP Open hostname and the TLS name are "localhost"
+// for "localhost:12345"). So the stand-in can run on any free port; no need for 5671.
+//
+//   node send.js [body] [messageId]
+// Prints "sent <messageId> <result class>" and exits 0, or prints the error and exits 1.
 'use strict';
 const { ModuleClient, Message } = require('azure-iot-device');
 const { Amqp } = require('azure-iot-device-amqp');
@@ -26,10 +36,14 @@ ModuleClient.fromEnvironment(Amqp, (err, client) => {
     m.contentType = 'application/json';
     m.contentEncoding = 'utf-8';
     m.setAsSecurityMessage();
-    client.sendEvent(m, (err) => {
+    client.sendEvent(m, (err, result) => {
       if (err) return fail('sendEvent', err);
-      console.log('sent ' + messageId);
-      client.close(() => process.exit(0));
+      const kind = result && result.constructor ? result.constructor.name : String(result);
+      console.log('sent ' + messageId + ' ' + kind);
+      client.close((err) => {
+        if (err) return fail('close', err);
+        process.exit(0);
+      });
     });
   });
 });
