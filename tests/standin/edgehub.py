@@ -38,7 +38,7 @@ shared/reference/auditd-here.md part B.
   token is caught.
 * Everything seen goes to `--record` as JSON lines, one flush per line (never the token or
   its signature). Kinds: connection, put-token, cbs-reply, attach, detach, message, closed,
-  disconnect; see README of tests/standin in tests/support/standin.rs for the keys.
+  disconnect; the keys of each are listed in tests/support/standin.rs.
 * SIGTERM: exits 0 promptly (SystemExit from the handler, auditd-here.md B.3.5).
 
 Anything unexpected is written to stderr with the prefix "edgehub stand-in:"; an exception in
