@@ -404,14 +404,7 @@ impl Store for SqliteStore {
             .query_row(
                 "SELECT message_id, body, high_events, low_events FROM messages ORDER BY seq LIMIT 1",
                 [],
-                |r| {
-                    Ok(StoredMessage {
-                        message_id: r.get(0)?,
-                        body: r.get(1)?,
-                        high_events: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                        low_events: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                    })
-                },
+                stored_message,
             )
             .optional()
             .map_err(db)
@@ -427,14 +420,7 @@ impl Store for SqliteStore {
             .query_row(
                 "SELECT message_id, body, high_events, low_events FROM messages WHERE message_id = ?1",
                 params![message_id],
-                |r| {
-                    Ok(StoredMessage {
-                        message_id: r.get(0)?,
-                        body: r.get(1)?,
-                        high_events: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-                        low_events: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                    })
-                },
+                stored_message,
             )
             .optional()
             .map_err(db)?;
@@ -610,6 +596,16 @@ impl Store for Resilient {
     fn checkpoint_windows(&mut self, events: Vec<Pending>) -> Result<(), StoreError> {
         self.with(|s| s.checkpoint_windows(events.clone()))
     }
+}
+
+/// A `messages` row (message_id, body, high_events, low_events) as a [`StoredMessage`].
+fn stored_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        message_id: r.get(0)?,
+        body: r.get(1)?,
+        high_events: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+        low_events: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+    })
 }
 
 /// Open the outbox in `dir`; a file that cannot be opened or fails its check is moved aside
