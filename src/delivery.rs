@@ -18,7 +18,9 @@ use uuid::Uuid;
 
 use crate::agent_config::{AgentConfig, Priority};
 use crate::aggregate::{AggregateConfig, Aggregator};
-use crate::events::operational::{DroppedEvents, MessageStatistics, QueueName};
+use crate::events::operational::{
+    Diagnostic, DiagnosticSeverity, DroppedEvents, MessageStatistics, QueueName,
+};
 use crate::events::{ExtraDetails, Payload, SecurityEvent};
 use crate::message::{BatchConfig, Batcher, CHUNK, Envelope, FitError, serialize_fitting};
 use crate::outbox::{Pending, Store, StoreError, StoredMessage};
@@ -69,6 +71,10 @@ pub struct Outgoing {
     /// See [`Outgoing::set_run_salt`].
     salt: Uuid,
     max_aggregation_entries: usize,
+    /// The latest `now_ms` seen (a settled message lets the next one be built at once).
+    now_ms: u64,
+    /// The latest `wall_ms` seen.
+    wall_ms: u64,
 }
 
 impl std::fmt::Debug for Outgoing {
@@ -130,6 +136,8 @@ impl Outgoing {
             cache_full: false,
             salt: Uuid::nil(),
             max_aggregation_entries,
+            now_ms,
+            wall_ms: 0,
         }
     }
 
@@ -154,7 +162,23 @@ impl Outgoing {
             &mut out,
         );
         self.batcher.set_config(batch_config(&config, 0));
+        let cache = config.max_local_cache_size_in_bytes;
+        let cache_changed = cache != self.config.max_local_cache_size_in_bytes;
         self.config = config;
+        if cache_changed {
+            match self
+                .store
+                .set_max_bytes(usize::try_from(cache).unwrap_or(usize::MAX))
+            {
+                Ok(d) => {
+                    self.count_dropped(QueueName::High, d.high);
+                    self.count_dropped(QueueName::Low, d.low);
+                }
+                Err(e) => {
+                    tracing::error!(error_id = "E-STORE-REFUSED", error = %e, "the store could not take the new maxLocalCacheSizeInBytes")
+                }
+            }
+        }
         for ev in out {
             self.enqueue(ev);
         }
@@ -162,6 +186,7 @@ impl Outgoing {
 
     /// A security event from the deriver (or an operational one).
     pub fn push(&mut self, ev: SecurityEvent, now_ms: u64) {
+        self.now_ms = now_ms;
         if self.config.priority(ev.payload.name()) == Priority::Off {
             return;
         }
@@ -195,7 +220,15 @@ impl Outgoing {
             }
         };
         self.count_collected(queue, 1);
-        match self.store.add_pending(Pending { queue, json }) {
+        let statistics = matches!(
+            ev.payload,
+            Payload::MessageStatistics(_) | Payload::DroppedEventsStatistics(_)
+        );
+        match self.store.add_pending(Pending {
+            queue,
+            json,
+            statistics,
+        }) {
             Ok(d) => {
                 self.count_dropped(QueueName::High, d.high);
                 self.count_dropped(QueueName::Low, d.low);
@@ -230,7 +263,7 @@ impl Outgoing {
                 Priority::Low => QueueName::Low,
             };
             if let Ok((json, _)) = serialize_fitting(&mut ev, self.batcher.envelope(), limit) {
-                pending.push(Pending { queue, json });
+                pending.push(Pending::event(queue, json));
             }
         }
         self.store.checkpoint_windows(pending)
@@ -262,6 +295,8 @@ impl Outgoing {
         wall_ms: u64,
         upstream: UpstreamDrops,
     ) -> Result<(), StoreError> {
+        self.now_ms = now_ms;
+        self.wall_ms = wall_ms;
         let mut out = Vec::new();
         self.aggregator.tick(now_ms, &mut out);
         let closed = !out.is_empty();
@@ -280,11 +315,48 @@ impl Outgoing {
             self.snapshot(wall_ms, upstream);
         }
         self.batcher.tick(self.store.as_mut(), now_ms)?;
-        self.store.commit()
+        self.store.commit()?;
+        self.report_store_failure(wall_ms);
+        Ok(())
     }
 
-    /// Emit the statistics events of the period that ends now, and start a new one.
+    /// The store fell back to memory: upstream hears it as a Diagnostic event (the error log
+    /// was written where it happened).
+    fn report_store_failure(&mut self, wall_ms: u64) {
+        let Some(message) = self.store.take_failure() else {
+            return;
+        };
+        let ev = SecurityEvent {
+            id: Uuid::new_v4(),
+            time_ms: wall_ms,
+            payload: Payload::Diagnostic(vec![Diagnostic {
+                severity: DiagnosticSeverity::Error,
+                message,
+                process_id: std::process::id(),
+                thread_id: 0,
+                extra_details: ExtraDetails::new(),
+            }]),
+        };
+        self.push(ev, self.now_ms);
+    }
+
+    /// A message was settled: the next one can be built now rather than at the next tick.
+    fn build_next(&mut self) -> Result<(), StoreError> {
+        self.batcher.tick(self.store.as_mut(), self.now_ms)?;
+        self.store.commit()?;
+        let wall_ms = self.wall_ms;
+        self.report_store_failure(wall_ms);
+        Ok(())
+    }
+
+    /// Emit the statistics events of the period that ends now, and start a new one. While
+    /// the previous ones are still pending (edgeHub away, nothing built) the period goes on
+    /// instead: statistics are never dropped to make room, so this keeps them to one pair,
+    /// and the next report covers the longer period.
     pub fn snapshot(&mut self, wall_ms: u64, upstream: UpstreamDrops) {
+        if self.store.pending_statistics() > 0 {
+            return;
+        }
         let p = std::mem::take(&mut self.period);
         let mark = std::mem::replace(&mut self.upstream_mark, upstream);
         self.snapshot_seq += 1;
@@ -379,6 +451,11 @@ impl Outgoing {
     /// The message was delivered.
     pub fn sent(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
         self.store.ack(&m.message_id)?;
+        self.count_sent(m);
+        self.build_next()
+    }
+
+    fn count_sent(&mut self, m: &StoredMessage) {
         let len = m.body.len() as u64;
         for p in [&mut self.period, &mut self.totals] {
             p.messages_sent += 1;
@@ -388,7 +465,6 @@ impl Outgoing {
                 p.messages_under_4kb += 1;
             }
         }
-        Ok(())
     }
 
     /// The message was rejected (final): its events are dropped.
@@ -400,7 +476,7 @@ impl Outgoing {
             self.count_dropped(QueueName::High, m.high_events);
             self.count_dropped(QueueName::Low, m.low_events);
         }
-        Ok(())
+        self.build_next()
     }
 
     /// Messages waiting and bytes held by the store.

@@ -231,22 +231,25 @@ impl Batcher {
         self.cfg.body_limit().saturating_sub(self.env.overhead())
     }
 
-    /// Build every message that is due at `now_ms`. Returns how many were built.
+    /// Build what is due at `now_ms`, one message at a time: a message is built only when
+    /// none is waiting in the store. While edgeHub is away the events stay pending, where a
+    /// full store drops by priority (oldest Low first) instead of keeping whole messages of
+    /// old Low events; the caller asks again when the waiting message is settled. A full
+    /// message is due at once, whatever the frequency; a priority that is due while a message
+    /// waits stays due. Returns how many were built.
     pub fn tick(&mut self, store: &mut dyn Store, now_ms: u64) -> Result<usize, StoreError> {
         let mut built = 0;
         for q in [QueueName::High, QueueName::Low] {
-            // Full messages go at once, whatever the frequency.
-            while store.pending_bytes(q) + store.pending_sizes(q).len() > self.capacity() {
-                self.build(store, q)?;
-                built += 1;
+            if store.message_count() > 0 {
+                break;
             }
+            let full = store.pending_bytes(q) + store.pending_sizes(q).len() > self.capacity();
             let due = now_ms.saturating_sub(*self.last(q)) >= self.frequency(q);
             if due {
                 *self.last(q) = now_ms;
-                if store.pending_bytes(q) > 0 {
-                    self.build(store, q)?;
-                    built += 1;
-                }
+            }
+            if (full || due) && store.pending_bytes(q) > 0 && self.build(store, q)? {
+                built += 1;
             }
         }
         Ok(built)
@@ -257,7 +260,9 @@ impl Batcher {
         let mut built = 0;
         for q in [QueueName::High, QueueName::Low] {
             while !store.pending_sizes(q).is_empty() {
-                self.build(store, q)?;
+                if !self.build(store, q)? {
+                    break;
+                }
                 built += 1;
             }
         }
@@ -266,7 +271,7 @@ impl Batcher {
 
     /// Build one message led by queue `q`: its events first-in first-out while they fit,
     /// then the other queue's up to the last 4 KB boundary.
-    fn build(&mut self, store: &mut dyn Store, q: QueueName) -> Result<(), StoreError> {
+    fn build(&mut self, store: &mut dyn Store, q: QueueName) -> Result<bool, StoreError> {
         let other = match q {
             QueueName::High => QueueName::Low,
             QueueName::Low => QueueName::High,
@@ -310,15 +315,17 @@ impl Batcher {
             .to_string();
         let env = &self.env;
         let mut body_len = 0;
-        store.build_message(&id, q, high, low, &mut |evs| {
+        let built = store.build_message(&id, q, high, low, &mut |evs| {
             let b = env.body(evs);
             body_len = b.len();
             b
         })?;
-        self.stats.messages_built += 1;
-        self.stats.bytes_built += body_len as u64;
-        self.stats.chunks_built += body_len.div_ceil(CHUNK) as u64;
-        Ok(())
+        if built {
+            self.stats.messages_built += 1;
+            self.stats.bytes_built += body_len as u64;
+            self.stats.chunks_built += body_len.div_ceil(CHUNK) as u64;
+        }
+        Ok(built)
     }
 }
 
@@ -348,11 +355,7 @@ mod tests {
 
     fn add(s: &mut MemoryStore, q: QueueName, n: usize, size: usize) {
         for _ in 0..n {
-            s.add_pending(Pending {
-                queue: q,
-                json: ev(size),
-            })
-            .unwrap();
+            s.add_pending(Pending::event(q, ev(size))).unwrap();
         }
     }
 
@@ -410,9 +413,21 @@ mod tests {
         let mut s = MemoryStore::new(10_000_000);
         let mut b = Batcher::new(cfg(8_192), env(), 0);
         add(&mut s, QueueName::Low, 40, 500);
-        let n = b.tick(&mut s, 1).unwrap();
-        assert!(n >= 2, "{n}");
-        let m = bodies(&mut s);
+        // One at a time: nothing more is built while a message waits.
+        assert_eq!(b.tick(&mut s, 1).unwrap(), 1);
+        assert_eq!(b.tick(&mut s, 1).unwrap(), 0);
+        assert_eq!(s.message_count(), 1);
+        // Each settled message lets the next full one be built, still before the frequency.
+        let mut m = Vec::new();
+        loop {
+            let got = bodies(&mut s);
+            if got.is_empty() {
+                break;
+            }
+            m.extend(got);
+            b.tick(&mut s, 1).unwrap();
+        }
+        assert!(m.len() >= 2, "{}", m.len());
         for body in &m {
             assert!(body.len() <= 8_192, "{}", body.len());
             // Full: one more event would not have fitted.

@@ -9,11 +9,19 @@
 //!
 //! The store is bounded in bytes (`maxLocalCacheSizeInBytes`): when an event does not fit,
 //! the oldest pending Low events are dropped first, then the oldest High ones, and the drops
-//! are counted per queue. Built messages count against the same budget.
+//! are counted per queue ([`policy`], one rule for both stores). Built messages count against
+//! the same budget; the batcher builds a message only when none is waiting, so while edgeHub
+//! is away the events stay pending, where the rule can choose among them.
+//!
+//! Statistics events (MessageStatistics, DroppedEventsStatistics) are never dropped to make
+//! room: they carry the count of what was dropped, and a report of drops lost to the drops it
+//! reports would make the statistics lie. The delivery stage holds the next snapshot back
+//! while one is still pending (its period simply grows), so at most one pair waits.
 //!
 //! [`MemoryStore`] keeps all of it in memory; the durable outbox implements the same trait
 //! on disk.
 
+mod policy;
 pub mod sqlite;
 
 use std::collections::VecDeque;
@@ -27,6 +35,8 @@ use crate::events::operational::QueueName;
 pub enum StoreError {
     #[error("the outbox failed: {0}")]
     Backend(String),
+    #[error("the outbox is locked: {0}")]
+    Locked(String),
 }
 
 /// A pending event: its JSON, ready to be put into a message.
@@ -34,6 +44,19 @@ pub enum StoreError {
 pub struct Pending {
     pub queue: QueueName,
     pub json: String,
+    /// A statistics event: never dropped to make room (see the module docs).
+    pub statistics: bool,
+}
+
+impl Pending {
+    /// An ordinary event.
+    pub fn event(queue: QueueName, json: String) -> Pending {
+        Pending {
+            queue,
+            json,
+            statistics: false,
+        }
+    }
 }
 
 /// A built message waiting to be sent.
@@ -70,11 +93,16 @@ pub trait Store {
     fn add_pending(&mut self, ev: Pending) -> Result<Dropped, StoreError>;
     /// Pending events of a queue, oldest first (JSON lengths), without removing them.
     fn pending_sizes(&self, q: QueueName) -> Vec<usize>;
+    /// Pending statistics events (not yet in a message).
+    fn pending_statistics(&self) -> usize;
+    /// The byte budget changed (configuration): drops what no longer fits.
+    fn set_max_bytes(&mut self, max_bytes: usize) -> Result<Dropped, StoreError>;
     /// Bytes of pending events of a queue.
     fn pending_bytes(&self, q: QueueName) -> usize;
     /// In one step: take the first `high` pending High events and the first `low` pending Low
     /// events, store the message `build` makes of them (in the order given: `first` queue
-    /// first) under `message_id`, and remove them.
+    /// first) under `message_id`, and remove them. Returns whether a message was stored (no
+    /// events, or a store that lost its disk on the way, make none).
     fn build_message(
         &mut self,
         message_id: &str,
@@ -82,7 +110,7 @@ pub trait Store {
         high: usize,
         low: usize,
         build: &mut dyn FnMut(&[&str]) -> String,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
     /// The oldest stored message, if any.
     fn next_message(&self) -> Result<Option<StoredMessage>, StoreError>;
     /// Delivered: remove it.
@@ -103,13 +131,19 @@ pub trait Store {
     fn checkpoint_windows(&mut self, _events: Vec<Pending>) -> Result<(), StoreError> {
         Ok(())
     }
+    /// A failure the store survived (it fell back to memory) and that upstream should hear
+    /// of, once.
+    fn take_failure(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// The store in memory.
 #[derive(Debug)]
 pub struct MemoryStore {
-    high: VecDeque<String>,
-    low: VecDeque<String>,
+    /// Pending events: JSON and whether it is a statistics event.
+    high: VecDeque<(String, bool)>,
+    low: VecDeque<(String, bool)>,
     messages: VecDeque<StoredMessage>,
     bytes: usize,
     max_bytes: usize,
@@ -126,66 +160,66 @@ impl MemoryStore {
         }
     }
 
-    /// The byte budget can change with the configuration.
-    pub fn set_max_bytes(&mut self, max_bytes: usize) -> Dropped {
-        self.max_bytes = max_bytes;
-        self.make_room(0)
-    }
-
-    fn queue(&self, q: QueueName) -> &VecDeque<String> {
+    fn queue(&self, q: QueueName) -> &VecDeque<(String, bool)> {
         match q {
             QueueName::High => &self.high,
             QueueName::Low => &self.low,
         }
     }
 
-    /// Drop the oldest Low, then the oldest High pending events until `need` more bytes fit.
-    fn make_room(&mut self, need: usize) -> Dropped {
-        let mut dropped = Dropped::default();
-        while self.bytes + need > self.max_bytes {
-            if let Some(e) = self.low.pop_front() {
-                self.bytes -= e.len();
-                dropped.low += 1;
-            } else if let Some(e) = self.high.pop_front() {
-                self.bytes -= e.len();
-                dropped.high += 1;
-            } else {
-                break;
-            }
+    fn queue_mut(&mut self, q: QueueName) -> &mut VecDeque<(String, bool)> {
+        match q {
+            QueueName::High => &mut self.high,
+            QueueName::Low => &mut self.low,
         }
-        dropped
+    }
+}
+
+impl policy::Queues for MemoryStore {
+    fn held(&self) -> usize {
+        self.bytes
+    }
+    fn oldest_droppable(&self, q: QueueName) -> Option<usize> {
+        self.queue(q).iter().position(|e| !e.1)
+    }
+    fn drop_pending(&mut self, q: QueueName, pos: usize) -> Result<(), StoreError> {
+        if let Some((json, _)) = self.queue_mut(q).remove(pos) {
+            self.bytes -= json.len();
+        }
+        Ok(())
     }
 }
 
 impl Store for MemoryStore {
     fn add_pending(&mut self, ev: Pending) -> Result<Dropped, StoreError> {
-        let len = ev.json.len();
-        if len > self.max_bytes {
-            let mut d = Dropped::default();
-            d.add(ev.queue, 1);
-            return Ok(d);
+        let max = self.max_bytes;
+        let admitted = policy::admit(self, &ev, max)?;
+        if admitted.stored {
+            self.bytes += ev.json.len();
+            self.queue_mut(ev.queue).push_back((ev.json, ev.statistics));
         }
-        let dropped = self.make_room(len);
-        if self.bytes + len > self.max_bytes {
-            // Only built messages are left and they fill the budget: this event goes.
-            let mut d = dropped;
-            d.add(ev.queue, 1);
-            return Ok(d);
-        }
-        self.bytes += len;
-        match ev.queue {
-            QueueName::High => self.high.push_back(ev.json),
-            QueueName::Low => self.low.push_back(ev.json),
-        }
-        Ok(dropped)
+        Ok(admitted.dropped)
     }
 
     fn pending_sizes(&self, q: QueueName) -> Vec<usize> {
-        self.queue(q).iter().map(String::len).collect()
+        self.queue(q).iter().map(|e| e.0.len()).collect()
+    }
+
+    fn pending_statistics(&self) -> usize {
+        self.high
+            .iter()
+            .chain(self.low.iter())
+            .filter(|e| e.1)
+            .count()
+    }
+
+    fn set_max_bytes(&mut self, max_bytes: usize) -> Result<Dropped, StoreError> {
+        self.max_bytes = max_bytes;
+        policy::make_room(self, 0, max_bytes)
     }
 
     fn pending_bytes(&self, q: QueueName) -> usize {
-        self.queue(q).iter().map(String::len).sum()
+        self.queue(q).iter().map(|e| e.0.len()).sum()
     }
 
     fn build_message(
@@ -195,11 +229,14 @@ impl Store for MemoryStore {
         high: usize,
         low: usize,
         build: &mut dyn FnMut(&[&str]) -> String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let high = high.min(self.high.len());
         let low = low.min(self.low.len());
-        let hs = self.high.range(..high).map(String::as_str);
-        let ls = self.low.range(..low).map(String::as_str);
+        if high + low == 0 {
+            return Ok(false);
+        }
+        let hs = self.high.range(..high).map(|e| e.0.as_str());
+        let ls = self.low.range(..low).map(|e| e.0.as_str());
         let events: Vec<&str> = match first {
             QueueName::High => hs.chain(ls).collect(),
             QueueName::Low => ls.chain(hs).collect(),
@@ -215,7 +252,7 @@ impl Store for MemoryStore {
             high_events: high as u64,
             low_events: low as u64,
         });
-        Ok(())
+        Ok(true)
     }
 
     fn next_message(&self) -> Result<Option<StoredMessage>, StoreError> {
@@ -255,10 +292,7 @@ mod tests {
     use super::*;
 
     fn p(q: QueueName, s: &str) -> Pending {
-        Pending {
-            queue: q,
-            json: s.to_string(),
-        }
+        Pending::event(q, s.to_string())
     }
 
     #[test]

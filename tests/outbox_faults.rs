@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use azureiotsecurity::agent_config::{AgentConfig, Priority};
 use azureiotsecurity::events::operational::QueueName;
 use azureiotsecurity::outbox::sqlite::{Resilient, SqliteStore};
 use azureiotsecurity::outbox::{Pending, Store};
@@ -322,10 +323,7 @@ fn a_full_disk_switches_the_outbox_to_memory_and_counts_what_it_lost() {
     let (mut added, mut dropped) = (0u64, 0u64);
     for i in 0..400 {
         let d = s
-            .add_pending(Pending {
-                queue: QueueName::Low,
-                json: event.clone(),
-            })
+            .add_pending(Pending::event(QueueName::Low, event.clone()))
             .expect("the resilient store never fails");
         added += 1;
         dropped += d.high + d.low;
@@ -339,10 +337,7 @@ fn a_full_disk_switches_the_outbox_to_memory_and_counts_what_it_lost() {
     assert!(!s.durable(), "192 KB filled up ({added} events added)");
     // The events of the failed transaction are reported as dropped, the rest kept.
     let d = s
-        .add_pending(Pending {
-            queue: QueueName::High,
-            json: "{\"after\":1}".into(),
-        })
+        .add_pending(Pending::event(QueueName::High, "{\"after\":1}".into()))
         .unwrap();
     dropped += d.high + d.low;
     assert!(
@@ -717,4 +712,211 @@ fn edgehub_down_for_a_minute_under_steady_load_then_back_loses_nothing() {
         out.contains("E-EDGEHUB-CONNECT"),
         "the outage was logged:\n{out}"
     );
+}
+
+/// The queue each event goes to under `config`.
+fn queue_of(config: &AgentConfig, name: &str) -> QueueName {
+    match config.priority(name) {
+        Priority::High => QueueName::High,
+        _ => QueueName::Low,
+    }
+}
+
+fn sum_u64(events: &[&Value], f: impl Fn(&Value) -> u64) -> u64 {
+    events.iter().map(|e| f(e)).sum()
+}
+
+fn as_u64(v: &Value) -> u64 {
+    match v {
+        Value::Number(n) => n.as_u64().unwrap(),
+        Value::String(s) => s.parse().unwrap(),
+        other => panic!("not a count: {other}"),
+    }
+}
+
+#[test]
+fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
+    let data = dir.path().join("data");
+    let port = free_port(); // edgeHub is down while the capture comes in
+    // A cap of 160 000 bytes on disk leaves about 60 KB for events; the capture derives
+    // 106 KB of ProcessCreate (High here) and 39 KB of ConnectionCreate (Low).
+    let settings = [
+        ("AZUREIOTSECURITY_AGENT__MAXLOCALCACHESIZEINBYTES", "160000"),
+        ("AZUREIOTSECURITY_AGENT__MAXMESSAGESIZEINBYTES", "8192"),
+        (
+            "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
+            "PT2S",
+        ),
+        (
+            "AZUREIOTSECURITY_AGENT__LOWPRIORITYMESSAGEFREQUENCY",
+            "PT2S",
+        ),
+        ("AZUREIOTSECURITY_AGENT__SNAPSHOTFREQUENCY", "PT2S"),
+        ("AZUREIOTSECURITY_AGENT__EVENTPRIORITYPROCESSCREATE", "High"),
+        (
+            "AZUREIOTSECURITY_AGENT__EVENTPRIORITYCONNECTIONCREATE",
+            "Low",
+        ),
+        NO_AGGREGATION[0],
+        NO_AGGREGATION[1],
+    ];
+    let mut config = AgentConfig::default();
+    assert!(config.set_priority("ProcessCreate", Priority::High));
+    assert!(config.set_priority("ConnectionCreate", Priority::Low));
+    let feed = AuditFeed::paced(dir.path(), capture("activity.log"), Duration::from_secs(6));
+    let mut m = Module::start(
+        dir.path(),
+        "overflow",
+        &env(&workload, port, &feed, &data, &settings),
+        &["run"],
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(m.alive(), "{}", m.output());
+    let hub = EdgeHub::start(dir.path(), &certs, &hub_options(port));
+    // Quiet: the last three messages hold statistics only (everything else went or was
+    // dropped, and each snapshot found the one before it sent).
+    let stats_only = |r: &Value| {
+        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+        body["Events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["Category"] == "Periodic")
+    };
+    hub.wait(
+        "three statistics-only messages in a row",
+        Duration::from_secs(60),
+        |r| {
+            let accepted: Vec<&Value> = r
+                .iter()
+                .filter(|x| x["kind"] == "message" && x["outcome"] == "accept")
+                .collect();
+            accepted.len() >= 3 && accepted[accepted.len() - 3..].iter().all(|x| stats_only(x))
+        },
+    );
+    // Unique messages in the order edgeHub accepted them, up to now.
+    let mut seen = std::collections::HashSet::new();
+    let messages: Vec<Value> = hub
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
+        .filter(|r| seen.insert(r["message_id"].as_str().unwrap().to_owned()))
+        .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
+        .collect();
+    assert!(m.stop(Duration::from_secs(10)).success(), "{}", m.output());
+    let bodies: Vec<String> = messages.iter().map(|b| b.to_string()).collect();
+    let verdicts = support::reference_validate(&bodies);
+    assert!(verdicts.iter().all(|v| v == "ok"), "{verdicts:?}");
+
+    // Snapshot k is the one in the last message: everything before it was settled when it
+    // was taken, and every audit event was derived long before.
+    let k = messages.len() - 1;
+    let events = |range: std::ops::Range<usize>| -> Vec<Value> {
+        messages[range]
+            .iter()
+            .flat_map(|b| b["Events"].as_array().unwrap().clone())
+            .collect()
+    };
+    let reported = events(0..k + 1);
+    let named = |n: &str| -> Vec<&Value> { reported.iter().filter(|e| e["Name"] == n).collect() };
+    let msg_stats = named("MessageStatistics");
+    let drop_stats = named("DroppedEventsStatistics");
+    assert!(drop_stats.len() >= 3, "{drop_stats:?}");
+    let queue_item = |e: &Value, q: &str| -> Value {
+        e["Payload"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["Queue"] == q)
+            .unwrap()
+            .clone()
+    };
+
+    // What the module derived (the same capture, replayed) and what edgeHub got, per queue.
+    let want = replay_event_ids_with("activity.log", &settings);
+    let replayed = replay_events_with("activity.log", &settings);
+    let audit_delivered: std::collections::BTreeMap<String, String> = events(0..messages.len())
+        .iter()
+        .filter(|e| e["EventType"] == "Security")
+        .map(|e| {
+            (
+                e["Id"].as_str().unwrap().to_owned(),
+                e["Name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for id in audit_delivered.keys() {
+        assert!(want.contains(id), "{id} was never derived");
+    }
+    let before_k = events(0..k);
+    for (q, name) in [(QueueName::High, "High"), (QueueName::Low, "Low")] {
+        let derived = replayed
+            .iter()
+            .filter(|(_, n)| queue_of(&config, n) == q)
+            .count() as u64;
+        let delivered = audit_delivered
+            .values()
+            .filter(|n| queue_of(&config, n) == q)
+            .count() as u64;
+        let made = derived - delivered;
+        let dropped = sum_u64(&drop_stats, |e| {
+            as_u64(&queue_item(e, name)["DroppedEvents"])
+        });
+        assert_eq!(dropped, made, "{name}: drops reported vs made");
+        // Collected: every derived event, and the statistics (and any other operational
+        // event) of this queue that the earlier snapshots had already counted.
+        let operational = before_k
+            .iter()
+            .filter(|e| e["EventType"] != "Security")
+            .filter(|e| queue_of(&config, e["Name"].as_str().unwrap()) == q)
+            .count() as u64;
+        let collected = sum_u64(&drop_stats, |e| {
+            as_u64(&queue_item(e, name)["CollectedEvents"])
+        });
+        assert_eq!(collected, derived + operational, "{name}: collected");
+        assert!(made > 0, "{name}: the cap made drops in this queue");
+    }
+    // MessageStatistics: every message before the last, its bytes and 4 KB chunks.
+    let sent = sum_u64(&msg_stats, |e| as_u64(&e["Payload"][0]["MessagesSent"]));
+    assert_eq!(sent, k as u64);
+    let bytes: u64 = bodies[..k].iter().map(|b| b.len() as u64).sum();
+    let reported_bytes = sum_u64(&msg_stats, |e| {
+        as_u64(&e["Payload"][0]["ExtraDetails"]["BytesSent"])
+    });
+    assert_eq!(reported_bytes, bytes);
+    let out = m.output();
+    assert!(out.contains("W-CACHE-FULL"), "{out}");
+}
+
+/// (Id, Name) of the audit-derived events of `replay --messages`.
+fn replay_events_with(capture_name: &str, env: &[(&str, &str)]) -> Vec<(String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        .envs(env.iter().copied())
+        .args(["replay", "--messages"])
+        .arg(support::root().join("tests/data").join(capture_name))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .flat_map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["Events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["Category"] != "Periodic")
+                .map(|e| {
+                    (
+                        e["Id"].as_str().unwrap().to_owned(),
+                        e["Name"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

@@ -8,11 +8,18 @@
 //!   event costs no fsync of its own.
 //! - Pending events keep their queue and order (an autoincrement sequence), messages their
 //!   id: a message sent again after a restart carries the same message-id.
-//! - The byte budget (`maxLocalCacheSizeInBytes`) counts the stored JSON, as the in-memory
-//!   store does, so both drop the same events; the file follows it: the WAL is checkpointed
-//!   (TRUNCATE) and freed pages are returned (`auto_vacuum=INCREMENTAL`) every
-//!   [`MAINTAIN_EVERY`] commits and whenever the store empties, and `journal_size_limit`
-//!   bounds the WAL between checkpoints. [`SqliteStore::disk_bytes`] reports the real use.
+//! - The cap (`maxLocalCacheSizeInBytes`) is on real disk use: the database file and its
+//!   WAL. The drop rule ([`super::policy`]) works on the stored JSON, so the JSON gets a
+//!   share of the cap ([`json_budget`]) that leaves room for SQLite's pages, the empty
+//!   schema and the WAL; the WAL is checkpointed automatically every `cap / 16` bytes and
+//!   truncated to that (`journal_size_limit`), and freed pages are returned
+//!   (`auto_vacuum=INCREMENTAL`) every [`MAINTAIN_EVERY`] commits and whenever the store
+//!   empties, so the file shrinks back. Each commit measures the files; when they are over
+//!   the cap anyway (rows larger or smaller than the estimate), the JSON share is lowered to
+//!   what the measure says and events are dropped by the same rule, counted.
+//! - `locking_mode=EXCLUSIVE`: one process owns the outbox (a second module on the same data
+//!   directory is refused, not let to share or to move the file aside), and the WAL needs no
+//!   `-shm` file.
 //! - Opening runs `quick_check`; [`open_or_recover`] moves a corrupt file aside and starts
 //!   empty, and says what it did so the caller can log it.
 
@@ -21,13 +28,26 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Dropped, Pending, Store, StoreError, StoredMessage};
+use super::{Dropped, Pending, Store, StoreError, StoredMessage, policy};
 use crate::events::operational::QueueName;
 
 /// Checkpoint and vacuum after this many commits.
 pub const MAINTAIN_EVERY: u64 = 64;
-/// The WAL is truncated to this after a checkpoint.
-const JOURNAL_SIZE_LIMIT: i64 = 256 * 1024;
+const PAGE: usize = 4096;
+/// The empty outbox (schema pages) and what rounding to pages costs at least.
+const FLOOR: usize = 12 * PAGE;
+
+/// The WAL's share of the cap: checkpointed and truncated at this size.
+fn wal_limit(cap: usize) -> usize {
+    (cap / 16).max(4 * PAGE)
+}
+
+/// The share of the cap the stored JSON may take: what is left after the empty schema and
+/// the WAL, less SQLite's own cost per row and per page (measured with real events of a few
+/// hundred bytes at about 15 %; 25 % is kept).
+pub fn json_budget(cap: usize) -> usize {
+    cap.saturating_sub(FLOOR + 2 * wal_limit(cap)) / 5 * 4
+}
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(format!("SQLite: {e}"))
@@ -44,13 +64,20 @@ fn queue_code(q: QueueName) -> i64 {
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
-    /// Mirrors of the pending rows: (sequence, JSON length), oldest first.
-    high: VecDeque<(i64, usize)>,
-    low: VecDeque<(i64, usize)>,
-    /// Bytes of stored JSON (pending and messages).
+    /// Mirrors of the pending rows: (sequence, JSON length, statistics?), oldest first.
+    high: VecDeque<(i64, usize, bool)>,
+    low: VecDeque<(i64, usize, bool)>,
+    /// Bytes of stored JSON (pending, messages and the windows checkpoint).
     bytes: usize,
+    /// Of which the windows checkpoint.
+    window_bytes: usize,
     messages: usize,
-    max_bytes: usize,
+    /// The cap on disk use (None: no measuring, the JSON budget alone; for tests).
+    cap: Option<usize>,
+    /// The JSON budget under the cap.
+    json_max: usize,
+    /// Dropped at a commit to bring the files under the cap: reported by the next add.
+    shrink_dropped: Dropped,
     in_tx: bool,
     commits: u64,
     /// Events added since the last commit: lost if the commit fails.
@@ -78,22 +105,48 @@ pub enum Recovery {
     MovedAside { moved_to: PathBuf, reason: String },
 }
 
+/// Locked by another process: not a corrupt file.
+fn locked(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn open_err(e: rusqlite::Error) -> StoreError {
+    if locked(&e) {
+        StoreError::Locked(format!(
+            "SQLite: {e} (another process has the outbox open: one module per data directory)"
+        ))
+    } else {
+        db(e)
+    }
+}
+
 impl SqliteStore {
-    /// Open (or create) the outbox at `path` and check it.
-    pub fn open(path: &Path, max_bytes: usize) -> Result<SqliteStore, StoreError> {
-        let conn = Connection::open(path).map_err(db)?;
-        // auto_vacuum must be set before the first table exists.
+    /// Open (or create) the outbox at `path`, capped at `cap` bytes on disk, and check it.
+    pub fn open(path: &Path, cap: usize) -> Result<SqliteStore, StoreError> {
+        let mut s = SqliteStore::open_uncapped(path, json_budget(cap))?;
+        s.cap = Some(cap);
+        s.configure_wal(cap)?;
+        Ok(s)
+    }
+
+    /// The outbox with a budget on its JSON only, the disk not measured (the drop rule's
+    /// tests, which need budgets far below what an empty SQLite file takes).
+    pub fn open_uncapped(path: &Path, json_max: usize) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(open_err)?;
+        // Exclusive before WAL (no -shm file); auto_vacuum before the first table exists.
         conn.execute_batch(
-            "PRAGMA auto_vacuum = INCREMENTAL;
+            "PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA auto_vacuum = INCREMENTAL;
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;",
         )
-        .map_err(db)?;
-        conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
-            .map_err(db)?;
+        .map_err(open_err)?;
         let check: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(db)?;
+            .map_err(open_err)?;
         if check != "ok" {
             return Err(StoreError::Backend(format!("quick_check: {check}")));
         }
@@ -101,7 +154,8 @@ impl SqliteStore {
             "CREATE TABLE IF NOT EXISTS pending (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
                  queue INTEGER NOT NULL,
-                 json TEXT NOT NULL);
+                 json TEXT NOT NULL,
+                 statistics INTEGER NOT NULL DEFAULT 0);
              CREATE INDEX IF NOT EXISTS pending_by_queue ON pending (queue, seq);
              CREATE TABLE IF NOT EXISTS windows (
                  seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -115,14 +169,32 @@ impl SqliteStore {
                  low_events INTEGER NOT NULL);",
         )
         .map_err(db)?;
+        // An outbox written before statistics were marked: add the column.
+        let has_statistics: bool = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('pending') WHERE name = 'statistics'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db)?
+            > 0;
+        if !has_statistics {
+            conn.execute_batch(
+                "ALTER TABLE pending ADD COLUMN statistics INTEGER NOT NULL DEFAULT 0",
+            )
+            .map_err(db)?;
+        }
         let mut s = SqliteStore {
             conn,
             path: path.to_owned(),
             high: VecDeque::new(),
             low: VecDeque::new(),
             bytes: 0,
+            window_bytes: 0,
             messages: 0,
-            max_bytes,
+            cap: None,
+            json_max,
+            shrink_dropped: Dropped::default(),
             in_tx: false,
             commits: 0,
             uncommitted: Dropped::default(),
@@ -131,6 +203,17 @@ impl SqliteStore {
         s.restore_windows()?;
         s.load()?;
         Ok(s)
+    }
+
+    fn configure_wal(&mut self, cap: usize) -> Result<(), StoreError> {
+        let limit = wal_limit(cap);
+        self.conn
+            .pragma_update(None, "journal_size_limit", limit as i64)
+            .map_err(db)?;
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", (limit / PAGE) as i64)
+            .map_err(db)?;
+        Ok(())
     }
 
     /// A checkpoint of aggregation windows left by a run that did not stop cleanly: its
@@ -157,7 +240,9 @@ impl SqliteStore {
     fn load(&mut self) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT seq, queue, length(CAST(json AS BLOB)) FROM pending ORDER BY seq")
+            .prepare(
+                "SELECT seq, queue, length(CAST(json AS BLOB)), statistics FROM pending ORDER BY seq",
+            )
             .map_err(db)?;
         let rows = stmt
             .query_map([], |r| {
@@ -165,18 +250,20 @@ impl SqliteStore {
                     r.get::<_, i64>(0)?,
                     r.get::<_, i64>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
                 ))
             })
             .map_err(db)?;
         let (mut high, mut low, mut bytes) = (VecDeque::new(), VecDeque::new(), 0usize);
         for row in rows {
-            let (seq, queue, len) = row.map_err(db)?;
+            let (seq, queue, len, statistics) = row.map_err(db)?;
             let len = usize::try_from(len).unwrap_or(0);
             bytes += len;
+            let entry = (seq, len, statistics != 0);
             if queue == 0 {
-                high.push_back((seq, len));
+                high.push_back(entry);
             } else {
-                low.push_back((seq, len));
+                low.push_back(entry);
             }
         }
         drop(stmt);
@@ -204,18 +291,52 @@ impl SqliteStore {
         self.uncommitted
     }
 
-    /// The byte budget can change with the configuration.
-    pub fn set_max_bytes(&mut self, max_bytes: usize) -> Result<Dropped, StoreError> {
-        self.max_bytes = max_bytes;
-        self.make_room(0)
-    }
-
-    /// Real disk use: the database file and its WAL.
+    /// Real disk use: the database file and its WAL (and a `-shm` file, which exclusive
+    /// locking should never make).
     pub fn disk_bytes(&self) -> u64 {
         let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        size(&self.path) + size(Path::new(&wal))
+        let side = |suffix: &str| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        size(&self.path) + size(&side("-wal")) + size(&side("-shm"))
+    }
+
+    /// The JSON budget the cap currently allows.
+    pub fn json_max(&self) -> usize {
+        self.json_max
+    }
+
+    /// After a commit: when the files are over the cap, give pages back, and if that is not
+    /// enough, lower the JSON share to what the measure says and drop by the rule.
+    fn enforce_cap(&mut self) -> Result<(), StoreError> {
+        let Some(cap) = self.cap else { return Ok(()) };
+        if self.disk_bytes() <= cap as u64 {
+            return Ok(());
+        }
+        self.maintain()?;
+        let disk = usize::try_from(self.disk_bytes()).unwrap_or(usize::MAX);
+        if disk <= cap {
+            return Ok(());
+        }
+        // The rows cost more than estimated: scale the JSON share by what they really take,
+        // with 10 % to spare so that this is not done at every commit.
+        let scaled = (self.bytes as u128 * cap as u128 / disk.max(1) as u128) as usize;
+        self.json_max = self.json_max.min(scaled / 10 * 9);
+        let max = self.json_max;
+        let d = policy::make_room(self, 0, max)?;
+        tracing::debug!(
+            disk,
+            cap,
+            json_max = max,
+            dropped_high = d.high,
+            dropped_low = d.low,
+            "outbox over its cap on disk: JSON share lowered"
+        );
+        self.shrink_dropped.high += d.high;
+        self.shrink_dropped.low += d.low;
+        self.maintain()
     }
 
     fn begin(&mut self) -> Result<(), StoreError> {
@@ -254,34 +375,11 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn delete_pending(&mut self, seq: i64) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM pending WHERE seq = ?1", params![seq])
-            .map_err(db)?;
-        Ok(())
-    }
-
-    /// Drop the oldest Low, then the oldest High pending events until `need` more bytes fit.
-    fn make_room(&mut self, need: usize) -> Result<Dropped, StoreError> {
-        let mut dropped = Dropped::default();
-        while self.bytes + need > self.max_bytes {
-            let (seq, len, q) = if let Some(&(seq, len)) = self.low.front() {
-                (seq, len, QueueName::Low)
-            } else if let Some(&(seq, len)) = self.high.front() {
-                (seq, len, QueueName::High)
-            } else {
-                break;
-            };
-            self.begin()?;
-            self.delete_pending(seq)?;
-            match q {
-                QueueName::Low => self.low.pop_front(),
-                QueueName::High => self.high.pop_front(),
-            };
-            self.bytes -= len;
-            dropped.add(q, 1);
+    fn mirror(&self, q: QueueName) -> &VecDeque<(i64, usize, bool)> {
+        match q {
+            QueueName::High => &self.high,
+            QueueName::Low => &self.low,
         }
-        Ok(dropped)
     }
 
     fn read_pending(&self, q: QueueName, n: usize) -> Result<Vec<String>, StoreError> {
@@ -289,7 +387,7 @@ impl SqliteStore {
             QueueName::High => &self.high,
             QueueName::Low => &self.low,
         };
-        let Some(&(last, _)) = seqs.get(n.checked_sub(1).unwrap_or(usize::MAX)) else {
+        let Some(&(last, _, _)) = seqs.get(n.checked_sub(1).unwrap_or(usize::MAX)) else {
             return Ok(Vec::new());
         };
         let first = seqs.front().map(|x| x.0).unwrap_or(last);
@@ -308,48 +406,88 @@ impl SqliteStore {
     }
 }
 
+impl policy::Queues for SqliteStore {
+    fn held(&self) -> usize {
+        self.bytes
+    }
+    fn oldest_droppable(&self, q: QueueName) -> Option<usize> {
+        self.mirror(q).iter().position(|e| !e.2)
+    }
+    fn drop_pending(&mut self, q: QueueName, pos: usize) -> Result<(), StoreError> {
+        let Some(&(seq, len, _)) = self.mirror(q).get(pos) else {
+            return Ok(());
+        };
+        self.begin()?;
+        self.conn
+            .execute("DELETE FROM pending WHERE seq = ?1", params![seq])
+            .map_err(db)?;
+        match q {
+            QueueName::High => self.high.remove(pos),
+            QueueName::Low => self.low.remove(pos),
+        };
+        self.bytes -= len;
+        Ok(())
+    }
+}
+
 impl Store for SqliteStore {
     fn add_pending(&mut self, ev: Pending) -> Result<Dropped, StoreError> {
+        let max = self.json_max;
+        let mut admitted = policy::admit(self, &ev, max)?;
+        let shrunk = std::mem::take(&mut self.shrink_dropped);
+        admitted.dropped.high += shrunk.high;
+        admitted.dropped.low += shrunk.low;
+        if !admitted.stored {
+            return Ok(admitted.dropped);
+        }
         let len = ev.json.len();
-        if len > self.max_bytes {
-            let mut d = Dropped::default();
-            d.add(ev.queue, 1);
-            return Ok(d);
-        }
-        let mut dropped = self.make_room(len)?;
-        if self.bytes + len > self.max_bytes {
-            dropped.add(ev.queue, 1);
-            return Ok(dropped);
-        }
         self.begin()?;
         self.conn
             .execute(
-                "INSERT INTO pending (queue, json) VALUES (?1, ?2)",
-                params![queue_code(ev.queue), ev.json],
+                "INSERT INTO pending (queue, json, statistics) VALUES (?1, ?2, ?3)",
+                params![queue_code(ev.queue), ev.json, ev.statistics],
             )
             .map_err(db)?;
         let seq = self.conn.last_insert_rowid();
         self.uncommitted.add(ev.queue, 1);
         self.bytes += len;
+        let entry = (seq, len, ev.statistics);
         match ev.queue {
-            QueueName::High => self.high.push_back((seq, len)),
-            QueueName::Low => self.low.push_back((seq, len)),
+            QueueName::High => self.high.push_back(entry),
+            QueueName::Low => self.low.push_back(entry),
         }
-        Ok(dropped)
+        Ok(admitted.dropped)
     }
 
     fn pending_sizes(&self, q: QueueName) -> Vec<usize> {
-        match q {
-            QueueName::High => self.high.iter().map(|x| x.1).collect(),
-            QueueName::Low => self.low.iter().map(|x| x.1).collect(),
-        }
+        self.mirror(q).iter().map(|x| x.1).collect()
     }
 
     fn pending_bytes(&self, q: QueueName) -> usize {
-        match q {
-            QueueName::High => self.high.iter().map(|x| x.1).sum(),
-            QueueName::Low => self.low.iter().map(|x| x.1).sum(),
+        self.mirror(q).iter().map(|x| x.1).sum()
+    }
+
+    fn pending_statistics(&self) -> usize {
+        self.high
+            .iter()
+            .chain(self.low.iter())
+            .filter(|x| x.2)
+            .count()
+    }
+
+    /// The new value is the cap on disk (as [`SqliteStore::open`]'s), or the JSON budget for
+    /// an outbox opened without one.
+    fn set_max_bytes(&mut self, max_bytes: usize) -> Result<Dropped, StoreError> {
+        match self.cap {
+            Some(_) => {
+                self.cap = Some(max_bytes);
+                self.json_max = json_budget(max_bytes);
+                self.configure_wal(max_bytes)?;
+            }
+            None => self.json_max = max_bytes,
         }
+        let max = self.json_max;
+        policy::make_room(self, 0, max)
     }
 
     fn build_message(
@@ -359,9 +497,12 @@ impl Store for SqliteStore {
         high: usize,
         low: usize,
         build: &mut dyn FnMut(&[&str]) -> String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let high = high.min(self.high.len());
         let low = low.min(self.low.len());
+        if high + low == 0 {
+            return Ok(false);
+        }
         let hs = self.read_pending(QueueName::High, high)?;
         let ls = self.read_pending(QueueName::Low, low)?;
         let (a, b) = match first {
@@ -377,7 +518,7 @@ impl Store for SqliteStore {
                 QueueName::High => &mut self.high,
                 QueueName::Low => &mut self.low,
             };
-            if let Some(&(last, _)) = seqs.get(n.wrapping_sub(1)) {
+            if let Some(&(last, _, _)) = seqs.get(n.wrapping_sub(1)) {
                 self.conn
                     .execute(
                         "DELETE FROM pending WHERE queue = ?1 AND seq <= ?2",
@@ -396,7 +537,8 @@ impl Store for SqliteStore {
         self.bytes = self.bytes - freed + body.len();
         self.messages += 1;
         // A built message is committed before it can be sent.
-        self.commit()
+        self.commit()?;
+        Ok(true)
     }
 
     fn next_message(&self) -> Result<Option<StoredMessage>, StoreError> {
@@ -446,17 +588,30 @@ impl Store for SqliteStore {
         self.bytes
     }
 
+    /// The checkpoint takes its share of the budget: pending events make room for it by the
+    /// rule (they would have been dropped for these entries when the windows close anyway).
     fn checkpoint_windows(&mut self, events: Vec<Pending>) -> Result<(), StoreError> {
         self.begin()?;
         self.conn.execute("DELETE FROM windows", []).map_err(db)?;
-        let mut stmt = self
-            .conn
-            .prepare_cached("INSERT INTO windows (queue, json) VALUES (?1, ?2)")
-            .map_err(db)?;
-        for e in events {
-            stmt.execute(params![queue_code(e.queue), e.json])
+        self.bytes -= self.window_bytes;
+        let mut size = 0;
+        {
+            let mut stmt = self
+                .conn
+                .prepare_cached("INSERT INTO windows (queue, json) VALUES (?1, ?2)")
                 .map_err(db)?;
+            for e in events {
+                size += e.json.len();
+                stmt.execute(params![queue_code(e.queue), e.json])
+                    .map_err(db)?;
+            }
         }
+        self.window_bytes = size;
+        self.bytes += size;
+        let max = self.json_max;
+        let d = policy::make_room(self, 0, max)?;
+        self.shrink_dropped.high += d.high;
+        self.shrink_dropped.low += d.low;
         Ok(())
     }
 
@@ -466,6 +621,9 @@ impl Store for SqliteStore {
         let empty = self.bytes == 0;
         if was && (self.commits % MAINTAIN_EVERY == 0 || empty) {
             self.maintain()?;
+        }
+        if was {
+            self.enforce_cap()?;
         }
         Ok(())
     }
@@ -479,15 +637,19 @@ pub struct Resilient {
     memory: super::MemoryStore,
     /// Drops to report with the next `add_pending`.
     lost: Dropped,
+    /// What to tell upstream about the failure (taken once).
+    failure: Option<String>,
 }
 
 impl Resilient {
+    /// Memory gets the same budget (all of it for JSON: memory has no pages or WAL).
     pub fn new(disk: SqliteStore) -> Resilient {
-        let max = disk.max_bytes;
+        let max = disk.cap.unwrap_or(disk.json_max);
         Resilient {
             disk: Some(disk),
             memory: super::MemoryStore::new(max),
             lost: Dropped::default(),
+            failure: None,
         }
     }
 
@@ -509,6 +671,12 @@ impl Resilient {
                 lost_low = lost.low,
                 "the outbox failed (disk full or read-only?): forwarding from memory from now on; what the file held is sent after a restart"
             );
+            self.failure = Some(format!(
+                "E-OUTBOX-WRITE: the outbox {} failed ({e}); forwarding from memory, {} High and {} Low events of the failed write lost, what the file held is sent after a restart",
+                d.path().display(),
+                lost.high,
+                lost.low
+            ));
         }
     }
 
@@ -553,13 +721,14 @@ impl Store for Resilient {
         high: usize,
         low: usize,
         build: &mut dyn FnMut(&[&str]) -> String,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if let Some(d) = self.disk.as_mut() {
             match d.build_message(message_id, first, high, low, build) {
-                Ok(()) => return Ok(()),
+                Ok(built) => return Ok(built),
+                // The events stay in the file (sent after a restart): no message now.
                 Err(e) => {
                     self.fail(&e);
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
@@ -596,6 +765,19 @@ impl Store for Resilient {
     fn checkpoint_windows(&mut self, events: Vec<Pending>) -> Result<(), StoreError> {
         self.with(|s| s.checkpoint_windows(events.clone()))
     }
+    fn pending_statistics(&self) -> usize {
+        match &self.disk {
+            Some(d) => d.pending_statistics(),
+            None => self.memory.pending_statistics(),
+        }
+    }
+    fn set_max_bytes(&mut self, max_bytes: usize) -> Result<Dropped, StoreError> {
+        self.memory.set_max_bytes(max_bytes)?;
+        self.with(|s| s.set_max_bytes(max_bytes))
+    }
+    fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
+    }
 }
 
 /// A `messages` row (message_id, body, high_events, low_events) as a [`StoredMessage`].
@@ -617,6 +799,8 @@ pub fn open_or_recover(
     let path = dir.join("outbox.sqlite");
     match SqliteStore::open(&path, max_bytes) {
         Ok(s) => Ok((s, Recovery::Clean)),
+        // Another module's file: not ours to move.
+        Err(e @ StoreError::Locked(_)) => Err(e),
         Err(first) if path.exists() => {
             let stamp = chrono::Utc::now().timestamp();
             let moved_to = dir.join(format!("outbox.sqlite.corrupt-{stamp}"));
@@ -646,10 +830,7 @@ mod tests {
     use super::*;
 
     fn p(q: QueueName, s: &str) -> Pending {
-        Pending {
-            queue: q,
-            json: s.to_string(),
-        }
+        Pending::event(q, s.to_string())
     }
 
     fn join(evs: &[&str]) -> String {
@@ -715,7 +896,7 @@ mod tests {
     #[test]
     fn full_outbox_drops_oldest_low_then_high_and_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = SqliteStore::open(&dir.path().join("o.sqlite"), 10).unwrap();
+        let mut s = SqliteStore::open_uncapped(&dir.path().join("o.sqlite"), 10).unwrap();
         s.add_pending(p(QueueName::High, "hhh")).unwrap();
         s.add_pending(p(QueueName::Low, "l1l")).unwrap();
         s.add_pending(p(QueueName::Low, "l2l")).unwrap();
@@ -732,7 +913,8 @@ mod tests {
             .unwrap();
         assert_eq!(d, Dropped { high: 0, low: 1 });
         s.commit().unwrap();
-        let s = SqliteStore::open(&dir.path().join("o.sqlite"), 10).unwrap();
+        drop(s);
+        let s = SqliteStore::open_uncapped(&dir.path().join("o.sqlite"), 10).unwrap();
         assert_eq!(s.pending_sizes(QueueName::High), [3, 3, 3]);
     }
 
@@ -759,6 +941,68 @@ mod tests {
         s.ack("m").unwrap();
         let empty = s.disk_bytes();
         assert!(empty < 100_000, "the file shrank from {full} to {empty}");
+    }
+
+    /// An event as the module stores it (a ProcessCreate of a few hundred bytes, numbers
+    /// varied so pages do not compress into anything special).
+    fn process_create(i: usize) -> String {
+        format!(
+            r#"{{"EventType":"Security","Category":"Triggered","Name":"ProcessCreate","IsEmpty":false,"PayloadSchemaVersion":"1.0","Id":"{:08x}-8d1c-5b0e-9f3a-{:012x}","TimeGenerated":"2026-11-22T12:00:{:02}.000Z","Payload":[{{"Executable":"/usr/bin/curl","ProcessId":{},"ParentProcessId":{},"UserName":"root","UserId":"0","CommandLine":"curl -s https://example.invalid/{}","Time":"2026-11-22T12:00:00.000Z","ExtraDetails":{{"Hits":"1"}}}}]}}"#,
+            i,
+            i * 7919,
+            i % 60,
+            10_000 + i,
+            9_000 + i % 100,
+            i
+        )
+    }
+
+    #[test]
+    fn disk_use_stays_under_the_cap_and_uses_it() {
+        // A small cap and the default one.
+        for cap in [512 * 1024, 2_560_000] {
+            disk_use_under(cap);
+        }
+    }
+
+    fn disk_use_under(cap: usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("o.sqlite"), cap).unwrap();
+        let (mut dropped, mut peak, mut added) = (0, 0, 0);
+        for i in 0..cap / 80 {
+            let e = process_create(i);
+            added += e.len();
+            let d = s.add_pending(p(QueueName::Low, &e)).unwrap();
+            dropped += d.low;
+            if i % 40 == 0 {
+                s.commit().unwrap();
+                peak = peak.max(s.disk_bytes());
+                assert!(
+                    s.disk_bytes() <= cap as u64,
+                    "{} > {cap} after {i}",
+                    s.disk_bytes()
+                );
+            }
+        }
+        s.commit().unwrap();
+        eprintln!("cap {cap}: peak {peak}, JSON {}", s.bytes());
+        assert!(added > 3 * cap, "the test overflows the cap");
+        assert!(dropped > 0);
+        // The cap is used, not just respected: the JSON held is most of it.
+        assert!(
+            s.bytes() > cap / 2,
+            "JSON held {} of a {cap} cap",
+            s.bytes()
+        );
+        assert!(peak > (cap as u64) * 3 / 4, "peak {peak} of {cap}");
+        // A message of everything and its settlement give the disk back.
+        let n = s.pending_sizes(QueueName::Low).len();
+        s.build_message("m", QueueName::Low, 0, n, &mut |evs| {
+            format!("{} events", evs.len())
+        })
+        .unwrap();
+        s.ack("m").unwrap();
+        assert!(s.disk_bytes() < 100_000, "{}", s.disk_bytes());
     }
 
     #[test]
@@ -804,6 +1048,26 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(s.message_count(), 0);
+        // Held by a live outbox (another module on the same data directory): refused, and
+        // the file is not taken for corrupt and moved.
+        match open_or_recover(dir.path(), 1000) {
+            Err(StoreError::Locked(why)) => {
+                assert!(why.contains("one module per data directory"), "{why}")
+            }
+            other => panic!("{:?}", other.map(|x| x.1)),
+        }
+        let moved = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("corrupt")
+            })
+            .count();
+        assert_eq!(moved, 1);
+        drop(s);
         let (_, r) = open_or_recover(dir.path(), 1000).unwrap();
         assert_eq!(r, Recovery::Clean);
     }
