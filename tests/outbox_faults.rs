@@ -14,12 +14,9 @@ use azureiotsecurity::outbox::sqlite::{Resilient, SqliteStore};
 use azureiotsecurity::outbox::{Pending, Store};
 use serde_json::Value;
 use support::audit_feed::AuditFeed;
-use support::standin::{self, Certs, EdgeHub, EdgeHubOptions, Module, Workload};
-
-const KEY: &str = "bW9kdWxlLWtleS1mb3ItdGhlLWludGVyb3AtdGVzdHM=";
-const HUB: &str = "hub.example.net";
-const DEVICE: &str = "dev1";
-const MODULE: &str = "azureiotsecurity";
+use support::standin::{
+    self, Certs, DEVICE, EdgeHub, HUB, KEY, MODULE, Module, Workload, free_port, hub_options,
+};
 
 const NO_AGGREGATION: [(&str, &str); 2] = [
     (
@@ -31,23 +28,6 @@ const NO_AGGREGATION: [(&str, &str); 2] = [
         "false",
     ),
 ];
-
-fn hub_options(port: u16) -> EdgeHubOptions {
-    EdgeHubOptions {
-        port,
-        key_b64: KEY.into(),
-        hub: HUB.into(),
-        device: DEVICE.into(),
-        module: MODULE.into(),
-        outcomes: vec![],
-        clock_skew_secs: 0,
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Mount(PathBuf);
@@ -358,26 +338,9 @@ fn replay_event_ids_with(
     capture_name: &str,
     env: &[(&str, &str)],
 ) -> std::collections::BTreeSet<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
-        .envs(env.iter().copied())
-        .args(["replay", "--messages"])
-        .arg(support::root().join("tests/data").join(capture_name))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .flat_map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            v["Events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|e| e["Category"] != "Periodic")
-                .map(|e| e["Id"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        })
+    replay_events_with(capture_name, env)
+        .into_iter()
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -741,10 +704,10 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
     let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
     let data = dir.path().join("data");
     let port = free_port(); // edgeHub is down while the capture comes in
-    // A cap of 160 000 bytes on disk leaves about 60 KB for events; the capture derives
-    // 106 KB of ProcessCreate (High here) and 39 KB of ConnectionCreate (Low).
+    // A cap of 256 KB on disk leaves about 80 KB for events; the capture derives 106 KB of
+    // ProcessCreate (High here) and 39 KB of ConnectionCreate (Low).
     let settings = [
-        ("AZUREIOTSECURITY_AGENT__MAXLOCALCACHESIZEINBYTES", "160000"),
+        ("AZUREIOTSECURITY_AGENT__MAXLOCALCACHESIZEINBYTES", "262144"),
         ("AZUREIOTSECURITY_AGENT__MAXMESSAGESIZEINBYTES", "8192"),
         (
             "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
@@ -773,6 +736,8 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
         &env(&workload, port, &feed, &data, &settings),
         &["run"],
     );
+    // The cap is on real disk use: the data directory is measured all along.
+    let disk = DiskSampler::start(&data);
     std::thread::sleep(Duration::from_secs(10));
     assert!(m.alive(), "{}", m.output());
     let hub = EdgeHub::start(dir.path(), &certs, &hub_options(port));
@@ -799,15 +764,28 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
     );
     // Unique messages in the order edgeHub accepted them, up to now.
     let mut seen = std::collections::HashSet::new();
-    let messages: Vec<Value> = hub
+    let bodies: Vec<String> = hub
         .records()
         .into_iter()
         .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
         .filter(|r| seen.insert(r["message_id"].as_str().unwrap().to_owned()))
-        .map(|r| serde_json::from_str(r["body"].as_str().unwrap()).unwrap())
+        .map(|r| r["body"].as_str().unwrap().to_owned())
+        .collect();
+    let messages: Vec<Value> = bodies
+        .iter()
+        .map(|b| serde_json::from_str(b).unwrap())
         .collect();
     assert!(m.stop(Duration::from_secs(10)).success(), "{}", m.output());
-    let bodies: Vec<String> = messages.iter().map(|b| b.to_string()).collect();
+    let (peak, samples, files) = disk.stop();
+    assert!(samples > 100, "{samples} samples");
+    assert!(
+        peak <= 262_144,
+        "the outbox took {peak} bytes on disk, over its cap: {files}"
+    );
+    assert!(
+        peak > 262_144 / 2,
+        "the outbox filled up to {peak} bytes: the cap was reached"
+    );
     let verdicts = support::reference_validate(&bodies);
     assert!(verdicts.iter().all(|v| v == "ok"), "{verdicts:?}");
 
@@ -836,8 +814,8 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
     };
 
     // What the module derived (the same capture, replayed) and what edgeHub got, per queue.
-    let want = replay_event_ids_with("activity.log", &settings);
     let replayed = replay_events_with("activity.log", &settings);
+    let want: std::collections::BTreeSet<&String> = replayed.iter().map(|(id, _)| id).collect();
     let audit_delivered: std::collections::BTreeMap<String, String> = events(0..messages.len())
         .iter()
         .filter(|e| e["EventType"] == "Security")
@@ -887,6 +865,21 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
         as_u64(&e["Payload"][0]["ExtraDetails"]["BytesSent"])
     });
     assert_eq!(reported_bytes, bytes);
+    let under_4kb = bodies[..k].iter().filter(|b| b.len() < 4096).count() as u64;
+    let reported_under = sum_u64(&msg_stats, |e| as_u64(&e["Payload"][0]["MessagesUnder4KB"]));
+    assert_eq!(reported_under, under_4kb);
+    let chunks: u64 = bodies[..k]
+        .iter()
+        .map(|b| b.len().div_ceil(4096) as u64)
+        .sum();
+    let reported_chunks = sum_u64(&msg_stats, |e| {
+        as_u64(&e["Payload"][0]["ExtraDetails"]["ChunksSent"])
+    });
+    assert_eq!(reported_chunks, chunks);
+    assert_eq!(
+        sum_u64(&msg_stats, |e| as_u64(&e["Payload"][0]["TotalFailed"])),
+        0
+    );
     let out = m.output();
     assert!(out.contains("W-CACHE-FULL"), "{out}");
 }
@@ -919,4 +912,97 @@ fn replay_events_with(capture_name: &str, env: &[(&str, &str)]) -> Vec<(String, 
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// Samples the bytes the files of a directory take, until stopped: the peak.
+struct DiskSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64, String)>,
+}
+
+impl DiskSampler {
+    fn start(dir: &Path) -> DiskSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, dir) = (stop.clone(), dir.to_owned());
+        let thread = std::thread::spawn(move || {
+            let (mut peak, mut samples, mut at_peak) = (0u64, 0u64, String::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| {
+                        let e = e.ok()?;
+                        let m = e.metadata().ok()?;
+                        m.is_file()
+                            .then(|| (e.file_name().to_string_lossy().into_owned(), m.len()))
+                    })
+                    .collect();
+                let total = files.iter().map(|f| f.1).sum();
+                if total > peak {
+                    peak = total;
+                    at_peak = format!("{files:?}");
+                }
+                samples += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (peak, samples, at_peak)
+        });
+        DiskSampler { stop, thread }
+    }
+
+    /// The peak, the number of samples, the files at the peak.
+    fn stop(self) -> (u64, u64, String) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+#[test]
+fn a_data_directory_that_fills_up_while_running_is_said_upstream_and_forwarding_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
+    let data = dir.path().join("tiny");
+    // Room for the empty outbox and a little more: the capture's events fill it while
+    // edgeHub is down (the default cap, 2.56 MB, is far above what the disk has).
+    let _mount = Mount::tmpfs(&data, "size=128k");
+    let port = free_port();
+    let feed = AuditFeed::paced(dir.path(), capture("activity.log"), Duration::from_secs(6));
+    let settings = [
+        (
+            "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
+            "PT2S",
+        ),
+        (
+            "AZUREIOTSECURITY_AGENT__LOWPRIORITYMESSAGEFREQUENCY",
+            "PT2S",
+        ),
+        NO_AGGREGATION[0],
+        NO_AGGREGATION[1],
+    ];
+    let mut m = Module::start(
+        dir.path(),
+        "filling",
+        &env(&workload, port, &feed, &data, &settings),
+        &["run"],
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(
+        m.alive(),
+        "the module rode out the full disk:\n{}",
+        m.output()
+    );
+    assert!(m.output().contains("E-OUTBOX-WRITE"), "{}", m.output());
+    let hub = EdgeHub::start(dir.path(), &certs, &hub_options(port));
+    hub.wait("the Diagnostic event", Duration::from_secs(30), |r| {
+        r.iter().any(|x| {
+            x["kind"] == "message"
+                && x["outcome"] == "accept"
+                && x["body"].as_str().unwrap_or("").contains("E-OUTBOX-WRITE")
+        })
+    });
+    assert!(m.stop(Duration::from_secs(10)).success(), "{}", m.output());
+    assert_diagnostic(&hub, "E-OUTBOX-WRITE");
+    // Forwarding went on from memory: events derived after the failure arrived.
+    assert!(event_ids(&hub).len() > 50, "{}", event_ids(&hub).len());
 }
