@@ -18,11 +18,11 @@ use uuid::Uuid;
 
 use crate::agent_config::{self, AgentConfig};
 use crate::audit::source::{self, Chunk, LineQueue, SocketConfig, SourceStats};
-use crate::delivery::{Outgoing, UpstreamDrops};
+use crate::delivery::{Outgoing, UpstreamDrops, diagnostic_event};
 use crate::edge::amqp::{AmqpConfig, AmqpStats, Client, Control};
 use crate::edge::credentials::Credentials;
 use crate::events::operational::DiagnosticSeverity;
-use crate::events::{ConfigurationError, Diagnostic, Payload, SecurityEvent};
+use crate::events::{ConfigurationError, Payload, SecurityEvent};
 use crate::message::Envelope;
 use crate::outbox::sqlite::{self, Recovery};
 use crate::outbox::{MemoryStore, Store, StoreError};
@@ -138,7 +138,15 @@ impl<W: Write> Emitter<W> {
     /// The outgoing half, made at the first use so that its clocks start with the first
     /// event (record time in `replay`).
     pub fn outgoing(&mut self, now_ms: u64, wall_ms: u64) -> Option<Arc<Mutex<Outgoing>>> {
-        let agent_id = self.mode.agent_id()?;
+        self.ensure_outgoing(now_ms, wall_ms);
+        self.outgoing.clone()
+    }
+
+    /// Makes the outgoing half if this mode has one and it is not made yet.
+    fn ensure_outgoing(&mut self, now_ms: u64, wall_ms: u64) {
+        let Some(agent_id) = self.mode.agent_id() else {
+            return;
+        };
         if self.outgoing.is_none() {
             let (config, errors) = agent_config(&self.settings);
             let cache = usize::try_from(config.max_local_cache_size_in_bytes).unwrap_or(usize::MAX);
@@ -155,20 +163,7 @@ impl<W: Write> Emitter<W> {
                 o.set_run_salt(Uuid::new_v4());
             }
             if let Some((severity, message)) = self.store_diagnostic.take() {
-                o.push(
-                    SecurityEvent {
-                        id: Uuid::new_v4(),
-                        time_ms: wall_ms,
-                        payload: Payload::Diagnostic(vec![Diagnostic {
-                            severity,
-                            message,
-                            process_id: std::process::id(),
-                            thread_id: 0,
-                            extra_details: Default::default(),
-                        }]),
-                    },
-                    now_ms,
-                );
+                o.push(diagnostic_event(severity, message, wall_ms), now_ms);
             }
             if !errors.is_empty() {
                 o.push(
@@ -182,7 +177,6 @@ impl<W: Write> Emitter<W> {
             }
             self.outgoing = Some(Arc::new(Mutex::new(o)));
         }
-        self.outgoing.clone()
     }
 
     /// The store: the durable outbox in the data directory when sending, memory when
@@ -240,9 +234,10 @@ impl<W: Write> Emitter<W> {
 
     /// A derived security event.
     pub fn event(&mut self, ev: SecurityEvent, now_ms: u64, wall_ms: u64) -> Result<(), AppError> {
-        match self.outgoing(now_ms, wall_ms) {
+        self.ensure_outgoing(now_ms, wall_ms);
+        match &self.outgoing {
             Some(o) => {
-                lock(&o)?.push(ev, now_ms);
+                lock(o)?.push(ev, now_ms);
                 Ok(())
             }
             None => write_event(&mut self.buf, &ev, &mut self.out),

@@ -86,6 +86,25 @@ impl std::fmt::Debug for Outgoing {
     }
 }
 
+/// A Diagnostic event of this process: something the operator should hear of upstream.
+pub fn diagnostic_event(
+    severity: DiagnosticSeverity,
+    message: String,
+    wall_ms: u64,
+) -> SecurityEvent {
+    SecurityEvent {
+        id: Uuid::new_v4(),
+        time_ms: wall_ms,
+        payload: Payload::Diagnostic(vec![Diagnostic {
+            severity,
+            message,
+            process_id: std::process::id(),
+            thread_id: 0,
+            extra_details: ExtraDetails::new(),
+        }]),
+    }
+}
+
 /// How often the open aggregation windows are checkpointed: what a hard kill can lose.
 pub const CHECKPOINT_EVERY_MS: u64 = 5_000;
 
@@ -326,17 +345,7 @@ impl Outgoing {
         let Some(message) = self.store.take_failure() else {
             return;
         };
-        let ev = SecurityEvent {
-            id: Uuid::new_v4(),
-            time_ms: wall_ms,
-            payload: Payload::Diagnostic(vec![Diagnostic {
-                severity: DiagnosticSeverity::Error,
-                message,
-                process_id: std::process::id(),
-                thread_id: 0,
-                extra_details: ExtraDetails::new(),
-            }]),
-        };
+        let ev = diagnostic_event(DiagnosticSeverity::Error, message, wall_ms);
         self.push(ev, self.now_ms);
     }
 
