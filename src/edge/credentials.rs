@@ -27,6 +27,8 @@ pub enum CredentialsError {
     Sign(#[source] WorkloadError),
     #[error("the trust bundle from the workload API: {0}")]
     BadTrustBundle(#[source] TlsError),
+    #[error("TLS: {0}")]
+    Tls(#[source] TlsError),
     #[error("reading the CA certificate file {path}: {source}")]
     CaFile {
         path: PathBuf,
@@ -129,7 +131,7 @@ impl Credentials {
             ) => roots_from_file(path).await?,
             (Source::Key, _) => tls::webpki_roots(),
         };
-        Ok(tls::client_config(roots))
+        tls::client_config(roots).map_err(CredentialsError::Tls)
     }
 
     /// A token valid for `lifetime_secs` from `now_unix`.
