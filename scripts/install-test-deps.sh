@@ -12,9 +12,7 @@ pkgs=(auditd audispd-plugins openssh-server openssh-client sshpass sudo pamteste
       openssl
       # python-qpid-proton is only an sdist on PyPI: it compiles, and it has TLS only when
       # libssl-dev and pkg-config are there at build time (else SSL is silently stubbed).
-      python3-dev libssl-dev pkg-config
-      # Debian's prebuilt Proton, for scripts/run-with-standins.sh (/usr/bin/python3).
-      python3-qpid-proton)
+      python3-dev libssl-dev pkg-config)
 # Node.js: Debian's, unless a node and npm are already there (e.g. from NodeSource).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   pkgs+=(nodejs npm)

@@ -3,6 +3,7 @@
 # an edgeHub (Qpid Proton) on a free port with a test CA, both from tests/standin. What the
 # stand-in edgeHub receives is written to $dir/edgehub.jsonl. The module reads the real
 # auditd socket (run scripts/setup-host.sh first) in try-out mode. Ctrl-C stops everything.
+# The stand-ins run with .venv's Python and its Qpid Proton (scripts/install-test-deps.sh).
 #
 #   scripts/run-with-standins.sh [path/to/azureiotsecurity]
 set -euo pipefail
@@ -13,13 +14,16 @@ key=$(printf 'stand-in module key' | base64)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+py=.venv/bin/python
+[ -x "$py" ] && "$py" -c 'import proton' 2>/dev/null \
+  || { echo "run-with-standins: no Qpid Proton in .venv: run scripts/install-test-deps.sh" >&2; exit 2; }
 
 bash tests/standin/make_certs.sh "$dir" >/dev/null
-/usr/bin/python3 tests/standin/workload.py --socket "$dir/workload.sock" --module-key-base64 "$key" \
+"$py" tests/standin/workload.py --socket "$dir/workload.sock" --module-key-base64 "$key" \
   --module azureiotsecurity --generation-id g1 --trust-bundle "$dir/ca.pem" \
   --record "$dir/workload.jsonl" > "$dir/workload.out" &
 pids+=($!)
-/usr/bin/python3 tests/standin/edgehub.py --cert "$dir/server-chain.pem" --key "$dir/server.key" \
+"$py" tests/standin/edgehub.py --cert "$dir/server-chain.pem" --key "$dir/server.key" \
   --module-key-base64 "$key" --hub myhub.azure-devices.net --device mydevice \
   --module azureiotsecurity --record "$dir/edgehub.jsonl" > "$dir/edgehub.out" &
 pids+=($!)

@@ -15,31 +15,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::audit_feed::AuditFeed;
-use support::standin::{self, Certs, EdgeHub, EdgeHubOptions, Module, Workload};
+use support::standin::{
+    self, Certs, DEVICE, EdgeHub, EdgeHubOptions, HUB, KEY, MODULE, Module, Workload, hub_options,
+};
 
 /// base64("module-key-for-the-interop-tests")
-const KEY: &str = "bW9kdWxlLWtleS1mb3ItdGhlLWludGVyb3AtdGVzdHM=";
 /// base64("a-different-key")
 const OTHER_KEY: &str = "YS1kaWZmZXJlbnQta2V5";
-const HUB: &str = "hub.example.net";
-const DEVICE: &str = "dev1";
-const MODULE: &str = "azureiotsecurity";
 
 /// Tests that bind the fixed AMQPS port 5671 (a connection string straight to a hub has no
 /// port) take this lock.
 static PORT_5671: Mutex<()> = Mutex::new(());
-
-fn hub_options(port: u16) -> EdgeHubOptions {
-    EdgeHubOptions {
-        port,
-        key_b64: KEY.into(),
-        hub: HUB.into(),
-        device: DEVICE.into(),
-        module: MODULE.into(),
-        outcomes: vec![],
-        clock_skew_secs: 0,
-    }
-}
 
 struct Setup {
     dir: tempfile::TempDir,

@@ -270,6 +270,31 @@ impl Workload {
     }
 }
 
+/// The module identity the stand-ins and the module share in the tests.
+pub const KEY: &str = "bW9kdWxlLWtleS1mb3ItdGhlLWludGVyb3AtdGVzdHM=";
+pub const HUB: &str = "hub.example.net";
+pub const DEVICE: &str = "dev1";
+pub const MODULE: &str = "azureiotsecurity";
+
+/// The edgeHub stand-in for that identity, accepting everything, on `port` (0: any).
+pub fn hub_options(port: u16) -> EdgeHubOptions {
+    EdgeHubOptions {
+        port,
+        key_b64: KEY.into(),
+        hub: HUB.into(),
+        device: DEVICE.into(),
+        module: MODULE.into(),
+        outcomes: vec![],
+        clock_skew_secs: 0,
+    }
+}
+
+/// A TCP port free now (for a stand-in that starts later than the module).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("its address").port()
+}
+
 /// How the edgeHub stand-in behaves (tests/standin/edgehub.py).
 #[derive(Debug, Clone)]
 pub struct EdgeHubOptions {
