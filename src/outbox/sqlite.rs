@@ -53,7 +53,21 @@ fn transaction_room(cap: usize) -> usize {
 /// WAL and one transaction, times what rows in pages keep of their JSON (measured with real
 /// events of a few hundred bytes, free pages not yet vacuumed included: about 72 %).
 pub fn json_budget(cap: usize) -> usize {
-    cap.saturating_sub(FLOOR + wal_limit(cap) + transaction_room(cap)) / 10 * 7
+    (cap.saturating_sub(FLOOR + wal_limit(cap) + transaction_room(cap)) / 10 * 7)
+        .max(least_json(cap))
+}
+
+/// The events' share never goes below this: under about 220 KB the cap cannot hold the
+/// empty outbox, its WAL and a useful share of events, and an outbox that drops every event
+/// would send nothing even with edgeHub there. Such a cap gets the budget the memory store
+/// would have (up to 64 KB), the disk goes over the cap, and opening says so (W-OUTBOX-SMALL).
+fn least_json(cap: usize) -> usize {
+    cap.min(64 * 1024)
+}
+
+/// The cap is below what the outbox needs to stay under it.
+pub fn cap_too_small(cap: usize) -> bool {
+    cap.saturating_sub(FLOOR + wal_limit(cap) + transaction_room(cap)) / 10 * 7 < least_json(cap)
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -114,6 +128,15 @@ pub enum Recovery {
     MovedAside { moved_to: PathBuf, reason: String },
 }
 
+fn warn_small(cap: usize) {
+    tracing::warn!(
+        error_id = "W-OUTBOX-SMALL",
+        cap,
+        events_budget = least_json(cap),
+        "maxLocalCacheSizeInBytes is too small for the outbox on disk (the empty file alone takes 32 KB; about 220 KB are needed to stay under it): events get the budget they would have in memory and the files go over the cap"
+    );
+}
+
 /// Checkpoint the WAL when it reaches `limit` bytes and truncate it to that.
 fn configure_wal(conn: &Connection, limit: usize) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_size_limit", limit as i64)
@@ -145,6 +168,9 @@ impl SqliteStore {
     /// Open (or create) the outbox at `path`, capped at `cap` bytes on disk, and check it.
     pub fn open(path: &Path, cap: usize) -> Result<SqliteStore, StoreError> {
         let mut s = SqliteStore::open_with(path, json_budget(cap), wal_limit(cap))?;
+        if cap_too_small(cap) {
+            warn_small(cap);
+        }
         s.cap = Some(cap);
         Ok(s)
     }
@@ -340,7 +366,8 @@ impl SqliteStore {
         // The rows cost more than estimated: scale the JSON share by what they really take,
         // with 10 % to spare so that this is not done at every commit.
         let scaled = (self.bytes as u128 * cap as u128 / disk.max(1) as u128) as usize;
-        self.json_max = self.json_max.min(scaled / 10 * 9);
+        let least = least_json(cap);
+        self.json_max = self.json_max.min(scaled / 10 * 9).max(least);
         let max = self.json_max;
         let d = policy::make_room(self, 0, max)?;
         tracing::debug!(
@@ -514,6 +541,9 @@ impl Store for SqliteStore {
             Some(_) => {
                 self.cap = Some(max_bytes);
                 self.json_max = json_budget(max_bytes);
+                if cap_too_small(max_bytes) {
+                    warn_small(max_bytes);
+                }
                 self.wal_limit = wal_limit(max_bytes);
                 configure_wal(&self.conn, self.wal_limit)?;
             }
@@ -1036,6 +1066,36 @@ mod tests {
         .unwrap();
         s.ack("m").unwrap();
         assert!(s.disk_bytes() < 100_000, "{}", s.disk_bytes());
+    }
+
+    #[test]
+    fn a_cap_too_small_for_the_disk_still_lets_events_through() {
+        // 8192 is the schema's minimum for maxLocalCacheSizeInBytes: the empty outbox alone
+        // is larger, so the events get what memory would give them.
+        assert!(cap_too_small(8192) && cap_too_small(200_000));
+        assert!(!cap_too_small(262_144) && !cap_too_small(2_560_000));
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&dir.path().join("o.sqlite"), 8192).unwrap();
+        assert_eq!(s.json_max(), 8192);
+        let mut dropped = 0;
+        for i in 0..40 {
+            dropped += s
+                .add_pending(p(QueueName::Low, &process_create(i)))
+                .unwrap()
+                .low;
+            s.commit().unwrap();
+        }
+        // The disk is over the cap, and measuring it does not starve the events.
+        assert!(s.disk_bytes() > 8192);
+        assert_eq!(s.json_max(), 8192);
+        let kept = s.pending_sizes(QueueName::Low).len();
+        assert!(kept >= 8192 / 700, "{kept} kept");
+        assert_eq!(kept as u64 + dropped, 40);
+        assert!(
+            s.build_message("m", QueueName::Low, 0, kept, &mut join)
+                .unwrap()
+        );
+        assert_eq!(s.next_message().unwrap().unwrap().low_events, kept as u64);
     }
 
     #[test]
