@@ -501,3 +501,124 @@ impl Outgoing {
         self.batcher.stats()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::process_create::ProcessCreate;
+    use crate::outbox::MemoryStore;
+
+    fn process(n: u32) -> SecurityEvent {
+        SecurityEvent {
+            id: Uuid::from_u128(n.into()),
+            time_ms: 1_700_000_000_000,
+            payload: Payload::ProcessCreate(ProcessCreate {
+                executable: "/usr/bin/curl".to_string(),
+                process_id: 1000 + i64::from(n),
+                parent_process_id: 1,
+                user_id: "0".to_string(),
+                user_name: None,
+                command_line: format!("curl -s http://example.com/{n}"),
+                extra_details: ExtraDetails::new(),
+            }),
+        }
+    }
+
+    /// Aggregation off, every priority due every second, statistics every 10 s.
+    fn outgoing(cache: u64) -> Outgoing {
+        let mut c = AgentConfig {
+            high_priority_message_frequency: Duration::from_secs(1),
+            low_priority_message_frequency: Duration::from_secs(1),
+            snapshot_frequency: Duration::from_secs(10),
+            max_local_cache_size_in_bytes: cache,
+            ..AgentConfig::default()
+        };
+        for a in c.aggregations.iter_mut() {
+            a.enabled = false;
+        }
+        let env = Envelope::new(Uuid::from_u128(1), "0.1.0");
+        let store = Box::new(MemoryStore::new(usize::try_from(cache).unwrap()));
+        Outgoing::new(c, env, store, 256, 0)
+    }
+
+    fn events_of(m: &StoredMessage) -> Vec<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+        v["Events"].as_array().unwrap().clone()
+    }
+
+    fn dropped_in(events: &[serde_json::Value]) -> Vec<(String, u64, u64)> {
+        events
+            .iter()
+            .filter(|e| e["Name"] == "DroppedEventsStatistics")
+            .flat_map(|e| e["Payload"].as_array().unwrap().clone())
+            .map(|p| {
+                (
+                    p["Queue"].as_str().unwrap().to_owned(),
+                    p["CollectedEvents"].as_u64().unwrap(),
+                    p["DroppedEvents"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn while_a_report_waits_the_next_period_goes_on_and_no_drop_goes_unreported() {
+        let mut o = outgoing(8192);
+        let none = UpstreamDrops::default();
+        // edgeHub away: the first message waits, unsettled, from t = 1 s on.
+        o.push(process(0), 0);
+        o.tick(1_000, 1_000, none).unwrap();
+        let waiting = o.next_message().unwrap().unwrap();
+        // 60 more events into an 8 KB cache: the oldest go, counted.
+        for n in 1..=60 {
+            o.push(process(n), 2_000);
+        }
+        o.tick(10_000, 10_000, none).unwrap(); // snapshot 1: pending, not built
+        for n in 61..=80 {
+            o.push(process(n), 15_000);
+        }
+        o.tick(20_000, 20_000, none).unwrap(); // snapshot 2: held back
+        o.tick(30_000, 30_000, none).unwrap(); // still held back
+        assert_eq!(o.store.pending_statistics(), 2, "one pair waits");
+        assert_eq!(o.next_message().unwrap().unwrap(), waiting);
+        // edgeHub back: everything goes, one message at a time.
+        let mut events = Vec::new();
+        for now in (31_000..=60_000).step_by(1_000) {
+            o.tick(now, now, none).unwrap();
+            while let Some(m) = o.next_message().unwrap() {
+                events.extend(events_of(&m));
+                o.sent(&m).unwrap();
+            }
+        }
+        let reports = dropped_in(&events);
+        assert!(reports.len() >= 4, "{reports:?}");
+        let low: u64 = reports.iter().filter(|r| r.0 == "Low").map(|r| r.2).sum();
+        let processes = events
+            .iter()
+            .filter(|e| e["Name"] == "ProcessCreate")
+            .count() as u64;
+        // 81 ProcessCreate (Low by default): each arrived or was reported dropped.
+        assert!(low > 0);
+        assert_eq!(processes + low, 81, "{reports:?}");
+        let collected: u64 = reports.iter().filter(|r| r.0 == "Low").map(|r| r.1).sum();
+        assert!(collected >= 81, "{collected}");
+    }
+
+    #[test]
+    fn a_smaller_cache_from_the_twin_reaches_the_store_and_its_drops_are_counted() {
+        let mut o = outgoing(1_000_000);
+        for n in 0..100 {
+            o.push(process(n), 0);
+        }
+        assert!(o.queued().1 > 20_000);
+        let mut smaller = o.config().clone();
+        smaller.max_local_cache_size_in_bytes = 8192;
+        o.set_config(smaller, 0);
+        assert!(o.queued().1 <= 8192, "{}", o.queued().1);
+        assert!(o.period.dropped_low > 50, "{:?}", o.period);
+        assert_eq!(
+            o.period.dropped_low + o.store.pending_sizes(QueueName::Low).len() as u64,
+            100
+        );
+    }
+}
