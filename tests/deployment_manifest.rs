@@ -1,0 +1,635 @@
+//! The deployment files agree with the code: `deployment.template.json` mounts the socket and
+//! the data directory where the settings look for them, routes what the module sends, keeps
+//! the module's least privilege, and sets only settings the module accepts; the Dockerfiles
+//! build the static musl binary from the lock file and start it with the README's command.
+//! Pure file reading and library calls (plus `--help` of the built binary): no network.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use azureiotsecurity::agent_config::{self, AgentConfig, OBJECT_NAME};
+use azureiotsecurity::edge::amqp::telemetry::events_address;
+use azureiotsecurity::settings::{ENV_PREFIX, Settings};
+
+/// The module's name in the manifest: Defender for IoT reads its twin under this name, and
+/// the route names it.
+const MODULE: &str = "azureiotsecurity";
+
+/// The placeholders the template leaves to the operator (`envsubst` form).
+const PLACEHOLDERS: [&str; 4] = [
+    "CONTAINER_REGISTRY_ADDRESS",
+    "CONTAINER_REGISTRY_USERNAME",
+    "CONTAINER_REGISTRY_PASSWORD",
+    "IMAGE_AZUREIOTSECURITY",
+];
+
+/// edgeAgent's longest twin string (`TwinMaxValueSize` in Azure/iotedge
+/// edge-agent/src/Microsoft.Azure.Devices.Edge.Agent.Docker/Constants.cs); a longer
+/// createOptions has to be split into createOptions01…
+const TWIN_MAX_VALUE_SIZE: usize = 512;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(root().join(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
+}
+
+fn manifest() -> Value {
+    let text = read("deployment.template.json");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("deployment.template.json: {e}"))
+}
+
+/// `v` at `path`, or a failure naming the path.
+fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(v, |v, key| {
+        v.get(key)
+            .unwrap_or_else(|| panic!("deployment.template.json has no {}", path.join(" / ")))
+    })
+}
+
+fn modules_content(m: &Value) -> &Map<String, Value> {
+    at(m, &["modulesContent"]).as_object().unwrap()
+}
+
+fn agent_desired(m: &Value) -> &Value {
+    at(m, &["modulesContent", "$edgeAgent", "properties.desired"])
+}
+
+fn module(m: &Value) -> &Value {
+    at(agent_desired(m), &["modules", MODULE])
+}
+
+/// A module's createOptions as a JSON object: edgeAgent takes a string (at most
+/// [`TWIN_MAX_VALUE_SIZE`] bytes) holding JSON.
+fn create_options(module: &Value) -> Value {
+    let settings = at(module, &["settings"]);
+    let raw = settings
+        .get("createOptions")
+        .and_then(Value::as_str)
+        .expect("createOptions is a string, as the twin holds it");
+    assert!(
+        raw.len() <= TWIN_MAX_VALUE_SIZE,
+        "createOptions is {} bytes: edgeAgent takes at most {TWIN_MAX_VALUE_SIZE} per field",
+        raw.len()
+    );
+    let v: Value = serde_json::from_str(raw).unwrap_or_else(|e| panic!("createOptions: {e}"));
+    assert!(v.is_object(), "createOptions is not an object: {v}");
+    v
+}
+
+/// The module's environment as the container gets it.
+fn module_env(m: &Value) -> HashMap<String, String> {
+    at(module(m), &["env"])
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let value = at(v, &["value"]);
+            let value = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), value)
+        })
+        .collect()
+}
+
+/// The settings the module runs with under the manifest's environment (defaults < env).
+fn effective_settings(m: &Value) -> Settings {
+    let env: HashMap<String, String> = module_env(m)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    Settings::load_from(None, Some(env))
+        .unwrap_or_else(|e| panic!("the manifest's environment is refused by the settings: {e}"))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Mount {
+    kind: String,
+    source: String,
+    target: PathBuf,
+    read_only: bool,
+}
+
+/// `HostConfig.Mounts` and `HostConfig.Binds` as one list.
+fn mounts(create: &Value) -> Vec<Mount> {
+    let host = create.get("HostConfig").cloned().unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    for m in host
+        .get("Mounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let s = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        out.push(Mount {
+            kind: s("Type"),
+            source: s("Source"),
+            target: PathBuf::from(s("Target")),
+            read_only: m.get("ReadOnly").and_then(Value::as_bool).unwrap_or(false),
+        });
+    }
+    for b in host
+        .get("Binds")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let parts: Vec<&str> = b.as_str().unwrap().split(':').collect();
+        let source = parts[0].to_owned();
+        out.push(Mount {
+            kind: if source.starts_with('/') {
+                "bind"
+            } else {
+                "volume"
+            }
+            .to_owned(),
+            source,
+            target: PathBuf::from(parts[1]),
+            read_only: parts
+                .get(2)
+                .is_some_and(|o| o.split(',').any(|o| o == "ro")),
+        });
+    }
+    out
+}
+
+/// The socket path scripts/setup-host.sh configures auditd's af_unix plugin with.
+fn host_socket_of_setup_script() -> PathBuf {
+    let script = read("scripts/setup-host.sh");
+    let line = script
+        .lines()
+        .find_map(|l| l.strip_prefix("SOCKET="))
+        .expect("scripts/setup-host.sh sets SOCKET=");
+    PathBuf::from(line.trim().trim_matches('"'))
+}
+
+#[test]
+fn the_template_is_a_schema_1_1_manifest_with_the_runtime_and_the_module() {
+    let m = manifest();
+    let content = modules_content(&m);
+    assert!(content.contains_key("$edgeAgent") && content.contains_key("$edgeHub"));
+    assert_eq!(at(agent_desired(&m), &["schemaVersion"]), "1.1");
+    assert_eq!(
+        at(
+            &m,
+            &[
+                "modulesContent",
+                "$edgeHub",
+                "properties.desired",
+                "schemaVersion"
+            ]
+        ),
+        "1.1"
+    );
+    let system = at(agent_desired(&m), &["systemModules"]);
+    for (name, image) in [
+        ("edgeAgent", "mcr.microsoft.com/azureiotedge-agent:"),
+        ("edgeHub", "mcr.microsoft.com/azureiotedge-hub:"),
+    ] {
+        let got = at(system, &[name, "settings", "image"]).as_str().unwrap();
+        assert!(got.starts_with(image), "{name} image {got}");
+        create_options(at(system, &[name]));
+    }
+    let modules = at(agent_desired(&m), &["modules"]).as_object().unwrap();
+    assert_eq!(
+        modules.keys().collect::<Vec<_>>(),
+        [MODULE],
+        "the template deploys the module and nothing else"
+    );
+    let module = module(&m);
+    assert_eq!(at(module, &["type"]), "docker");
+    assert_eq!(at(module, &["status"]), "running");
+    assert_eq!(at(module, &["restartPolicy"]), "always");
+    assert_eq!(
+        at(module, &["settings", "image"]),
+        "${IMAGE_AZUREIOTSECURITY}"
+    );
+}
+
+#[test]
+fn placeholders_are_the_documented_ones_and_never_look_like_settings() {
+    let text = read("deployment.template.json");
+    let found: BTreeSet<&str> = text
+        .split("${")
+        .skip(1)
+        .map(|rest| rest.split('}').next().unwrap())
+        .collect();
+    assert_eq!(found, PLACEHOLDERS.into_iter().collect());
+    for p in PLACEHOLDERS {
+        // An exported AZUREIOTSECURITY_* variable is read as a setting (and an unknown one
+        // stops the module), so the template's variables must not use that prefix.
+        assert!(!p.starts_with(ENV_PREFIX), "{p}");
+    }
+    let mut filled = text.clone();
+    for p in PLACEHOLDERS {
+        filled = filled.replace(&format!("${{{p}}}"), "example");
+    }
+    let filled: Value = serde_json::from_str(&filled).unwrap();
+    assert_eq!(at(module(&filled), &["settings", "image"]), "example");
+}
+
+#[test]
+fn the_socket_mounted_is_the_one_the_settings_read_and_the_setup_script_makes() {
+    let m = manifest();
+    let settings = effective_settings(&m);
+    // The template relies on the defaults: if they change, the mounts must follow.
+    assert_eq!(
+        settings.audit.socket_path,
+        Settings::default().audit.socket_path
+    );
+    let socket = settings.audit.socket_path;
+    assert_eq!(socket, host_socket_of_setup_script());
+
+    let all = mounts(&create_options(module(&m)));
+    let covering: Vec<&Mount> = all
+        .iter()
+        .filter(|mt| mt.kind == "bind" && socket.starts_with(&mt.target))
+        .collect();
+    assert_eq!(
+        covering.len(),
+        1,
+        "one bind mount reaches {socket:?}: {all:?}"
+    );
+    let mt = covering[0];
+    // The host's socket appears at the same path in the container.
+    assert_eq!(Path::new(&mt.source), mt.target, "{mt:?}");
+    // Either the socket itself or a directory of its own: never a whole /run (docker.sock,
+    // the IoT Edge sockets), which would undo the least privilege the module promises.
+    for broad in ["/", "/run", "/var/run", "/var"] {
+        assert_ne!(mt.target, Path::new(broad), "{mt:?} mounts all of {broad}");
+    }
+    assert!(mt.read_only, "the socket is mounted read-only: {mt:?}");
+}
+
+#[test]
+fn the_data_directory_is_a_writable_volume_where_the_settings_keep_the_outbox() {
+    let m = manifest();
+    let settings = effective_settings(&m);
+    assert_eq!(
+        settings.module.data_dir,
+        Settings::default().module.data_dir
+    );
+    let all = mounts(&create_options(module(&m)));
+    let data: Vec<&Mount> = all
+        .iter()
+        .filter(|mt| mt.target == settings.module.data_dir)
+        .collect();
+    assert_eq!(data.len(), 1, "{all:?}");
+    assert_eq!(data[0].kind, "volume", "{:?}", data[0]);
+    assert!(!data[0].source.is_empty(), "a named volume: {:?}", data[0]);
+    assert!(!data[0].read_only);
+}
+
+#[test]
+fn the_module_runs_with_least_privilege() {
+    let create = create_options(module(&manifest()));
+    let host = at(&create, &["HostConfig"]);
+    assert_ne!(host.get("Privileged"), Some(&Value::Bool(true)));
+    assert_eq!(
+        host.get("NetworkMode"),
+        None,
+        "the edge network, not the host's"
+    );
+    assert_eq!(
+        host.get("PidMode"),
+        None,
+        "the module reads no other process"
+    );
+    assert_eq!(at(host, &["CapDrop"]), &serde_json::json!(["ALL"]));
+    assert_eq!(host.get("CapAdd"), None);
+    assert_eq!(at(host, &["ReadonlyRootfs"]), true);
+    assert!(
+        at(host, &["SecurityOpt"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o
+                .as_str()
+                .is_some_and(|o| o.starts_with("no-new-privileges"))),
+        "{host}"
+    );
+    // With a read-only root, SQLite's temporary files need a writable /tmp.
+    assert!(at(host, &["Tmpfs"]).get("/tmp").is_some(), "{host}");
+    assert_eq!(
+        host.get("PortBindings"),
+        None,
+        "nothing published on the host"
+    );
+    assert_eq!(host.get("Devices"), None);
+    // Only the socket and the data volume.
+    let targets: BTreeSet<PathBuf> = mounts(&create).into_iter().map(|m| m.target).collect();
+    let settings = Settings::default();
+    assert_eq!(
+        targets,
+        [settings.audit.socket_path, settings.module.data_dir]
+            .into_iter()
+            .collect()
+    );
+}
+
+#[test]
+fn every_setting_in_the_environment_is_accepted_and_metrics_are_exposed_where_served() {
+    let m = manifest();
+    let env = module_env(&m);
+    assert!(env.contains_key("RuntimeLogLevel"), "{env:?}");
+    let settings = effective_settings(&m);
+    let (_, errors) = agent_config::check_report(&settings);
+    assert!(errors.is_empty(), "agent settings refused: {errors:?}");
+    // The template turns /metrics on; the port the module listens on is the one exposed.
+    assert!(settings.metrics.enabled);
+    let port = settings
+        .metrics
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    let create = create_options(module(&m));
+    let exposed: Vec<&String> = at(&create, &["ExposedPorts"])
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(exposed, [&format!("{port}/tcp")]);
+}
+
+#[test]
+fn the_route_takes_what_the_module_sends_upstream() {
+    let m = manifest();
+    // What the module's sender link targets, and edgeHub's name for that source.
+    let address = events_address("device", Some(MODULE));
+    assert!(
+        address.ends_with(&format!("/modules/{MODULE}/messages/events")),
+        "{address}"
+    );
+    let routes = at(
+        &m,
+        &["modulesContent", "$edgeHub", "properties.desired", "routes"],
+    )
+    .as_object()
+    .unwrap();
+    let texts: Vec<String> = routes
+        .values()
+        .map(|r| match r {
+            Value::String(s) => s.clone(),
+            other => at(other, &["route"]).as_str().unwrap().to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        [format!("FROM /messages/modules/{MODULE}/* INTO $upstream")]
+    );
+    // Every module a route names is deployed.
+    let deployed: BTreeSet<&String> = at(agent_desired(&m), &["modules"])
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    for t in &texts {
+        for part in t.split("/messages/modules/").skip(1) {
+            let name = part.split('/').next().unwrap().to_owned();
+            assert!(deployed.contains(&name), "{t} names {name}, not deployed");
+        }
+    }
+}
+
+/// Problems with the agent configuration in a module twin's desired properties: every key
+/// must be one `agent_config::apply` knows, with a value it takes without any error.
+fn twin_problems(desired: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(object) = desired.as_object() else {
+        return vec![format!("properties.desired is not an object: {desired}")];
+    };
+    for key in object.keys() {
+        if key != OBJECT_NAME {
+            problems.push(format!("{key} is not {OBJECT_NAME}"));
+        }
+    }
+    if let Some(update) = object.get(OBJECT_NAME) {
+        let applied = agent_config::apply(&AgentConfig::default(), update);
+        if applied.rejected {
+            problems.push("the update is rejected".to_owned());
+        }
+        problems.extend(
+            applied
+                .ignored
+                .iter()
+                .map(|k| format!("unknown setting {k}")),
+        );
+        problems.extend(
+            applied
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.configuration_name, e.message)),
+        );
+    }
+    problems
+}
+
+#[test]
+fn desired_twin_settings_if_any_are_ones_the_agent_configuration_accepts() {
+    let m = manifest();
+    let mut checked = BTreeMap::new();
+    for (name, twin) in modules_content(&m) {
+        if name.starts_with('$') {
+            continue;
+        }
+        assert_eq!(name, MODULE, "a twin for a module that is not deployed");
+        let problems = twin_problems(at(twin, &["properties.desired"]));
+        checked.insert(name.clone(), problems);
+    }
+    for (name, problems) in &checked {
+        assert!(problems.is_empty(), "{name}: {problems:?}");
+    }
+    // The check is real: it finds what the agent configuration refuses or ignores.
+    let bad = serde_json::json!({ OBJECT_NAME: {
+        "maxMessageSizeInBytes": {"value": 1},
+        "noSuchSetting": {"value": true},
+    }});
+    let problems = twin_problems(&bad);
+    assert!(
+        problems.iter().any(|p| p.contains("noSuchSetting")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("maxMessageSizeInBytes")),
+        "{problems:?}"
+    );
+    let good = serde_json::json!({ OBJECT_NAME: {
+        "highPriorityMessageFrequency": {"value": "PT5M"},
+        "eventPriorityLogin": {"value": "High"},
+    }});
+    assert_eq!(twin_problems(&good), Vec::<String>::new());
+}
+
+/// A Dockerfile's instructions: (keyword upper-cased, arguments), continuation lines joined,
+/// comments dropped.
+fn instructions(name: &str) -> Vec<(String, String)> {
+    let text = read(name);
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || (trimmed.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => {
+                current.push_str(part);
+                current.push(' ');
+            }
+            None => {
+                current.push_str(trimmed);
+                let (keyword, args) = current.split_once(char::is_whitespace).unwrap();
+                out.push((keyword.to_ascii_uppercase(), args.trim().to_owned()));
+                current.clear();
+            }
+        }
+    }
+    assert!(current.is_empty(), "{name} ends in a continuation line");
+    out
+}
+
+/// The command the README documents for the module: `azureiotsecurity run`.
+fn readme_run_command() -> Vec<String> {
+    let readme = read("README.md");
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `azureiotsecurity run"))
+        .expect("README's command table has azureiotsecurity run");
+    let cmd = row.trim_start_matches("| `").split('`').next().unwrap();
+    cmd.split_whitespace()
+        .take_while(|w| !w.starts_with('['))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn entrypoint(name: &str) -> Vec<String> {
+    let all: Vec<String> = instructions(name)
+        .into_iter()
+        .filter(|(k, _)| k == "ENTRYPOINT")
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(all.len(), 1, "{name}: {all:?}");
+    serde_json::from_str(&all[0])
+        .unwrap_or_else(|e| panic!("{name}: ENTRYPOINT is not the exec form: {e}"))
+}
+
+#[test]
+fn both_dockerfiles_build_the_static_musl_binary_from_the_lock_file() {
+    for (name, target) in [
+        ("Dockerfile.amd64", "x86_64-unknown-linux-musl"),
+        ("Dockerfile.arm32v7", "armv7-unknown-linux-musleabihf"),
+    ] {
+        let ins = instructions(name);
+        let runs: Vec<&String> = ins
+            .iter()
+            .filter(|(k, _)| k == "RUN")
+            .map(|(_, a)| a)
+            .collect();
+        assert!(
+            runs.iter()
+                .any(|r| r.contains(&format!("rustup target add {target}"))),
+            "{name}: no rustup target add {target}"
+        );
+        let build = runs
+            .iter()
+            .find(|r| r.contains("cargo build"))
+            .unwrap_or_else(|| panic!("{name}: no cargo build"));
+        for flag in [
+            "--release",
+            "--locked",
+            &format!("--target {target}"),
+            "--bin azureiotsecurity",
+        ] {
+            assert!(
+                build.contains(flag),
+                "{name}: cargo build without {flag}: {build}"
+            );
+        }
+        assert!(
+            build.contains(&format!("target/{target}/release/azureiotsecurity")),
+            "{name}: the binary is not taken from target/{target}/release: {build}"
+        );
+        // The C parts are compiled for musl, by musl-gcc.
+        let cc_var = format!("CC_{}=musl-gcc", target.replace('-', "_"));
+        assert!(
+            ins.iter().any(|(k, a)| k == "ENV" && a.contains(&cc_var)),
+            "{name}: no ENV {cc_var}"
+        );
+        // The image holds the binary and nothing else.
+        let froms: Vec<&String> = ins
+            .iter()
+            .filter(|(k, _)| k == "FROM")
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(
+            froms.len(),
+            2,
+            "{name}: a build stage and the image: {froms:?}"
+        );
+        assert_eq!(froms[1], "scratch", "{name}");
+        // No OpenSSL is installed or built against (comments aside).
+        for (k, a) in &ins {
+            let a = a.to_ascii_lowercase();
+            assert!(
+                !a.contains("openssl") && !a.contains("libssl"),
+                "{name}: {k} {a}"
+            );
+        }
+        // Root for the socket (auditd makes it root:root 0640); the manifest drops every
+        // capability.
+        let user: Vec<&String> = ins
+            .iter()
+            .filter(|(k, _)| k == "USER")
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(user, ["0:0"], "{name}");
+        // The entrypoint is the file the image copies in.
+        let copy = ins
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "COPY")
+            .map(|(_, a)| a.as_str())
+            .unwrap();
+        let dest = copy.split_whitespace().last().unwrap();
+        assert_eq!(entrypoint(name)[0], dest, "{name}: {copy}");
+    }
+    // Nothing in the dependency graph links OpenSSL or native TLS.
+    let lock = read("Cargo.lock");
+    for crate_name in ["openssl-sys", "openssl", "native-tls"] {
+        assert!(
+            !lock.contains(&format!("name = \"{crate_name}\"")),
+            "Cargo.lock has {crate_name}"
+        );
+    }
+}
+
+#[test]
+fn both_dockerfiles_start_the_readmes_run_command() {
+    let readme = readme_run_command();
+    assert_eq!(readme, ["azureiotsecurity", "run"]);
+    let amd64 = entrypoint("Dockerfile.amd64");
+    assert_eq!(amd64, entrypoint("Dockerfile.arm32v7"));
+    let program = Path::new(&amd64[0]);
+    assert!(
+        program.is_absolute(),
+        "{amd64:?}: scratch has no PATH to search"
+    );
+    assert_eq!(program.file_name().unwrap(), readme[0].as_str());
+    assert_eq!(amd64[1..], readme[1..]);
+    // And the binary takes those arguments: `azureiotsecurity run --help` is the module's.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        .args(&amd64[1..])
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(help.starts_with("Run the module"), "{help}");
+}
