@@ -432,11 +432,7 @@ fn connection_strings_for_local_debugging_reach_the_stand_in() {
         &base(("EdgeHubConnectionString", cs)),
         &["run"],
     );
-    s.hub
-        .wait("the telemetry link", Duration::from_secs(30), |r| {
-            r.iter()
-                .any(|x| x["kind"] == "attach" && x["role"] == "sender" && x["address"] != "$cbs")
-        });
+    s.hub.wait_telemetry_link();
     std::thread::sleep(Duration::from_secs(1));
     assert!(module.stop(Duration::from_secs(10)).success());
     let recs = s.hub.records();
@@ -463,10 +459,7 @@ fn connection_strings_for_local_debugging_reach_the_stand_in() {
         &base(("IotHubConnectionString", cs)),
         &["run"],
     );
-    direct.wait("the telemetry link", Duration::from_secs(30), |r| {
-        r.iter()
-            .any(|x| x["kind"] == "attach" && x["role"] == "sender" && x["address"] != "$cbs")
-    });
+    direct.wait_telemetry_link();
     std::thread::sleep(Duration::from_secs(1));
     assert!(module.stop(Duration::from_secs(10)).success());
     let recs = direct.records();
@@ -500,11 +493,7 @@ fn released_is_resent_rejected_is_dropped_and_a_dropped_connection_resends() {
         ],
     );
     let mut module = Module::start(s.dir.path(), "outcomes", &env, &["run"]);
-    s.hub
-        .wait("the telemetry link", Duration::from_secs(30), |r| {
-            r.iter()
-                .any(|x| x["kind"] == "attach" && x["role"] == "sender" && x["address"] != "$cbs")
-        });
+    s.hub.wait_telemetry_link();
     std::thread::sleep(Duration::from_secs(2));
     // SIGTERM: the module builds its messages and sends them within the grace period.
     assert!(module.stop(Duration::from_secs(15)).success());

@@ -90,17 +90,15 @@ fn capture(name: &str) -> Vec<u8> {
 }
 
 fn delivered_ids(hub: &EdgeHub) -> Vec<String> {
-    hub.records()
+    hub.accepted()
         .iter()
-        .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
         .map(|r| r["message_id"].as_str().unwrap().to_owned())
         .collect()
 }
 
 fn event_ids(hub: &EdgeHub) -> Vec<String> {
-    hub.records()
+    hub.accepted()
         .iter()
-        .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
         .flat_map(|r| {
             let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
             body["Events"]
@@ -117,9 +115,8 @@ fn event_ids(hub: &EdgeHub) -> Vec<String> {
 /// A Diagnostic event with Severity Error naming `id` arrived, in schema-valid messages.
 fn assert_diagnostic(hub: &EdgeHub, id: &str) {
     let bodies: Vec<String> = hub
-        .records()
+        .accepted()
         .iter()
-        .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
         .map(|r| r["body"].as_str().unwrap().to_owned())
         .collect();
     let verdicts = support::reference_validate(&bodies);
@@ -237,10 +234,7 @@ fn a_corrupt_outbox_is_moved_aside_and_the_module_still_delivers() {
         &env(&workload, hub.port, &feed, &data, &[]),
         &["run"],
     );
-    hub.wait("the telemetry link", Duration::from_secs(30), |r| {
-        r.iter()
-            .any(|x| x["kind"] == "attach" && x["address"] != "$cbs" && x["role"] == "sender")
-    });
+    hub.wait_telemetry_link();
     std::thread::sleep(Duration::from_secs(2));
     assert!(m.stop(Duration::from_secs(10)).success());
     let out = m.output();
@@ -279,10 +273,7 @@ fn a_read_only_data_directory_forwards_from_memory() {
         &env(&workload, hub.port, &feed, &data, &[]),
         &["run"],
     );
-    hub.wait("the telemetry link", Duration::from_secs(30), |r| {
-        r.iter()
-            .any(|x| x["kind"] == "attach" && x["address"] != "$cbs" && x["role"] == "sender")
-    });
+    hub.wait_telemetry_link();
     std::thread::sleep(Duration::from_secs(2));
     assert!(m.stop(Duration::from_secs(10)).success(), "{}", m.output());
     let out = m.output();
@@ -373,10 +364,7 @@ fn a_hard_kill_loses_no_aggregated_event_older_than_the_checkpoint() {
         &env(&workload, port, &empty, &data, &[]),
         &["run"],
     );
-    hub.wait("the telemetry link", Duration::from_secs(30), |r| {
-        r.iter()
-            .any(|x| x["kind"] == "attach" && x["address"] != "$cbs" && x["role"] == "sender")
-    });
+    hub.wait_telemetry_link();
     std::thread::sleep(Duration::from_secs(1));
     assert!(m.stop(Duration::from_secs(10)).success());
     assert!(
@@ -608,9 +596,8 @@ fn twenty_sigkills_under_load_lose_nothing_that_was_committed() {
 
 /// (event Id, message id) of every event in an accepted message, statistics included.
 fn all_event_ids(hub: &EdgeHub) -> Vec<(String, String)> {
-    hub.records()
+    hub.accepted()
         .iter()
-        .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
         .flat_map(|r| {
             let mid = r["message_id"].as_str().unwrap().to_owned();
             let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
@@ -652,10 +639,7 @@ fn edgehub_down_for_a_minute_under_steady_load_then_back_loses_nothing() {
     std::thread::sleep(Duration::from_secs(62));
     assert!(m.alive(), "the module rode out the outage");
     let hub = EdgeHub::start(dir.path(), &certs, &hub_options(port));
-    hub.wait("the telemetry link", Duration::from_secs(30), |r| {
-        r.iter()
-            .any(|x| x["kind"] == "attach" && x["address"] != "$cbs" && x["role"] == "sender")
-    });
+    hub.wait_telemetry_link();
     // Let it drain, then stop: the last windows are flushed and sent.
     std::thread::sleep(Duration::from_secs(3));
     assert!(m.stop(Duration::from_secs(10)).success());
@@ -765,9 +749,8 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
     // Unique messages in the order edgeHub accepted them, up to now.
     let mut seen = std::collections::HashSet::new();
     let bodies: Vec<String> = hub
-        .records()
+        .accepted()
         .into_iter()
-        .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
         .filter(|r| seen.insert(r["message_id"].as_str().unwrap().to_owned()))
         .map(|r| r["body"].as_str().unwrap().to_owned())
         .collect();

@@ -360,6 +360,22 @@ impl EdgeHub {
         &self.record
     }
 
+    /// The module's telemetry link (not `$cbs`) is attached.
+    pub fn wait_telemetry_link(&self) {
+        self.wait("the telemetry link", Duration::from_secs(30), |r| {
+            r.iter()
+                .any(|x| x["kind"] == "attach" && x["role"] == "sender" && x["address"] != "$cbs")
+        });
+    }
+
+    /// The message records edgeHub accepted, in order.
+    pub fn accepted(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["kind"] == "message" && r["outcome"] == "accept")
+            .collect()
+    }
+
     /// The first record of `kind`, waiting up to `limit` for it.
     pub fn wait_kind(&self, kind: &str, limit: Duration) -> Value {
         let what = format!("a {kind:?} record");
