@@ -10,7 +10,7 @@
 //!   id: a message sent again after a restart carries the same message-id.
 //! - The cap (`maxLocalCacheSizeInBytes`) is on real disk use: the database file and its
 //!   WAL. The drop rule ([`super::policy`]) works on the stored JSON, so the JSON gets a
-//!   share of the cap ([`json_budget`]) that leaves room for SQLite's pages, the empty
+//!   share of the cap (`json_budget`) that leaves room for SQLite's pages, the empty
 //!   schema, the WAL and one transaction; the WAL is checkpointed automatically every
 //!   `cap / 16` bytes and truncated to that (`journal_size_limit`), and freed pages are returned
 //!   (`auto_vacuum=INCREMENTAL`) every [`MAINTAIN_EVERY`] commits and whenever the store
@@ -52,9 +52,22 @@ fn transaction_room(cap: usize) -> usize {
 /// The share of the cap the stored JSON may take: what is left after the empty schema, the
 /// WAL and one transaction, times what rows in pages keep of their JSON (measured with real
 /// events of a few hundred bytes, free pages not yet vacuumed included: about 72 %).
-pub fn json_budget(cap: usize) -> usize {
-    (cap.saturating_sub(FLOOR + wal_limit(cap) + transaction_room(cap)) / 10 * 7)
-        .max(least_json(cap))
+fn estimated_share(cap: usize) -> usize {
+    cap.saturating_sub(FLOOR + wal_limit(cap) + transaction_room(cap)) / 10 * 7
+}
+
+/// The events' budget under `cap`: the estimated share, or [`least_json`] when that is less
+/// (and W-OUTBOX-SMALL said).
+fn json_budget(cap: usize) -> usize {
+    if cap_too_small(cap) {
+        tracing::warn!(
+            error_id = "W-OUTBOX-SMALL",
+            cap,
+            events_budget = least_json(cap),
+            "maxLocalCacheSizeInBytes is too small for the outbox on disk (the empty file alone takes 32 KB; about 220 KB are needed to stay under it): events get the budget they would have in memory and the files go over the cap"
+        );
+    }
+    estimated_share(cap).max(least_json(cap))
 }
 
 /// The events' share never goes below this: under about 220 KB the cap cannot hold the
@@ -66,8 +79,8 @@ fn least_json(cap: usize) -> usize {
 }
 
 /// The cap is below what the outbox needs to stay under it.
-pub fn cap_too_small(cap: usize) -> bool {
-    cap.saturating_sub(FLOOR + wal_limit(cap) + transaction_room(cap)) / 10 * 7 < least_json(cap)
+fn cap_too_small(cap: usize) -> bool {
+    estimated_share(cap) < least_json(cap)
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -128,15 +141,6 @@ pub enum Recovery {
     MovedAside { moved_to: PathBuf, reason: String },
 }
 
-fn warn_small(cap: usize) {
-    tracing::warn!(
-        error_id = "W-OUTBOX-SMALL",
-        cap,
-        events_budget = least_json(cap),
-        "maxLocalCacheSizeInBytes is too small for the outbox on disk (the empty file alone takes 32 KB; about 220 KB are needed to stay under it): events get the budget they would have in memory and the files go over the cap"
-    );
-}
-
 /// Checkpoint the WAL when it reaches `limit` bytes and truncate it to that.
 fn configure_wal(conn: &Connection, limit: usize) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_size_limit", limit as i64)
@@ -168,16 +172,14 @@ impl SqliteStore {
     /// Open (or create) the outbox at `path`, capped at `cap` bytes on disk, and check it.
     pub fn open(path: &Path, cap: usize) -> Result<SqliteStore, StoreError> {
         let mut s = SqliteStore::open_with(path, json_budget(cap), wal_limit(cap))?;
-        if cap_too_small(cap) {
-            warn_small(cap);
-        }
         s.cap = Some(cap);
         Ok(s)
     }
 
     /// The outbox with a budget on its JSON only, the disk not measured (the drop rule's
     /// tests, which need budgets far below what an empty SQLite file takes).
-    pub fn open_uncapped(path: &Path, json_max: usize) -> Result<SqliteStore, StoreError> {
+    #[cfg(test)]
+    fn open_uncapped(path: &Path, json_max: usize) -> Result<SqliteStore, StoreError> {
         SqliteStore::open_with(path, json_max, wal_limit(json_max))
     }
 
@@ -541,9 +543,6 @@ impl Store for SqliteStore {
             Some(_) => {
                 self.cap = Some(max_bytes);
                 self.json_max = json_budget(max_bytes);
-                if cap_too_small(max_bytes) {
-                    warn_small(max_bytes);
-                }
                 self.wal_limit = wal_limit(max_bytes);
                 configure_wal(&self.conn, self.wal_limit)?;
             }
