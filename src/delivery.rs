@@ -350,12 +350,18 @@ impl Outgoing {
     }
 
     /// A message was settled: the next one can be built now rather than at the next tick.
-    fn build_next(&mut self) -> Result<(), StoreError> {
-        self.batcher.tick(self.store.as_mut(), self.now_ms)?;
-        self.store.commit()?;
+    /// The settlement is done whatever happens here: a failure is logged and the next tick
+    /// tries again.
+    fn build_next(&mut self) {
+        let built = self
+            .batcher
+            .tick(self.store.as_mut(), self.now_ms)
+            .and_then(|_| self.store.commit());
+        if let Err(e) = built {
+            tracing::error!(error_id = "E-STORE-REFUSED", error = %e, "the next message could not be built now: the next tick tries again");
+        }
         let wall_ms = self.wall_ms;
         self.report_store_failure(wall_ms);
-        Ok(())
     }
 
     /// Emit the statistics events of the period that ends now, and start a new one. While
@@ -461,7 +467,8 @@ impl Outgoing {
     pub fn sent(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
         self.store.ack(&m.message_id)?;
         self.count_sent(m);
-        self.build_next()
+        self.build_next();
+        Ok(())
     }
 
     fn count_sent(&mut self, m: &StoredMessage) {
@@ -485,7 +492,8 @@ impl Outgoing {
             self.count_dropped(QueueName::High, m.high_events);
             self.count_dropped(QueueName::Low, m.low_events);
         }
-        self.build_next()
+        self.build_next();
+        Ok(())
     }
 
     /// Messages waiting and bytes held by the store.
