@@ -10,10 +10,27 @@
 //! snapshot (`snapshotFrequency`) reports what happened since the previous one and starts
 //! over. Drops that belong to no queue (the socket queue, coalescer eviction, estimated
 //! kernel loss) go into the ExtraDetails of DroppedEventsStatistics.
+//!
+//! The period's counts survive a kill: every change is handed to the store
+//! ([`Store::stage_counters`]), which commits the latest with each transaction, and a new
+//! `Outgoing` merges those a killed run left ([`Store::take_restored_counters`]) into its
+//! first period. Why a kill between two steps neither loses nor repeats a count:
+//! - add or drop → commit: the event's row, the rows dropped for it and their counts are in
+//!   one transaction; a kill before the commit loses all of them (the event was never
+//!   collected, the dropped ones are still there). Drops the store makes on its own (the disk
+//!   over the cap) go into the counters it writes in the transaction that deletes them.
+//! - snapshot → commit: the statistics events and the reset period are in one transaction; a
+//!   kill before the commit leaves the old counts in the file, reported by the next run.
+//! - build → send → ack → commit: building moves events into a message and changes no count;
+//!   the sent counts are staged before the ack and committed with it. A kill before the ack
+//!   commits sends the message again after the restart (at least once) and counts it once.
+//!   A rejection counts its failure and drops the same way.
+//! - open → first commit: the row is read, not deleted; each commit replaces it with the
+//!   merged counts, so a kill before the first one hands the same counts to the next run.
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::agent_config::{AgentConfig, Priority};
@@ -23,10 +40,11 @@ use crate::events::operational::{
 };
 use crate::events::{ExtraDetails, Payload, SecurityEvent};
 use crate::message::{BatchConfig, Batcher, CHUNK, Envelope, FitError, serialize_fitting};
-use crate::outbox::{Pending, Store, StoreError, StoredMessage};
+use crate::outbox::{Counters, Pending, Store, StoreError, StoredMessage};
 
 /// Drops upstream of the queues, reported in DroppedEventsStatistics' ExtraDetails.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct UpstreamDrops {
     /// Lines the socket reader's queue dropped.
     pub socket_queue_lines: u64,
@@ -36,8 +54,34 @@ pub struct UpstreamDrops {
     pub estimated_kernel_loss: u64,
 }
 
+impl UpstreamDrops {
+    /// What `self` counted since `mark` (both cumulative).
+    fn since(&self, mark: &UpstreamDrops) -> UpstreamDrops {
+        UpstreamDrops {
+            socket_queue_lines: self
+                .socket_queue_lines
+                .saturating_sub(mark.socket_queue_lines),
+            coalescer_evicted: self
+                .coalescer_evicted
+                .saturating_sub(mark.coalescer_evicted),
+            estimated_kernel_loss: self
+                .estimated_kernel_loss
+                .saturating_sub(mark.estimated_kernel_loss),
+        }
+    }
+
+    fn plus(&self, o: &UpstreamDrops) -> UpstreamDrops {
+        UpstreamDrops {
+            socket_queue_lines: self.socket_queue_lines + o.socket_queue_lines,
+            coalescer_evicted: self.coalescer_evicted + o.coalescer_evicted,
+            estimated_kernel_loss: self.estimated_kernel_loss + o.estimated_kernel_loss,
+        }
+    }
+}
+
 /// What one statistics period counted.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PeriodStats {
     pub collected_high: u64,
     pub collected_low: u64,
@@ -63,6 +107,10 @@ pub struct Outgoing {
     totals: TotalStats,
     /// Upstream drop counters at the start of the period (they are cumulative).
     upstream_mark: UpstreamDrops,
+    /// The latest upstream drop counters seen.
+    upstream_seen: UpstreamDrops,
+    /// Upstream drops of this period counted by a killed run (restored at start).
+    upstream_carry: UpstreamDrops,
     last_snapshot_ms: u64,
     snapshot_seq: u64,
     last_checkpoint_ms: u64,
@@ -137,18 +185,22 @@ impl Outgoing {
     pub fn new(
         config: AgentConfig,
         envelope: Envelope,
-        store: Box<dyn Store + Send>,
+        mut store: Box<dyn Store + Send>,
         max_aggregation_entries: usize,
         now_ms: u64,
     ) -> Self {
-        Outgoing {
+        // A killed run's counts: this period reports them.
+        let restored = store.take_restored_counters().unwrap_or_default();
+        let mut o = Outgoing {
             aggregator: Aggregator::new(aggregate_config(&config, max_aggregation_entries)),
             batcher: Batcher::new(batch_config(&config, 0), envelope, now_ms),
             config,
             store,
-            period: PeriodStats::default(),
+            period: restored.period,
             totals: TotalStats::default(),
             upstream_mark: UpstreamDrops::default(),
+            upstream_seen: UpstreamDrops::default(),
+            upstream_carry: restored.upstream,
             last_snapshot_ms: now_ms,
             snapshot_seq: 0,
             last_checkpoint_ms: now_ms,
@@ -157,7 +209,21 @@ impl Outgoing {
             max_aggregation_entries,
             now_ms,
             wall_ms: 0,
-        }
+        };
+        o.stage();
+        o
+    }
+
+    /// The period's counters as they are now, to the store: committed with the next
+    /// transaction, that is with what they count (see the module docs).
+    fn stage(&mut self) {
+        let counters = Counters {
+            period: self.period.clone(),
+            upstream: self
+                .upstream_carry
+                .plus(&self.upstream_seen.since(&self.upstream_mark)),
+        };
+        self.store.stage_counters(&counters);
     }
 
     /// A run of the module with a durable outbox: message ids and statistics event ids must
@@ -295,15 +361,20 @@ impl Outgoing {
                 QueueName::Low => p.collected_low += n,
             }
         }
+        self.stage();
     }
 
     fn count_dropped(&mut self, q: QueueName, n: u64) {
+        if n == 0 {
+            return;
+        }
         for p in [&mut self.period, &mut self.totals] {
             match q {
                 QueueName::High => p.dropped_high += n,
                 QueueName::Low => p.dropped_low += n,
             }
         }
+        self.stage();
     }
 
     /// Windows, statistics snapshots and messages that are due. `upstream` are the current
@@ -316,6 +387,8 @@ impl Outgoing {
     ) -> Result<(), StoreError> {
         self.now_ms = now_ms;
         self.wall_ms = wall_ms;
+        self.upstream_seen = upstream;
+        self.stage();
         let mut out = Vec::new();
         self.aggregator.tick(now_ms, &mut out);
         let closed = !out.is_empty();
@@ -374,6 +447,12 @@ impl Outgoing {
         }
         let p = std::mem::take(&mut self.period);
         let mark = std::mem::replace(&mut self.upstream_mark, upstream);
+        let carry = std::mem::take(&mut self.upstream_carry);
+        self.upstream_seen = upstream;
+        // The reset goes into the transaction of the statistics events (a kill before it
+        // commits reports the old counts next time, after it never again).
+        self.stage();
+        let drops = carry.plus(&upstream.since(&mark));
         self.snapshot_seq += 1;
         let agent = self.batcher.envelope().agent_id();
         let salt = self.salt;
@@ -388,24 +467,12 @@ impl Outgoing {
         let mut extra = ExtraDetails::new();
         extra.insert(
             "SocketQueueDroppedLines",
-            upstream
-                .socket_queue_lines
-                .saturating_sub(mark.socket_queue_lines)
-                .to_string(),
+            drops.socket_queue_lines.to_string(),
         );
-        extra.insert(
-            "CoalescerEvicted",
-            upstream
-                .coalescer_evicted
-                .saturating_sub(mark.coalescer_evicted)
-                .to_string(),
-        );
+        extra.insert("CoalescerEvicted", drops.coalescer_evicted.to_string());
         extra.insert(
             "EstimatedKernelLoss",
-            upstream
-                .estimated_kernel_loss
-                .saturating_sub(mark.estimated_kernel_loss)
-                .to_string(),
+            drops.estimated_kernel_loss.to_string(),
         );
         let dropped = SecurityEvent {
             id: id("DroppedEventsStatistics", self.snapshot_seq),
@@ -465,8 +532,15 @@ impl Outgoing {
 
     /// The message was delivered.
     pub fn sent(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
-        self.store.ack(&m.message_id)?;
+        // Counted before the ack, so the count is committed in the ack's transaction; taken
+        // back when the store fails.
+        let before = (self.period.clone(), self.totals.clone());
         self.count_sent(m);
+        if let Err(e) = self.store.ack(&m.message_id) {
+            (self.period, self.totals) = before;
+            self.stage();
+            return Err(e);
+        }
         self.build_next();
         Ok(())
     }
@@ -481,16 +555,31 @@ impl Outgoing {
                 p.messages_under_4kb += 1;
             }
         }
+        self.stage();
     }
 
     /// The message was rejected (final): its events are dropped.
     pub fn rejected(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
-        if let Some(m) = self.store.reject(&m.message_id)? {
-            for p in [&mut self.period, &mut self.totals] {
-                p.messages_failed += 1;
+        // Counted before the removal, so the counts are committed in its transaction; taken
+        // back when the store fails or no longer had the message (then nothing committed).
+        let before = (self.period.clone(), self.totals.clone());
+        for p in [&mut self.period, &mut self.totals] {
+            p.messages_failed += 1;
+        }
+        self.count_dropped(QueueName::High, m.high_events);
+        self.count_dropped(QueueName::Low, m.low_events);
+        self.stage();
+        match self.store.reject(&m.message_id) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                (self.period, self.totals) = before;
+                self.stage();
             }
-            self.count_dropped(QueueName::High, m.high_events);
-            self.count_dropped(QueueName::Low, m.low_events);
+            Err(e) => {
+                (self.period, self.totals) = before;
+                self.stage();
+                return Err(e);
+            }
         }
         self.build_next();
         Ok(())
@@ -534,6 +623,18 @@ mod tests {
 
     /// Aggregation off, every priority due every second, statistics every 10 s.
     fn outgoing(cache: u64) -> Outgoing {
+        let store = Box::new(MemoryStore::new(usize::try_from(cache).unwrap()));
+        outgoing_with(cache, store)
+    }
+
+    /// [`outgoing`] on the durable outbox at `path`: dropping it is a SIGKILL (what was not
+    /// committed is rolled back).
+    fn outgoing_on(path: &std::path::Path, cache: u64) -> Outgoing {
+        let store = crate::outbox::sqlite::SqliteStore::open(path, usize::try_from(cache).unwrap());
+        outgoing_with(cache, Box::new(store.unwrap()))
+    }
+
+    fn outgoing_with(cache: u64, store: Box<dyn Store + Send>) -> Outgoing {
         let mut c = AgentConfig {
             high_priority_message_frequency: Duration::from_secs(1),
             low_priority_message_frequency: Duration::from_secs(1),
@@ -545,7 +646,6 @@ mod tests {
             a.enabled = false;
         }
         let env = Envelope::new(Uuid::from_u128(1), "0.1.0");
-        let store = Box::new(MemoryStore::new(usize::try_from(cache).unwrap()));
         Outgoing::new(c, env, store, 256, 0)
     }
 
@@ -610,6 +710,130 @@ mod tests {
         assert_eq!(processes + low, 81, "{reports:?}");
         let collected: u64 = reports.iter().filter(|r| r.0 == "Low").map(|r| r.1).sum();
         assert!(collected >= 81, "{collected}");
+    }
+
+    /// edgeHub back: ticks from 1 s to 40 s, each sending all it has; the events that came.
+    fn send_everything(o: &mut Outgoing) -> Vec<serde_json::Value> {
+        let mut events = Vec::new();
+        for now in (1_000..=40_000).step_by(1_000) {
+            o.tick(now, now, UpstreamDrops::default()).unwrap();
+            while let Some(m) = o.next_message().unwrap() {
+                events.extend(events_of(&m));
+                o.sent(&m).unwrap();
+            }
+        }
+        events
+    }
+
+    /// (ProcessCreate Ids that arrived, Low drops reported).
+    fn arrived_and_dropped(events: &[serde_json::Value]) -> (Vec<String>, u64) {
+        let arrived = events
+            .iter()
+            .filter(|e| e["Name"] == "ProcessCreate")
+            .map(|e| e["Id"].as_str().unwrap().to_owned())
+            .collect();
+        let low = dropped_in(events)
+            .iter()
+            .filter(|r| r.0 == "Low")
+            .map(|r| r.2)
+            .sum();
+        (arrived, low)
+    }
+
+    #[test]
+    fn drop_counts_a_killed_run_committed_are_reported_by_the_next_run_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let none = UpstreamDrops::default();
+        // Run 1, edgeHub away: 60 events into an 8 KB cache; the tick commits them with
+        // their drops. 5 more after it die with the kill (never collected, never dropped).
+        {
+            let mut o = outgoing_on(&path, 8192);
+            for n in 0..60 {
+                o.push(process(n), 500);
+            }
+            o.tick(1_000, 1_000, none).unwrap();
+            assert!(o.period.dropped_low > 0, "{:?}", o.period);
+            for n in 60..65 {
+                o.push(process(n), 1_500);
+            }
+        }
+        // Run 2: the killed run's counts are its period's; 20 more events, committed with
+        // the merged counts, then killed too.
+        let restored = {
+            let mut o = outgoing_on(&path, 8192);
+            let restored = o.period.clone();
+            for n in 100..120 {
+                o.push(process(n), 500);
+            }
+            o.tick(1_000, 1_000, none).unwrap();
+            restored
+        };
+        assert_eq!(restored.collected_low, 60, "{restored:?}");
+        assert!(restored.dropped_low > 0, "{restored:?}");
+        // Run 3, edgeHub back: each of the 80 committed events arrived or was reported
+        // dropped, once.
+        let mut o = outgoing_on(&path, 8192);
+        let (arrived, low) = arrived_and_dropped(&send_everything(&mut o));
+        assert_eq!(arrived.len() as u64 + low, 80, "{} arrived", arrived.len());
+        for n in 60..65 {
+            assert!(!arrived.contains(&Uuid::from_u128(n).to_string()));
+        }
+    }
+
+    #[test]
+    fn a_snapshot_commits_with_its_reset_so_a_kill_never_reports_a_period_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let none = UpstreamDrops::default();
+        // Run 1: drops committed; a snapshot is taken, and the kill comes before its commit.
+        let dropped = {
+            let mut o = outgoing_on(&path, 8192);
+            for n in 0..60 {
+                o.push(process(n), 500);
+            }
+            o.tick(1_000, 1_000, none).unwrap();
+            let dropped = o.period.dropped_low;
+            o.snapshot(1_500, none);
+            assert_eq!(o.store.pending_statistics(), 2);
+            dropped
+        };
+        // Run 2: the snapshot died with its transaction, the counts are back; this run's
+        // snapshot commits with the reset, then a kill.
+        {
+            let mut o = outgoing_on(&path, 8192);
+            assert_eq!(o.store.pending_statistics(), 0);
+            assert_eq!(o.period.dropped_low, dropped);
+            o.tick(10_000, 10_000, none).unwrap();
+            assert_eq!(o.store.pending_statistics(), 2);
+        }
+        // Run 3: the reported period is not reported again (what it has are the drops the
+        // statistics events themselves made room with).
+        let mut o = outgoing_on(&path, 8192);
+        assert!(o.period.dropped_low < dropped, "{:?}", o.period);
+        let (arrived, low) = arrived_and_dropped(&send_everything(&mut o));
+        assert_eq!(arrived.len() as u64 + low, 60, "{} arrived", arrived.len());
+    }
+
+    #[test]
+    fn a_sent_message_is_counted_in_the_transaction_of_its_ack() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let len = {
+            let mut o = outgoing_on(&path, 1 << 20);
+            o.push(process(0), 0);
+            o.tick(1_000, 1_000, UpstreamDrops::default()).unwrap();
+            let m = o.next_message().unwrap().unwrap();
+            o.sent(&m).unwrap();
+            m.body.len() as u64
+        }; // killed right after the acknowledgement
+        let o = outgoing_on(&path, 1 << 20);
+        assert_eq!(o.next_message().unwrap(), None);
+        let p = &o.period;
+        assert_eq!(
+            (p.messages_sent, p.bytes_sent, p.collected_low),
+            (1, len, 1)
+        );
     }
 
     #[test]

@@ -18,6 +18,11 @@
 //! reports would make the statistics lie. The delivery stage holds the next snapshot back
 //! while one is still pending (its period simply grows), so at most one pair waits.
 //!
+//! The counts of the statistics period in progress ([`Counters`]) belong to the delivery
+//! stage; a durable store commits the last ones it was given with every transaction, so a
+//! count is on disk exactly when what it counts is (see `delivery` for why a kill then
+//! neither loses nor repeats one), and hands back at open those a killed run left.
+//!
 //! [`MemoryStore`] keeps all of it in memory; the durable outbox implements the same trait
 //! on disk.
 
@@ -26,8 +31,10 @@ pub mod sqlite;
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::delivery::{PeriodStats, UpstreamDrops};
 use crate::events::operational::QueueName;
 
 /// Why the store could not do something.
@@ -86,6 +93,17 @@ impl Dropped {
     }
 }
 
+/// What the statistics period in progress has counted so far: what its MessageStatistics and
+/// DroppedEventsStatistics events will report. The delivery stage counts; the store only
+/// keeps a copy ([`Store::stage_counters`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    pub period: PeriodStats,
+    /// The upstream drops of the period (not the cumulative counters).
+    pub upstream: UpstreamDrops,
+}
+
 /// The store interface shared by the in-memory and the on-disk outbox.
 pub trait Store {
     /// Add a pending event; returns what had to be dropped to make room (the event itself
@@ -134,6 +152,15 @@ pub trait Store {
     /// A failure the store survived (it fell back to memory) and that upstream should hear
     /// of, once.
     fn take_failure(&mut self) -> Option<String> {
+        None
+    }
+    /// The period's counters as they are now. A durable store writes the last ones given into
+    /// every transaction it commits (with the drops it made itself and has not reported yet),
+    /// so they are committed together with what they count; memory keeps nothing.
+    fn stage_counters(&mut self, _counters: &Counters) {}
+    /// The counters the previous run committed last (a run killed before it reported them),
+    /// once. They stay in the file until the next commit replaces them with the merged ones.
+    fn take_restored_counters(&mut self) -> Option<Counters> {
         None
     }
 }

@@ -20,6 +20,11 @@
 //! - `locking_mode=EXCLUSIVE`: one process owns the outbox (a second module on the same data
 //!   directory is refused, not let to share or to move the file aside), and the WAL needs no
 //!   `-shm` file.
+//! - The statistics period's counters ([`Counters`]) are one row (`counters`, JSON) that
+//!   every transaction rewrites, just before it commits, with the last ones the delivery
+//!   stage gave and the drops this store made itself and has not reported yet: a count is
+//!   committed with what it counts. Opening reads the row back (a killed run's counts) and
+//!   leaves it: the next commit replaces it with the merged counts.
 //! - Opening runs `quick_check`; [`open_or_recover`] moves a corrupt file aside and starts
 //!   empty, and says what it did so the caller can log it.
 
@@ -28,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Dropped, Pending, Store, StoreError, StoredMessage, policy};
+use super::{Counters, Dropped, Pending, Store, StoreError, StoredMessage, policy};
 use crate::events::operational::QueueName;
 
 /// Checkpoint and vacuum after this many commits.
@@ -120,6 +125,12 @@ pub struct SqliteStore {
     uncommitted: Dropped,
     /// Aggregation entries a killed run left in its checkpoint, now pending events.
     restored_window_events: usize,
+    /// The period's counters as last given ([`Store::stage_counters`]).
+    counters: Counters,
+    /// What the `counters` row holds now (None: unknown, the next commit writes it).
+    counters_written: Option<Counters>,
+    /// The row a previous run left, until the delivery stage takes it.
+    restored_counters: Option<Counters>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -253,7 +264,11 @@ impl SqliteStore {
             commits: 0,
             uncommitted: Dropped::default(),
             restored_window_events: 0,
+            counters: Counters::default(),
+            counters_written: None,
+            restored_counters: None,
         };
+        s.read_counters()?;
         s.restore_windows()?;
         s.load()?;
         // Start with the WAL empty and the file at its size.
@@ -274,6 +289,48 @@ impl SqliteStore {
         tx.execute("DELETE FROM windows", []).map_err(db)?;
         tx.commit().map_err(db)?;
         self.restored_window_events = n;
+        Ok(())
+    }
+
+    /// The counters row a previous run committed last: the store starts from it (so a commit
+    /// before the delivery stage took it keeps it) and hands it back once. A row that does
+    /// not decode is reported (W-OUTBOX-COUNTERS) and replaced by the next commit.
+    fn read_counters(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS counters (
+                     id INTEGER PRIMARY KEY CHECK (id = 1),
+                     json TEXT NOT NULL)",
+            )
+            .map_err(db)?;
+        let row: Option<Result<Counters, String>> = self
+            .conn
+            .query_row("SELECT json FROM counters WHERE id = 1", [], |r| {
+                // Quirk: the column's type is not enforced (a BLOB can be there): read it
+                // as whatever it is and decode text only.
+                Ok(match r.get_ref(0)? {
+                    rusqlite::types::ValueRef::Text(t) => {
+                        serde_json::from_slice::<Counters>(t).map_err(|e| e.to_string())
+                    }
+                    other => Err(format!("a {:?} value, not JSON text", other.data_type())),
+                })
+            })
+            .optional()
+            .map_err(db)?;
+        match row {
+            None => {}
+            Some(Ok(c)) => {
+                self.counters = c.clone();
+                self.counters_written = Some(c.clone());
+                self.restored_counters = Some(c);
+            }
+            Some(Err(why)) => tracing::warn!(
+                error_id = "W-OUTBOX-COUNTERS",
+                path = %self.path.display(),
+                %why,
+                "the statistics counters a previous run left in the outbox do not decode: its last period's counts are not reported"
+            ),
+        }
         Ok(())
     }
 
@@ -426,9 +483,36 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// What the `counters` row must say: the counts given plus the drops this store made
+    /// (measuring the disk, making room for the windows checkpoint) that it reports with the
+    /// next add.
+    fn counters_to_write(&self) -> Counters {
+        let mut c = self.counters.clone();
+        c.period.dropped_high += self.shrink_dropped.high;
+        c.period.dropped_low += self.shrink_dropped.low;
+        c
+    }
+
     fn commit_tx(&mut self) -> Result<(), StoreError> {
+        let counters = self.counters_to_write();
+        let stale = self.counters_written.as_ref() != Some(&counters);
+        if stale {
+            // Counters changed with nothing else to commit (an event too large to store).
+            self.begin()?;
+        }
         if self.in_tx {
+            if stale {
+                let json = serde_json::to_string(&counters)
+                    .map_err(|e| StoreError::Backend(format!("the counters as JSON: {e}")))?;
+                self.conn
+                    .execute(
+                        "INSERT OR REPLACE INTO counters (id, json) VALUES (1, ?1)",
+                        params![json],
+                    )
+                    .map_err(db)?;
+            }
             self.conn.execute_batch("COMMIT").map_err(db)?;
+            self.counters_written = Some(counters);
             self.in_tx = false;
             self.commits += 1;
             self.uncommitted = Dropped::default();
@@ -677,6 +761,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn stage_counters(&mut self, counters: &Counters) {
+        self.counters.clone_from(counters);
+    }
+
+    fn take_restored_counters(&mut self) -> Option<Counters> {
+        self.restored_counters.take()
+    }
+
     fn commit(&mut self) -> Result<(), StoreError> {
         let was = self.in_tx;
         self.commit_tx()?;
@@ -839,6 +931,14 @@ impl Store for Resilient {
     }
     fn take_failure(&mut self) -> Option<String> {
         self.failure.take()
+    }
+    fn stage_counters(&mut self, counters: &Counters) {
+        if let Some(d) = self.disk.as_mut() {
+            d.stage_counters(counters);
+        }
+    }
+    fn take_restored_counters(&mut self) -> Option<Counters> {
+        self.disk.as_mut().and_then(|d| d.take_restored_counters())
     }
 }
 
@@ -1121,6 +1221,110 @@ mod tests {
         let s = SqliteStore::open(&path, 1 << 20).unwrap();
         assert_eq!(s.restored_window_events(), 0);
         assert_eq!(s.pending_sizes(QueueName::Low).len(), 1);
+    }
+
+    fn counters(dropped_low: u64) -> Counters {
+        Counters {
+            period: crate::delivery::PeriodStats {
+                collected_low: dropped_low + 5,
+                dropped_low,
+                messages_sent: 2,
+                ..Default::default()
+            },
+            upstream: crate::delivery::UpstreamDrops {
+                socket_queue_lines: 7,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Copies of the files as they are on disk now: what a SIGKILL leaves.
+    fn killed_copy(dir: &Path, to: &Path) -> PathBuf {
+        for f in ["outbox.sqlite", "outbox.sqlite-wal"] {
+            if dir.join(f).exists() {
+                std::fs::copy(dir.join(f), to.join(f)).unwrap();
+            }
+        }
+        to.join("outbox.sqlite")
+    }
+
+    #[test]
+    fn the_counters_are_committed_with_what_they_count_and_handed_back_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let crashed = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+        assert_eq!(s.take_restored_counters(), None);
+        s.add_pending(p(QueueName::Low, "kept")).unwrap();
+        s.stage_counters(&counters(1));
+        s.commit().unwrap();
+        s.add_pending(p(QueueName::Low, "in-flight")).unwrap();
+        s.stage_counters(&counters(2));
+        let copy = killed_copy(dir.path(), crashed.path());
+        s.commit().unwrap();
+        // Counters alone (an event too large to store changes nothing else) commit too.
+        s.stage_counters(&counters(3));
+        s.commit().unwrap();
+        drop(s);
+        // Killed before the second commit: the counts of the first, with its event.
+        let mut c = SqliteStore::open(&copy, 1 << 20).unwrap();
+        assert_eq!(c.pending_sizes(QueueName::Low), ["kept".len()]);
+        assert_eq!(c.take_restored_counters(), Some(counters(1)));
+        assert_eq!(c.take_restored_counters(), None, "handed back once");
+        drop(c);
+        // Not taken out of the file at open: a kill before the next commit keeps them.
+        let mut c = SqliteStore::open(&copy, 1 << 20).unwrap();
+        assert_eq!(c.take_restored_counters(), Some(counters(1)));
+        let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+        assert_eq!(s.take_restored_counters(), Some(counters(3)));
+    }
+
+    #[test]
+    fn drops_the_store_makes_itself_are_in_the_counters_it_commits_and_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let mut s = SqliteStore::open_uncapped(&path, 10).unwrap();
+        s.add_pending(p(QueueName::Low, "l1l")).unwrap();
+        s.add_pending(p(QueueName::Low, "l2l")).unwrap();
+        s.stage_counters(&Counters::default());
+        // The windows checkpoint needs the room of both: dropped, to be reported by the
+        // next add, and meanwhile in the counters committed with their deletion.
+        s.checkpoint_windows(vec![p(QueueName::High, "wwwwwwww")])
+            .unwrap();
+        s.commit().unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let killed = killed_copy(dir.path(), copy.path());
+        let mut k = SqliteStore::open_uncapped(&killed, 10).unwrap();
+        let restored = k.take_restored_counters().unwrap();
+        assert_eq!(restored.period.dropped_low, 2);
+        // Reported by the next add and counted by the caller: the row says 2, not 4.
+        let d = s.add_pending(p(QueueName::High, "h")).unwrap();
+        assert_eq!(d, Dropped { high: 0, low: 2 });
+        s.stage_counters(&restored);
+        s.commit().unwrap();
+        drop(s);
+        let mut s = SqliteStore::open_uncapped(&path, 10).unwrap();
+        assert_eq!(s.take_restored_counters().unwrap().period.dropped_low, 2);
+    }
+
+    #[test]
+    fn a_counters_row_that_does_not_decode_is_left_out_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        drop(SqliteStore::open(&path, 1 << 20).unwrap());
+        // Synthetic damage: a BLOB where the JSON text belongs.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE counters SET json = x'00ff' WHERE id = 1", [])
+            .unwrap();
+        drop(conn);
+        let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+        assert_eq!(s.take_restored_counters(), None);
+        s.stage_counters(&counters(4));
+        s.add_pending(p(QueueName::Low, "e")).unwrap();
+        s.commit().unwrap();
+        drop(s);
+        let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+        assert_eq!(s.take_restored_counters(), Some(counters(4)));
     }
 
     #[test]
