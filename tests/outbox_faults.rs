@@ -869,10 +869,15 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
 
 /// (Id, Name) of the audit-derived events of `replay --messages`.
 fn replay_events_with(capture_name: &str, env: &[(&str, &str)]) -> Vec<(String, String)> {
+    replay_file_events(&support::root().join("tests/data").join(capture_name), env)
+}
+
+/// [`replay_events_with`] of any file.
+fn replay_file_events(path: &Path, env: &[(&str, &str)]) -> Vec<(String, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
         .envs(env.iter().copied())
         .args(["replay", "--messages"])
-        .arg(support::root().join("tests/data").join(capture_name))
+        .arg(path)
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -895,6 +900,228 @@ fn replay_events_with(capture_name: &str, env: &[(&str, &str)]) -> Vec<(String, 
                 .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The load capture, unzipped.
+fn load_capture() -> Vec<u8> {
+    use std::io::Read;
+    let f = std::fs::File::open(support::root().join("tests/data/load.log.gz")).unwrap();
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(f)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// `/metrics` of a module, or None while it does not answer yet.
+fn try_metrics(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// Issue 10 point 6: the cap drops events while edgeHub is away, then SIGKILLs. The drops'
+/// counts were held in memory until the next snapshot (which waits for the previous one to
+/// be sent), so the kills lost them and DroppedEventsStatistics under-reported.
+#[test]
+fn drop_counts_survive_sigkills_during_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
+    let data = dir.path().join("data");
+    let port = free_port(); // edgeHub is away until the last run
+    // The overflow test's settings: a 256 KB cap (about 80 KB of events) against the load
+    // capture's 23 k ProcessCreate (High here) and 2.3 k ConnectionCreate (Low). The socket
+    // queue holds the whole capture, so the reader drops nothing however slow a debug build
+    // is: every event the capture derives reaches the store (stored or dropped by the cap).
+    let settings = [
+        ("AZUREIOTSECURITY_AGENT__MAXLOCALCACHESIZEINBYTES", "262144"),
+        ("AZUREIOTSECURITY_AGENT__MAXMESSAGESIZEINBYTES", "8192"),
+        (
+            "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
+            "PT2S",
+        ),
+        (
+            "AZUREIOTSECURITY_AGENT__LOWPRIORITYMESSAGEFREQUENCY",
+            "PT2S",
+        ),
+        ("AZUREIOTSECURITY_AGENT__SNAPSHOTFREQUENCY", "PT2S"),
+        ("AZUREIOTSECURITY_AGENT__EVENTPRIORITYPROCESSCREATE", "High"),
+        (
+            "AZUREIOTSECURITY_AGENT__EVENTPRIORITYCONNECTIONCREATE",
+            "Low",
+        ),
+        ("AZUREIOTSECURITY_AUDIT__QUEUE_MAX_BYTES", "67108864"),
+        NO_AGGREGATION[0],
+        NO_AGGREGATION[1],
+    ];
+    let mut config = AgentConfig::default();
+    assert!(config.set_priority("ProcessCreate", Priority::High));
+    assert!(config.set_priority("ConnectionCreate", Priority::Low));
+    let load = load_capture();
+    // What the capture derives, replayed meanwhile (it takes a while in a debug build).
+    let unzipped = dir.path().join("load.log");
+    std::fs::write(&unzipped, &load).unwrap();
+    let replay = {
+        let env: Vec<(String, String)> = settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        std::thread::spawn(move || {
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            replay_file_events(&unzipped, &env)
+        })
+    };
+    let records = load
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count() as u64;
+
+    // Run 1: the whole capture, edgeHub away; once every record is read and the cap has
+    // dropped in both queues, a few seconds more (the drops are committed), then SIGKILL.
+    let metrics_port = free_port();
+    let listen = format!("127.0.0.1:{metrics_port}");
+    let mut first = settings.to_vec();
+    first.push(("AZUREIOTSECURITY_METRICS__ENABLED", "true"));
+    first.push(("AZUREIOTSECURITY_METRICS__LISTEN", &listen));
+    let feed = AuditFeed::start(dir.path(), load);
+    let mut m = Module::start(
+        dir.path(),
+        "outage1",
+        &env(&workload, port, &feed, &data, &first),
+        &["run"],
+    );
+    let start = std::time::Instant::now();
+    let text = loop {
+        assert!(m.alive(), "{}", m.output());
+        if let Some(t) =
+            try_metrics(metrics_port).filter(|t| t.contains("audit_records_read_total"))
+        {
+            let dropped = metric(&t, "events_dropped_high_total") > 0
+                && metric(&t, "events_dropped_low_total") > 0;
+            if metric(&t, "audit_records_read_total") == records && dropped {
+                break t;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "the capture was not read within 90 s:\n{t}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(metric(&text, "audit_lines_dropped_total"), 0, "{text}");
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = m.proc.child.kill();
+    let _ = m.proc.child.wait();
+    assert!(m.output().contains("W-CACHE-FULL"), "{}", m.output());
+    drop(feed);
+
+    // Runs 2 and 3: still away, nothing new; each killed a few seconds after its start.
+    let empty = AuditFeed::start(dir.path(), Vec::new());
+    for run in ["outage2", "outage3"] {
+        let mut m = Module::start(
+            dir.path(),
+            run,
+            &env(&workload, port, &empty, &data, &settings),
+            &["run"],
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(m.alive(), "{}", m.output());
+        let _ = m.proc.child.kill();
+        let _ = m.proc.child.wait();
+        assert!(m.output().contains("outbox opened"), "{}", m.output());
+    }
+
+    // Run 4: edgeHub is back. Quiet when the last three messages hold statistics only: the
+    // last snapshot was taken after everything else was settled.
+    let hub = EdgeHub::start(dir.path(), &certs, &hub_options(port));
+    let mut m = Module::start(
+        dir.path(),
+        "back",
+        &env(&workload, port, &empty, &data, &settings),
+        &["run"],
+    );
+    let stats_only = |r: &Value| {
+        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+        body["Events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["Category"] == "Periodic")
+    };
+    hub.wait(
+        "three statistics-only messages in a row",
+        Duration::from_secs(60),
+        |r| {
+            let accepted: Vec<&Value> = r
+                .iter()
+                .filter(|x| x["kind"] == "message" && x["outcome"] == "accept")
+                .collect();
+            accepted.len() >= 3 && accepted[accepted.len() - 3..].iter().all(|x| stats_only(x))
+        },
+    );
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<Value> = hub
+        .accepted()
+        .into_iter()
+        .filter(|r| seen.insert(r["message_id"].as_str().unwrap().to_owned()))
+        .flat_map(|r| {
+            let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+            body["Events"].as_array().unwrap().clone()
+        })
+        .collect();
+    assert!(m.stop(Duration::from_secs(10)).success(), "{}", m.output());
+
+    let replayed = replay.join().unwrap();
+    let want: std::collections::BTreeSet<&String> = replayed.iter().map(|(id, _)| id).collect();
+    let delivered: std::collections::BTreeMap<String, String> = events
+        .iter()
+        .filter(|e| e["EventType"] == "Security")
+        .map(|e| {
+            (
+                e["Id"].as_str().unwrap().to_owned(),
+                e["Name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for id in delivered.keys() {
+        assert!(want.contains(id), "{id} was never derived");
+    }
+    let drop_stats: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["Name"] == "DroppedEventsStatistics")
+        .collect();
+    for (q, name) in [(QueueName::High, "High"), (QueueName::Low, "Low")] {
+        let derived = replayed
+            .iter()
+            .filter(|(_, n)| queue_of(&config, n) == q)
+            .count() as u64;
+        let arrived = delivered
+            .values()
+            .filter(|n| queue_of(&config, n) == q)
+            .count() as u64;
+        let reported = sum_u64(&drop_stats, |e| {
+            let item = e["Payload"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["Queue"] == name)
+                .unwrap();
+            as_u64(&item["DroppedEvents"])
+        });
+        eprintln!("{name}: {derived} derived, {arrived} arrived, {reported} reported dropped");
+        assert!(derived > arrived, "{name}: the cap dropped events");
+        assert_eq!(
+            reported,
+            derived - arrived,
+            "{name}: drops reported vs events that never arrived ({derived} derived, {arrived} arrived)"
+        );
+    }
 }
 
 /// Samples the bytes the files of a directory take, until stopped: the peak.
