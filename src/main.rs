@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use azureiotsecurity::edge::amqp::AmqpConfig;
 use azureiotsecurity::edge::credentials::Credentials;
 use azureiotsecurity::edge::identity::{self, Identity};
-use azureiotsecurity::settings::Settings;
+use azureiotsecurity::settings::{Settings, SettingsError};
 use azureiotsecurity::{app, rules};
 
 #[derive(Parser)]
@@ -80,6 +80,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         // The reader of our output went away (`… | head`): nothing more to say.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // Settings out of range or that do not parse: a configuration problem, exit 1 (as
+        // check-config's own findings), so that it is told apart from a failure while running.
+        Err(e) if e.chain().any(|c| c.is::<SettingsError>()) => {
+            eprintln!("azureiotsecurity: {e:#}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("azureiotsecurity: {e:#}");
             ExitCode::from(2)

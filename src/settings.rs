@@ -202,6 +202,36 @@ impl Default for EventSettings {
     }
 }
 
+const MINUTE_MS: u64 = 60_000;
+const HOUR_MS: u64 = 60 * MINUTE_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// The range of each duration setting, in its own unit (the key's suffix), in the order of
+/// [`Settings::durations`]. Wide enough for any sane deployment, small enough that no
+/// `Instant` or millisecond arithmetic on them can overflow. The lower bounds other checks
+/// in [`Settings::validate`] make (positive timeouts, edgeHub's 5 s idle-timeout) still apply.
+pub const DURATION_RANGES: [(&str, (u64, u64)); 16] = [
+    ("audit.reconnect_min_ms", (1, HOUR_MS)),
+    ("audit.reconnect_max_ms", (1, HOUR_MS)),
+    ("audit.record_timeout_ms", (0, HOUR_MS)),
+    ("audit.idle_ms", (0, HOUR_MS)),
+    // 0 = never warn.
+    ("audit.rules_warning_after_secs", (0, 7 * 86_400)),
+    // A day: the SDKs use an hour; edgeHub takes any.
+    ("edgehub.token_lifetime_secs", (10, 86_400)),
+    ("edgehub.idle_timeout_ms", (0, HOUR_MS)),
+    ("edgehub.connect_timeout_ms", (1, 10 * MINUTE_MS)),
+    ("edgehub.request_timeout_ms", (1, 10 * MINUTE_MS)),
+    ("edgehub.send_timeout_ms", (1, HOUR_MS)),
+    ("edgehub.retry_delay_ms", (0, HOUR_MS)),
+    ("edgehub.reconnect_min_ms", (1, HOUR_MS)),
+    ("edgehub.reconnect_max_ms", (1, HOUR_MS)),
+    // IoT Edge kills a module some 30 s after SIGTERM anyway.
+    ("edgehub.shutdown_grace_ms", (0, 2 * MINUTE_MS)),
+    ("debug.pause_pipeline_after_ms", (0, DAY_MS)),
+    ("debug.pause_pipeline_ms", (0, DAY_MS)),
+];
+
 /// The environment prefix.
 pub const ENV_PREFIX: &str = "AZUREIOTSECURITY";
 
@@ -269,15 +299,20 @@ impl Settings {
                 "must be at least audit.max_event_bytes",
             );
         }
+        for (key, value, (min, max)) in self.durations() {
+            if !(min..=max).contains(&value) {
+                return Err(SettingsError::Invalid {
+                    key,
+                    why: format!("must be from {min} to {max}, not {value}"),
+                });
+            }
+        }
         let e = &self.edgehub;
         if e.idle_timeout_ms != 0 && e.idle_timeout_ms < 5000 {
             return bad(
                 "edgehub.idle_timeout_ms",
                 "must be 0 (none) or at least 5000: edgeHub refuses a shorter idle-timeout",
             );
-        }
-        if e.token_lifetime_secs < 10 {
-            return bad("edgehub.token_lifetime_secs", "must be at least 10");
         }
         if e.reconnect_min_ms == 0 || e.reconnect_max_ms < e.reconnect_min_ms {
             return bad(
@@ -304,6 +339,32 @@ impl Settings {
             return bad("events.max_command_line_bytes", "must be at least 256");
         }
         Ok(())
+    }
+
+    /// Every duration setting with its value and the range [`Settings::validate`] allows
+    /// (`DURATION_RANGES`). Without an upper bound a value such as a token lifetime of
+    /// 1.2e19 s passed and then overflowed an `Instant` in the sender.
+    pub fn durations(&self) -> [(&'static str, u64, (u64, u64)); DURATION_RANGES.len()] {
+        let (a, e, d) = (&self.audit, &self.edgehub, &self.debug);
+        let values = [
+            a.reconnect_min_ms,
+            a.reconnect_max_ms,
+            a.record_timeout_ms,
+            a.idle_ms,
+            a.rules_warning_after_secs,
+            e.token_lifetime_secs,
+            e.idle_timeout_ms,
+            e.connect_timeout_ms,
+            e.request_timeout_ms,
+            e.send_timeout_ms,
+            e.retry_delay_ms,
+            e.reconnect_min_ms,
+            e.reconnect_max_ms,
+            e.shutdown_grace_ms,
+            d.pause_pipeline_after_ms,
+            d.pause_pipeline_ms,
+        ];
+        std::array::from_fn(|i| (DURATION_RANGES[i].0, values[i], DURATION_RANGES[i].1))
     }
 
     /// The coalescer's part of the settings.
@@ -369,6 +430,82 @@ mod tests {
         let s =
             Settings::load_from(None, env(&[("AZUREIOTSECURITY_AUDIT__IDLE_MS", "42")])).unwrap();
         assert_eq!(s.audit.idle_ms, 42);
+    }
+
+    /// Every `*_ms`/`*_secs` setting has a range, and the defaults are in it.
+    #[test]
+    fn every_duration_setting_is_bounded() {
+        let json = serde_json::to_value(Settings::default()).unwrap();
+        let mut keys = Vec::new();
+        for (section, fields) in json.as_object().unwrap() {
+            for key in fields.as_object().map(|o| o.keys()).into_iter().flatten() {
+                if key.ends_with("_ms") || key.ends_with("_secs") {
+                    keys.push(format!("{section}.{key}"));
+                }
+            }
+        }
+        keys.sort();
+        let mut ranged: Vec<String> = DURATION_RANGES.iter().map(|(k, _)| k.to_string()).collect();
+        ranged.sort();
+        assert_eq!(keys, ranged);
+        let d = Settings::default();
+        for (key, value, range) in d.durations() {
+            assert_eq!(
+                DURATION_RANGES.iter().find(|(k, _)| *k == key).unwrap().1,
+                range
+            );
+            assert!((range.0..=range.1).contains(&value), "{key}");
+        }
+        // Each value is read from its own field.
+        assert_eq!(
+            d.durations().map(|(_, v, _)| v),
+            DURATION_RANGES.map(|(k, _)| json[k.split_once('.').unwrap().0]
+                [k.split_once('.').unwrap().1]
+                .as_u64()
+                .unwrap())
+        );
+    }
+
+    /// A token lifetime beyond what an `Instant` can add (1.2e19 s) and the value the
+    /// environment's 2e19 becomes (u64::MAX) are refused, naming the setting and the range.
+    #[test]
+    fn durations_beyond_their_range_are_refused() {
+        for (key, value, want) in [
+            (
+                "AZUREIOTSECURITY_EDGEHUB__TOKEN_LIFETIME_SECS",
+                "12000000000000000000",
+                "setting edgehub.token_lifetime_secs: must be from 10 to 86400, not 12000000000000000000",
+            ),
+            (
+                "AZUREIOTSECURITY_EDGEHUB__TOKEN_LIFETIME_SECS",
+                "20000000000000000000",
+                "setting edgehub.token_lifetime_secs: must be from 10 to 86400, not 18446744073709551615",
+            ),
+            (
+                "AZUREIOTSECURITY_EDGEHUB__TOKEN_LIFETIME_SECS",
+                "86401",
+                "setting edgehub.token_lifetime_secs: must be from 10 to 86400, not 86401",
+            ),
+            (
+                "AZUREIOTSECURITY_EDGEHUB__SHUTDOWN_GRACE_MS",
+                "120001",
+                "setting edgehub.shutdown_grace_ms: must be from 0 to 120000, not 120001",
+            ),
+            (
+                "AZUREIOTSECURITY_DEBUG__PAUSE_PIPELINE_AFTER_MS",
+                "18446744073709551615",
+                "setting debug.pause_pipeline_after_ms: must be from 0 to 86400000, not 18446744073709551615",
+            ),
+        ] {
+            let e = Settings::load_from(None, env(&[(key, value)])).unwrap_err();
+            assert_eq!(e.to_string(), want);
+        }
+        let s = Settings::load_from(
+            None,
+            env(&[("AZUREIOTSECURITY_EDGEHUB__TOKEN_LIFETIME_SECS", "86400")]),
+        )
+        .unwrap();
+        assert_eq!(s.edgehub.token_lifetime_secs, 86_400);
     }
 
     #[test]
