@@ -384,6 +384,12 @@ pub fn write_event<W: Write>(
     out.write_all(buf).map_err(AppError::Write)
 }
 
+/// `t + d`, checked: an `Instant` that cannot carry `d` (the settings bound every duration,
+/// so only a clock at its end) gives `t`, i.e. "now" rather than a panic.
+fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).unwrap_or(t)
+}
+
 /// How often idle events are completed and held logins expired.
 const TICK: Duration = Duration::from_millis(100);
 /// How often the statistics line is logged.
@@ -427,12 +433,15 @@ pub async fn run<W: Write + Send + 'static>(
     let mut events = Vec::new();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut stats_at = Instant::now() + STATS_EVERY;
+    let mut stats_at = later(Instant::now(), STATS_EVERY);
     let rules_warn_ms = settings.audit.rules_warning_after_secs.saturating_mul(1000);
     let mut rules_warned = false;
     let mut pause = (settings.debug.pause_pipeline_ms > 0).then(|| {
         (
-            start + Duration::from_millis(settings.debug.pause_pipeline_after_ms),
+            later(
+                start,
+                Duration::from_millis(settings.debug.pause_pipeline_after_ms),
+            ),
             Duration::from_millis(settings.debug.pause_pipeline_ms),
         )
     });
@@ -468,13 +477,13 @@ pub async fn run<W: Write + Send + 'static>(
                         }
                     }
                     if Instant::now() >= counters_at {
-                        counters_at = Instant::now() + Duration::from_secs(1);
+                        counters_at = later(Instant::now(), Duration::from_secs(1));
                         let c = collect(&pipeline, &source_stats, &emitter, sender.as_ref());
                         if let Ok(mut shared) = counters.lock() {
                             *shared = c.clone();
                         }
                         if Instant::now() >= stats_at {
-                            stats_at = Instant::now() + STATS_EVERY;
+                            stats_at = later(Instant::now(), STATS_EVERY);
                             c.log();
                         }
                     }
@@ -525,10 +534,10 @@ struct RunningSender {
 impl RunningSender {
     /// Send what is ready until the grace period ends, then close the connection.
     async fn finish(&self) {
-        let deadline = Instant::now() + self.grace;
+        let deadline = later(Instant::now(), self.grace);
         let _ = self.control.send(Control::Finish { deadline });
         // The client stops itself at the deadline; the margin covers a clean close.
-        let limit = tokio::time::Instant::now() + self.grace + Duration::from_secs(2);
+        let limit = tokio::time::Instant::from_std(later(deadline, Duration::from_secs(2)));
         while !self.task.is_finished() && tokio::time::Instant::now() < limit {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -345,8 +345,7 @@ impl Client {
 
         let renew = async {
             loop {
-                let issued = Instant::now();
-                let renew_at = issued + backoff::renew_after(self.config.token_lifetime);
+                let renew_at = backoff::renew_at(Instant::now(), self.config.token_lifetime);
                 tokio::time::sleep_until(renew_at.into()).await;
                 expiry = self.put_token(&mut cbs_tx, &mut cbs_rx).await?;
                 tracing::debug!(expiry, "SAS token renewed");

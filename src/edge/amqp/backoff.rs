@@ -9,7 +9,7 @@
 //! Token renewal: the C SDK renews at 80 % of the lifetime, the C# SDK at 85 %; we renew at
 //! 80 %, so that a renewal that fails and is retried once still lands before expiry.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -59,9 +59,36 @@ pub fn renew_after(lifetime: Duration) -> Duration {
     lifetime.mul_f64(0.8)
 }
 
+/// When to renew a token issued at `issued`. Checked: a lifetime an `Instant` cannot carry
+/// (1.2e19 s passed the settings once and panicked here, killing the sender) renews a day
+/// later, the longest lifetime the settings now allow.
+pub fn renew_at(issued: Instant, lifetime: Duration) -> Instant {
+    issued
+        .checked_add(renew_after(lifetime))
+        .or_else(|| issued.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(issued)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_time_is_checked() {
+        let now = Instant::now();
+        assert_eq!(
+            renew_at(now, Duration::from_secs(3600)),
+            now + Duration::from_secs(2880)
+        );
+        assert_eq!(
+            renew_at(now, Duration::from_secs(12_000_000_000_000_000_000)),
+            now + Duration::from_secs(86_400)
+        );
+        assert_eq!(
+            renew_at(now, Duration::MAX),
+            now + Duration::from_secs(86_400)
+        );
+    }
 
     #[test]
     fn doubles_up_to_the_cap_with_half_fixed() {
