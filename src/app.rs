@@ -40,6 +40,118 @@ pub enum AppError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    TaskEnded(#[from] TaskEnded),
+}
+
+/// A long-running task of `run` (the socket reader, the AMQP sender, the metrics server).
+/// None of them ends on its own while the module runs, so one that does (a panic, or a
+/// return) ends the module: [`first_ended`] tells `run`, which logs E-TASK-ENDED, flushes
+/// what is in flight and returns [`AppError::TaskEnded`], and the process exits non-zero so
+/// that the runtime (IoT Edge) restarts it, instead of a module that stays up and never
+/// sends again.
+pub struct Supervised {
+    pub name: &'static str,
+    handle: tokio::task::JoinHandle<()>,
+    /// Its end was taken by [`first_ended`] (a `JoinHandle` must not be polled again).
+    ended: bool,
+}
+
+/// Why a supervised task ended.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("the {task} task ended: {why}")]
+pub struct TaskEnded {
+    pub task: &'static str,
+    pub why: String,
+}
+
+impl Supervised {
+    pub fn spawn<F>(name: &'static str, task: F) -> Supervised
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        Supervised::watch(name, tokio::spawn(task))
+    }
+
+    /// A task spawned elsewhere (the metrics server).
+    pub fn watch(name: &'static str, handle: tokio::task::JoinHandle<()>) -> Supervised {
+        Supervised {
+            name,
+            handle,
+            ended: false,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.ended || self.handle.is_finished()
+    }
+
+    pub fn abort(&self) {
+        self.handle.abort();
+    }
+
+    /// Wait for its end (at shutdown, after it was told to stop).
+    pub async fn join(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            let _ = (&mut self.handle).await;
+        }
+    }
+}
+
+/// The first of `tasks` to end and why; pending for as long as none does (for ever when
+/// `tasks` is empty). A task whose end was reported is not watched again.
+pub async fn first_ended<'a>(tasks: impl IntoIterator<Item = &'a mut Supervised>) -> TaskEnded {
+    use std::future::Future;
+    use std::task::Poll;
+    let mut tasks: Vec<&mut Supervised> = tasks.into_iter().filter(|t| !t.ended).collect();
+    std::future::poll_fn(|cx| {
+        for t in tasks.iter_mut() {
+            if let Poll::Ready(r) = std::pin::Pin::new(&mut t.handle).poll(cx) {
+                t.ended = true;
+                let why = match r {
+                    Ok(()) => "it returned".to_owned(),
+                    Err(e) if e.is_panic() => {
+                        let p = e.into_panic();
+                        let text = p
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| p.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "a panic without a message".to_owned());
+                        format!("it panicked: {text}")
+                    }
+                    Err(_) => "it was cancelled".to_owned(),
+                };
+                return Poll::Ready(TaskEnded { task: t.name, why });
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// `debug.panic_task`: the named task panics after `debug.panic_task_after_ms` (test knob).
+fn with_fault<F>(
+    settings: &Settings,
+    name: &'static str,
+    task: F,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let after = (settings.debug.panic_task == name)
+        .then(|| Duration::from_millis(settings.debug.panic_task_after_ms));
+    async move {
+        match after {
+            None => task.await,
+            Some(after) => {
+                tokio::select! {
+                    _ = task => {}
+                    _ = tokio::time::sleep(after) => panic!("debug.panic_task: the {name} task was made to fail"),
+                }
+            }
+        }
+    }
 }
 
 /// What `run` and `replay` produce.
@@ -406,9 +518,9 @@ pub async fn run<W: Write + Send + 'static>(
     let wall_ms = || u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     let start = Instant::now();
     let now_ms = move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let sender = start_sender(&mut emitter, &mode, now_ms(), wall_ms());
+    let mut sender = start_sender(&mut emitter, &mode, &settings, now_ms(), wall_ms());
     let counters = Arc::new(Mutex::new(Counters::default()));
-    let metrics_task = if settings.metrics.enabled {
+    let mut metrics_task = if settings.metrics.enabled {
         start_metrics(&settings.metrics.listen, counters.clone()).await
     } else {
         None
@@ -417,17 +529,24 @@ pub async fn run<W: Write + Send + 'static>(
     let queue = LineQueue::new(settings.audit.queue_max_bytes);
     let source_stats = Arc::new(SourceStats::default());
     let stop_reader = Arc::new(Notify::new());
-    let reader = tokio::spawn(source::read_socket(
-        SocketConfig {
-            path: settings.audit.socket_path.clone(),
-            reconnect_min: Duration::from_millis(settings.audit.reconnect_min_ms),
-            reconnect_max: Duration::from_millis(settings.audit.reconnect_max_ms),
-            max_line: settings.audit.max_line_bytes,
-        },
-        queue.clone(),
-        source_stats.clone(),
-        stop_reader.clone(),
-    ));
+    let mut reader = Supervised::spawn(
+        "reader",
+        with_fault(
+            &settings,
+            "reader",
+            source::read_socket(
+                SocketConfig {
+                    path: settings.audit.socket_path.clone(),
+                    reconnect_min: Duration::from_millis(settings.audit.reconnect_min_ms),
+                    reconnect_max: Duration::from_millis(settings.audit.reconnect_max_ms),
+                    max_line: settings.audit.max_line_bytes,
+                },
+                queue.clone(),
+                source_stats.clone(),
+                stop_reader.clone(),
+            ),
+        ),
+    );
 
     let mut pipeline = Pipeline::new(&settings);
     let mut events = Vec::new();
@@ -489,6 +608,19 @@ pub async fn run<W: Write + Send + 'static>(
                     }
                 }
                 _ = shutdown.notified() => return Ok(()),
+                ended = first_ended(
+                    std::iter::once(&mut reader)
+                        .chain(sender.as_mut().map(|s| &mut s.task))
+                        .chain(metrics_task.as_mut()),
+                ) => {
+                    tracing::error!(
+                        error_id = "E-TASK-ENDED",
+                        task = ended.task,
+                        why = %ended.why,
+                        "a task of the module ended: stopping (flushing what is in flight) so that the runtime restarts the module"
+                    );
+                    return Err(ended.into());
+                }
             }
             let now = now_ms();
             for ev in events.drain(..) {
@@ -500,7 +632,7 @@ pub async fn run<W: Write + Send + 'static>(
     .await;
     // Shutdown: stop reading, finish what was read, flush what is in flight.
     stop_reader.notify_one();
-    let _ = reader.await;
+    reader.join().await;
     while let Some(chunk) = queue.try_pop() {
         feed(&mut pipeline, chunk, now_ms(), &mut events);
     }
@@ -513,7 +645,7 @@ pub async fn run<W: Write + Send + 'static>(
     if let Some(s) = sender.as_ref() {
         s.finish().await;
     }
-    if let Some(t) = metrics_task {
+    if let Some(t) = &metrics_task {
         t.abort();
     }
     collect(&pipeline, &source_stats, &emitter, sender.as_ref()).log();
@@ -526,7 +658,7 @@ pub async fn run<W: Write + Send + 'static>(
 /// The AMQP sender task of `Mode::Send`.
 struct RunningSender {
     control: tokio::sync::watch::Sender<Control>,
-    task: tokio::task::JoinHandle<()>,
+    task: Supervised,
     stats: Arc<AmqpStats>,
     grace: Duration,
 }
@@ -549,6 +681,7 @@ impl RunningSender {
 fn start_sender<W: Write>(
     emitter: &mut Emitter<W>,
     mode: &Mode,
+    settings: &Settings,
     now_ms: u64,
     wall_ms: u64,
 ) -> Option<RunningSender> {
@@ -575,16 +708,16 @@ fn start_sender<W: Write>(
     };
     Some(RunningSender {
         control,
-        task: tokio::spawn(client.run(control_rx)),
+        task: Supervised::spawn(
+            "sender",
+            with_fault(settings, "sender", client.run(control_rx)),
+        ),
         stats,
         grace: *grace,
     })
 }
 
-async fn start_metrics(
-    listen: &str,
-    counters: Arc<Mutex<Counters>>,
-) -> Option<tokio::task::JoinHandle<()>> {
+async fn start_metrics(listen: &str, counters: Arc<Mutex<Counters>>) -> Option<Supervised> {
     let addr = match listen.parse() {
         Ok(a) => a,
         Err(e) => {
@@ -595,7 +728,7 @@ async fn start_metrics(
     match telemetry::serve_metrics(addr, counters).await {
         Ok((bound, task)) => {
             tracing::info!(address = %bound, "serving /metrics");
-            Some(task)
+            Some(Supervised::watch("metrics", task))
         }
         Err(e) => {
             tracing::error!(error_id = "E-METRICS", listen, error = %e, "cannot serve /metrics (port in use?); the module runs on without it");
@@ -693,4 +826,92 @@ fn log_stats(p: &PipelineStats, s: &SourceStats, queue_bytes: usize) {
         login = p.derive.login,
         "audit statistics"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that panics is reported with its name and the panic's text; one that keeps
+    /// running is not; the next call reports the one that returned, and nothing after that.
+    #[tokio::test]
+    async fn the_first_task_to_end_is_reported_with_why() {
+        let mut forever = Supervised::spawn("forever", std::future::pending());
+        let mut panics = Supervised::spawn("panics", async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            panic!("the renewal time overflowed");
+        });
+        let release = Arc::new(Notify::new());
+        let r = release.clone();
+        let mut returns = Supervised::spawn("returns", async move { r.notified().await });
+        let limit = Duration::from_secs(10);
+        let ended = tokio::time::timeout(
+            limit,
+            first_ended([&mut forever, &mut panics, &mut returns]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            ended,
+            TaskEnded {
+                task: "panics",
+                why: "it panicked: the renewal time overflowed".into()
+            }
+        );
+        assert!(panics.is_finished());
+        release.notify_one();
+        let ended = tokio::time::timeout(
+            limit,
+            first_ended([&mut forever, &mut panics, &mut returns]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            ended,
+            TaskEnded {
+                task: "returns",
+                why: "it returned".into()
+            }
+        );
+        // Only `forever` is left: nothing ends.
+        let none = tokio::time::timeout(
+            Duration::from_millis(100),
+            first_ended([&mut forever, &mut panics, &mut returns]),
+        )
+        .await;
+        assert!(none.is_err(), "{none:?}");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), first_ended([]))
+                .await
+                .is_err()
+        );
+        forever.abort();
+        forever.join().await;
+        panics.join().await;
+        assert!(forever.is_finished());
+    }
+
+    /// `debug.panic_task` makes the named task, and only it, panic.
+    #[tokio::test]
+    async fn the_fault_knob_fails_the_named_task() {
+        let mut s = Settings::default();
+        s.debug.panic_task = "reader".into();
+        s.debug.panic_task_after_ms = 10;
+        let mut reader =
+            Supervised::spawn("reader", with_fault(&s, "reader", std::future::pending()));
+        let mut sender =
+            Supervised::spawn("sender", with_fault(&s, "sender", std::future::pending()));
+        let ended = tokio::time::timeout(
+            Duration::from_secs(10),
+            first_ended([&mut reader, &mut sender]),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ended.task, "reader");
+        assert_eq!(
+            ended.why,
+            "it panicked: debug.panic_task: the reader task was made to fail"
+        );
+        sender.abort();
+    }
 }

@@ -172,7 +172,15 @@ pub struct DebugSettings {
     /// this long after start. 0 = never. Shows that the reader keeps draining auditd.
     pub pause_pipeline_after_ms: u64,
     pub pause_pipeline_ms: u64,
+    /// Make a long-running task panic `panic_task_after_ms` after start: `reader` (the
+    /// socket reader) or `sender` (the AMQP sender); empty = never. Shows that a task that
+    /// dies ends the module (E-TASK-ENDED) instead of leaving it half alive.
+    pub panic_task: String,
+    pub panic_task_after_ms: u64,
 }
+
+/// The tasks `debug.panic_task` can name.
+pub const PANIC_TASKS: [&str; 2] = ["reader", "sender"];
 
 impl Default for AuditSettings {
     fn default() -> Self {
@@ -210,7 +218,7 @@ const DAY_MS: u64 = 24 * HOUR_MS;
 /// [`Settings::durations`]. Wide enough for any sane deployment, small enough that no
 /// `Instant` or millisecond arithmetic on them can overflow. The lower bounds other checks
 /// in [`Settings::validate`] make (positive timeouts, edgeHub's 5 s idle-timeout) still apply.
-pub const DURATION_RANGES: [(&str, (u64, u64)); 16] = [
+pub const DURATION_RANGES: [(&str, (u64, u64)); 17] = [
     ("audit.reconnect_min_ms", (1, HOUR_MS)),
     ("audit.reconnect_max_ms", (1, HOUR_MS)),
     ("audit.record_timeout_ms", (0, HOUR_MS)),
@@ -230,6 +238,7 @@ pub const DURATION_RANGES: [(&str, (u64, u64)); 16] = [
     ("edgehub.shutdown_grace_ms", (0, 2 * MINUTE_MS)),
     ("debug.pause_pipeline_after_ms", (0, DAY_MS)),
     ("debug.pause_pipeline_ms", (0, DAY_MS)),
+    ("debug.panic_task_after_ms", (0, DAY_MS)),
 ];
 
 /// The environment prefix.
@@ -329,6 +338,10 @@ impl Settings {
                 "must be an address:port such as 0.0.0.0:9600",
             );
         }
+        let task = self.debug.panic_task.as_str();
+        if !task.is_empty() && !PANIC_TASKS.contains(&task) {
+            return bad("debug.panic_task", "must be empty, reader or sender");
+        }
         if self.module.aggregation_max_entries == 0 {
             return bad("module.aggregation_max_entries", "must be positive");
         }
@@ -363,6 +376,7 @@ impl Settings {
             e.shutdown_grace_ms,
             d.pause_pipeline_after_ms,
             d.pause_pipeline_ms,
+            d.panic_task_after_ms,
         ];
         std::array::from_fn(|i| (DURATION_RANGES[i].0, values[i], DURATION_RANGES[i].1))
     }

@@ -102,3 +102,39 @@ fn check_config_and_run_refuse_a_token_lifetime_beyond_a_day() {
         );
     }
 }
+
+/// A task that really dies (the socket reader, made to panic by `debug.panic_task`) ends the
+/// module with a non-zero status and E-TASK-ENDED naming it, within a bounded time; before,
+/// nothing watched the tasks and the module stayed up without them.
+#[test]
+fn a_task_that_dies_ends_the_module_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let err_path = dir.path().join("module.err");
+    let mut child = module()
+        .args(["run", "--print"])
+        .env(
+            "AZUREIOTSECURITY_AUDIT__SOCKET_PATH",
+            dir.path().join("none.sock"),
+        )
+        .env("AZUREIOTSECURITY_MODULE__DATA_DIR", dir.path())
+        .env("AZUREIOTSECURITY_DEBUG__PANIC_TASK", "reader")
+        .env("AZUREIOTSECURITY_DEBUG__PANIC_TASK_AFTER_MS", "300")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let st = wait_exit(&mut child, Duration::from_secs(20), "a dead reader");
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert_eq!(st.code(), Some(2), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("E-TASK-ENDED"))
+        .unwrap_or_else(|| panic!("no E-TASK-ENDED in:\n{err}"));
+    assert!(line.contains("task=\"reader\""), "{line}");
+    assert!(
+        err.contains(
+            "the reader task ended: it panicked: debug.panic_task: the reader task was made to fail"
+        ),
+        "{err}"
+    );
+}
