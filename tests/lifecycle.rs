@@ -8,7 +8,14 @@ mod support;
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use azureiotsecurity::outbox::Store;
+use azureiotsecurity::outbox::sqlite::SqliteStore;
+use support::audit_feed::AuditFeed;
+use support::standin::{DEVICE, HUB, KEY, MODULE, Module, free_port};
 
 /// The module binary with a clean logging environment.
 fn module() -> Command {
@@ -137,4 +144,140 @@ fn a_task_that_dies_ends_the_module_non_zero() {
         ),
         "{err}"
     );
+}
+
+/// A gateway that accepts TCP connections and never says a word (no TLS handshake).
+struct SilentGateway {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentGateway {
+    fn start() -> SilentGateway {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (accepted.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((c, _)) => {
+                        held.push(c);
+                        a.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        SilentGateway {
+            port,
+            accepted,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SilentGateway {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const GRACE_MS: u64 = 1000;
+/// What the stop may take beyond the grace: flushing into the outbox and exiting.
+const STOP_MARGIN_MS: u64 = 1500;
+
+/// The module sending through a gateway on `port` (a connection string: no workload API
+/// needed), fed a real capture, with a 1 s grace and long connect and back-off times that
+/// would hold the stop if the grace did not cut them.
+fn start_sending(dir: &Path, tag: &str, port: u16, feed: &AuditFeed) -> Module {
+    let cs = format!(
+        "HostName={HUB};DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={KEY};GatewayHostName=localhost:{port}"
+    );
+    let env: Vec<(String, String)> = [
+        ("EdgeHubConnectionString", cs),
+        (
+            "AZUREIOTSECURITY_AUDIT__SOCKET_PATH",
+            feed.path.display().to_string(),
+        ),
+        (
+            "AZUREIOTSECURITY_MODULE__DATA_DIR",
+            dir.join("data").display().to_string(),
+        ),
+        (
+            "AZUREIOTSECURITY_EDGEHUB__SHUTDOWN_GRACE_MS",
+            GRACE_MS.to_string(),
+        ),
+        (
+            "AZUREIOTSECURITY_EDGEHUB__CONNECT_TIMEOUT_MS",
+            "60000".into(),
+        ),
+        ("AZUREIOTSECURITY_EDGEHUB__RECONNECT_MIN_MS", "30000".into()),
+        ("AZUREIOTSECURITY_EDGEHUB__RECONNECT_MAX_MS", "60000".into()),
+        ("RUST_LOG", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    Module::start(dir, tag, &env, &["run"])
+}
+
+/// After the stop: the outbox holds messages with the capture's events.
+fn assert_flushed_into_the_outbox(dir: &Path, log: &str) {
+    let store = SqliteStore::open(&dir.join("data/outbox.sqlite"), 1 << 30).unwrap();
+    assert!(store.message_count() > 0, "nothing in the outbox:\n{log}");
+}
+
+/// SIGTERM with a gateway that accepts TCP and never answers: the module stops within the
+/// grace (+ the margin), exit 0, what was in flight in the outbox. Before, the connection
+/// attempt under way did not see the stop and held it until the sender was aborted 2 s
+/// after the grace.
+#[test]
+fn the_stop_keeps_to_the_grace_with_a_silent_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = SilentGateway::start();
+    let feed = AuditFeed::start(dir.path(), capture("exec_args.log"));
+    let mut m = start_sending(dir.path(), "silent", gateway.port, &feed);
+    let start = Instant::now();
+    while gateway.accepted.load(Ordering::Relaxed) == 0 {
+        assert!(m.alive(), "the module exited:\n{}", m.output());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no connection to the gateway:\n{}",
+            m.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    wait_for_text(&m.err, "connected to auditd", Duration::from_secs(20));
+    let st = m.stop(Duration::from_millis(GRACE_MS + STOP_MARGIN_MS));
+    assert_eq!(st.code(), Some(0), "{}", m.output());
+    assert_flushed_into_the_outbox(dir.path(), &m.output());
+}
+
+/// SIGTERM with a gateway that refuses connections (nothing listens on its port): the stop
+/// keeps to the grace. Before, the back-off wait after a refused attempt (here 15 to 60 s)
+/// ran past the grace until the sender was aborted.
+#[test]
+fn the_stop_keeps_to_the_grace_with_a_refusing_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = AuditFeed::start(dir.path(), capture("exec_args.log"));
+    let mut m = start_sending(dir.path(), "refused", free_port(), &feed);
+    wait_for_text(&m.err, "E-EDGEHUB-CONNECT", Duration::from_secs(20));
+    wait_for_text(&m.err, "connected to auditd", Duration::from_secs(20));
+    let st = m.stop(Duration::from_millis(GRACE_MS + STOP_MARGIN_MS));
+    assert_eq!(st.code(), Some(0), "{}", m.output());
+    assert_flushed_into_the_outbox(dir.path(), &m.output());
+}
+
+fn capture(name: &str) -> Vec<u8> {
+    std::fs::read(support::root().join("tests/data").join(name)).unwrap()
 }

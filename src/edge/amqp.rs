@@ -185,6 +185,14 @@ pub enum Control {
     Finish { deadline: Instant },
 }
 
+/// The deadline of a `Finish`, if the sender was told to finish.
+fn finish_deadline(control: &watch::Receiver<Control>) -> Option<Instant> {
+    match *control.borrow() {
+        Control::Run => None,
+        Control::Finish { deadline } => Some(deadline),
+    }
+}
+
 /// The sender task: connect, send, reconnect, until told to finish.
 pub struct Client {
     pub credentials: Arc<Credentials>,
@@ -204,26 +212,35 @@ impl Client {
         let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
         let mut last_error: Option<String> = None;
         loop {
-            let deadline = match *control.borrow() {
-                Control::Run => None,
-                Control::Finish { deadline } => Some(deadline),
-            };
-            if let Some(d) = deadline {
+            if let Some(d) = finish_deadline(&control) {
                 if Instant::now() >= d || matches!(self.outbox.next(), Ok(None)) {
                     return;
                 }
             }
             let mut connected_at = None;
-            let attempt = self.connection(&mut control, &mut connected_at);
-            let result = match deadline {
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, attempt).await {
-                        Ok(r) => r,
-                        Err(_) => return,
+            let result = {
+                let mut attempt_control = control.clone();
+                let attempt = self.connection(&mut attempt_control, &mut connected_at);
+                tokio::pin!(attempt);
+                loop {
+                    match finish_deadline(&control) {
+                        Some(d) => match tokio::time::timeout_at(d.into(), &mut attempt).await {
+                            Ok(r) => break r,
+                            Err(_) => return,
+                        },
+                        // A stop asked for during the attempt sets its deadline too: a
+                        // gateway that accepts TCP and never answers would otherwise hold
+                        // the stop for connect_timeout_ms, past the grace.
+                        None => tokio::select! {
+                            r = &mut attempt => break r,
+                            changed = control.changed() => {
+                                if changed.is_err() {
+                                    break attempt.await;
+                                }
+                            }
+                        },
                     }
                 }
-                None => attempt.await,
             };
             match result {
                 Ok(Ended::Finished) => return,
@@ -244,8 +261,14 @@ impl Client {
                     } else {
                         tracing::debug!(error = %text, retry_in_ms = delay.as_millis() as u64, attempt = backoff.attempts(), "edgeHub connection failed again");
                     }
+                    // Stopping, the wait ends with the grace: a refusing gateway must not
+                    // keep the module past it.
+                    let wait = match finish_deadline(&control) {
+                        Some(d) => delay.min(d.saturating_duration_since(Instant::now())),
+                        None => delay,
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = control.changed() => {}
                     }
                 }
