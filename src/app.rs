@@ -232,6 +232,10 @@ pub struct Emitter<W: Write> {
     wake: Option<Arc<Notify>>,
     /// What opening the store had to say, as a Diagnostic event.
     store_diagnostic: Option<(DiagnosticSeverity, String)>,
+    /// `out` said WouldBlock (a [`Printer`] whose reader does not read): said once.
+    out_blocked: bool,
+    /// `--events`: events dropped because `out` was full.
+    unprinted_events: u64,
 }
 
 impl<W: Write> Emitter<W> {
@@ -244,6 +248,8 @@ impl<W: Write> Emitter<W> {
             outgoing: None,
             wake: None,
             store_diagnostic: None,
+            out_blocked: false,
+            unprinted_events: 0,
         }
     }
 
@@ -352,7 +358,15 @@ impl<W: Write> Emitter<W> {
                 lock(o)?.push(ev, now_ms);
                 Ok(())
             }
-            None => write_event(&mut self.buf, &ev, &mut self.out),
+            None => match write_event(&mut self.buf, &ev, &mut self.out) {
+                // `--events` has no store to keep it in: dropped, counted, said at stop.
+                Err(AppError::Write(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.unprinted_events += 1;
+                    self.blocked();
+                    Ok(())
+                }
+                r => r,
+            },
         }
     }
 
@@ -388,7 +402,38 @@ impl<W: Write> Emitter<W> {
             o.flush()?;
         }
         self.drain()?;
-        self.out.flush().map_err(AppError::Write)
+        match self.out.flush() {
+            // A Printer still printing: [`Emitter::settle`] waits for it.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            r => r.map_err(AppError::Write),
+        }
+    }
+
+    /// At stop, printing: print what is left; true when everything is out (the store empty
+    /// and `out` flushed), false while a full `out` holds some back.
+    pub fn settle(&mut self) -> Result<bool, AppError> {
+        self.drain()?;
+        match self.out.flush() {
+            Ok(()) => Ok(self.queued().0 == 0),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(AppError::Write(e)),
+        }
+    }
+
+    /// What a full `out` kept from being printed: messages still in the store, events
+    /// dropped (`--events`).
+    pub fn unprinted(&self) -> (usize, u64) {
+        (self.queued().0, self.unprinted_events)
+    }
+
+    fn blocked(&mut self) {
+        if !self.out_blocked {
+            self.out_blocked = true;
+            tracing::warn!(
+                error_id = "W-STDOUT-BLOCKED",
+                "stdout is not being read: messages wait in memory (with --events, events are dropped) until it is"
+            );
+        }
     }
 
     fn drain(&mut self) -> Result<(), AppError> {
@@ -403,11 +448,20 @@ impl<W: Write> Emitter<W> {
         }
         let mut o = lock(&o)?;
         while let Some(m) = o.next_message()? {
-            self.out
-                .write_all(m.body.as_bytes())
-                .map_err(AppError::Write)?;
-            self.out.write_all(b"\n").map_err(AppError::Write)?;
-            o.sent(&m)?;
+            // One write per line: a Printer takes all of it or none.
+            self.buf.clear();
+            self.buf.extend_from_slice(m.body.as_bytes());
+            self.buf.push(b'\n');
+            match self.out.write_all(&self.buf) {
+                Ok(()) => o.sent(&m)?,
+                // Full: the message stays in the store (under its cap) for the next tick.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drop(o);
+                    self.blocked();
+                    return Ok(());
+                }
+                Err(e) => return Err(AppError::Write(e)),
+            }
         }
         Ok(())
     }
@@ -494,6 +548,111 @@ pub fn write_event<W: Write>(
     serde_json::to_writer(&mut *buf, ev)?;
     buf.push(b'\n');
     out.write_all(buf).map_err(AppError::Write)
+}
+
+/// stdout of `run`'s printing modes, written by a thread of its own: a reader that does
+/// not read (a full pipe) blocks that thread only, so the pipeline keeps ticking and a
+/// signal still stops the module. A write takes the whole buffer or, when `cap` bytes are
+/// already waiting, nothing (WouldBlock): the [`Emitter`] then keeps the message in its
+/// store (or, `--events`, drops and counts the event). `flush` is WouldBlock while lines
+/// wait. A write error of the thread (EPIPE: the reader went away) is returned by the next
+/// write; the thread ends with it.
+#[derive(Clone)]
+pub struct Printer {
+    shared: Arc<(Mutex<PrintQueue>, std::sync::Condvar)>,
+}
+
+struct PrintQueue {
+    lines: std::collections::VecDeque<Vec<u8>>,
+    /// Bytes in `lines` plus the line being written.
+    bytes: usize,
+    cap: usize,
+    error: Option<std::io::ErrorKind>,
+}
+
+impl Printer {
+    /// Start the thread writing to `out`, holding up to `cap` bytes.
+    pub fn start<W: Write + Send + 'static>(mut out: W, cap: usize) -> std::io::Result<Printer> {
+        let shared = Arc::new((
+            Mutex::new(PrintQueue {
+                lines: std::collections::VecDeque::new(),
+                bytes: 0,
+                cap,
+                error: None,
+            }),
+            std::sync::Condvar::new(),
+        ));
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || {
+                let (queue, ready) = &*s;
+                loop {
+                    let line = {
+                        let Ok(mut q) = queue.lock() else { return };
+                        loop {
+                            if let Some(line) = q.lines.pop_front() {
+                                break line;
+                            }
+                            q = match ready.wait(q) {
+                                Ok(q) => q,
+                                Err(_) => return,
+                            };
+                        }
+                    };
+                    let r = out.write_all(&line).and_then(|()| out.flush());
+                    let Ok(mut q) = queue.lock() else { return };
+                    q.bytes = q.bytes.saturating_sub(line.len());
+                    if let Err(e) = r {
+                        q.error = Some(e.kind());
+                        return;
+                    }
+                }
+            })?;
+        Ok(Printer { shared })
+    }
+
+    /// Lines waiting and their bytes (the line being written counts in the bytes).
+    pub fn pending(&self) -> (usize, usize) {
+        self.shared
+            .0
+            .lock()
+            .map(|q| (q.lines.len(), q.bytes))
+            .unwrap_or((0, 0))
+    }
+}
+
+impl Write for Printer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (queue, ready) = &*self.shared;
+        let mut q = queue
+            .lock()
+            .map_err(|_| std::io::Error::other("the stdout thread failed"))?;
+        if let Some(kind) = q.error {
+            return Err(kind.into());
+        }
+        // One line larger than the cap still goes when nothing waits.
+        if q.bytes > 0 && q.bytes.saturating_add(buf.len()) > q.cap {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        q.bytes = q.bytes.saturating_add(buf.len());
+        q.lines.push_back(buf.to_vec());
+        ready.notify_one();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let q = self
+            .shared
+            .0
+            .lock()
+            .map_err(|_| std::io::Error::other("the stdout thread failed"))?;
+        match q.error {
+            Some(kind) => Err(kind.into()),
+            None if q.bytes > 0 => Err(std::io::ErrorKind::WouldBlock.into()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// `t + d`, checked: an `Instant` that cannot carry `d` (the settings bound every duration,
@@ -644,6 +803,23 @@ pub async fn run<W: Write + Send + 'static>(
     emitter.finish(now, wall_ms(), upstream(&pipeline, &source_stats))?;
     if let Some(s) = sender.as_ref() {
         s.finish().await;
+    } else {
+        // Printing: keep printing for the grace, then say what a stdout that is not read
+        // kept back (printing has no outbox: it is lost).
+        let grace = Duration::from_millis(settings.edgehub.shutdown_grace_ms);
+        let until = later(Instant::now(), grace);
+        while !emitter.settle()? && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (messages, events) = emitter.unprinted();
+        if messages > 0 || events > 0 {
+            tracing::warn!(
+                error_id = "W-STDOUT-BLOCKED",
+                messages,
+                events,
+                "stopping with output not printed: stdout was not read; it is lost"
+            );
+        }
     }
     if let Some(t) = &metrics_task {
         t.abort();

@@ -255,36 +255,70 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
+            // stdout has a thread of its own: a reader that does not read blocks it, not the
+            // pipeline (which must keep honouring a stop).
+            let printer = app::Printer::start(std::io::stdout(), PRINT_QUEUE_BYTES)
+                .context("starting the stdout thread")?;
+            let out = printer.clone();
             rt.block_on(async move {
                 let shutdown = Arc::new(tokio::sync::Notify::new());
                 let sd = shutdown.clone();
-                tokio::spawn(async move {
-                    wait_for_signal().await;
-                    tracing::info!("stopping: flushing what is in flight");
-                    sd.notify_one();
-                });
-                let out = std::io::LineWriter::new(std::io::stdout());
+                tokio::spawn(async move { signals(sd).await });
                 app::run(settings, shutdown, mode, out).await
             })?;
+            let (lines, bytes) = printer.pending();
+            if lines > 0 {
+                tracing::warn!(
+                    error_id = "W-STDOUT-BLOCKED",
+                    lines,
+                    bytes,
+                    "stopping with output not printed: stdout was not read; it is lost"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-async fn wait_for_signal() {
+/// Printed output held for a stdout that is not read, at most.
+const PRINT_QUEUE_BYTES: usize = 4 << 20;
+
+/// SIGTERM (IoT Edge's stop), SIGINT (Ctrl-C) and SIGHUP (a closed terminal) stop the
+/// module: `shutdown` is notified and the run flushes what is in flight. A SIGINT once the
+/// stop is under way exits at once (status 130), leaving what is not yet committed; the
+/// others are ignored then.
+async fn signals(shutdown: Arc<tokio::sync::Notify>) {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        signal(SignalKind::hangup()),
+    ) else {
+        // Not expected on Linux; Ctrl-C alone still stops the module.
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!(signal = "SIGINT", "stopping: flushing what is in flight");
+        shutdown.notify_one();
+        return;
+    };
+    let mut stopping = false;
+    loop {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hup.recv() => "SIGHUP",
+        };
+        if !stopping {
+            stopping = true;
+            tracing::info!(signal = name, "stopping: flushing what is in flight");
+            shutdown.notify_one();
+        } else if name == "SIGINT" {
+            tracing::warn!(
+                error_id = "W-STOP-FORCED",
+                "second SIGINT: exiting at once; what is not yet in the outbox is lost"
+            );
+            std::process::exit(130);
+        } else {
+            tracing::info!(signal = name, "already stopping");
         }
     }
 }

@@ -200,6 +200,16 @@ const STOP_MARGIN_MS: u64 = 1500;
 /// needed), fed a real capture, with a 1 s grace and long connect and back-off times that
 /// would hold the stop if the grace did not cut them.
 fn start_sending(dir: &Path, tag: &str, port: u16, feed: &AuditFeed) -> Module {
+    start_sending_with(dir, tag, port, feed, &[])
+}
+
+fn start_sending_with(
+    dir: &Path,
+    tag: &str,
+    port: u16,
+    feed: &AuditFeed,
+    extra: &[(&str, &str)],
+) -> Module {
     let cs = format!(
         "HostName={HUB};DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={KEY};GatewayHostName=localhost:{port}"
     );
@@ -227,6 +237,7 @@ fn start_sending(dir: &Path, tag: &str, port: u16, feed: &AuditFeed) -> Module {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
+    .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     .collect();
     Module::start(dir, tag, &env, &["run"])
 }
@@ -280,4 +291,136 @@ fn the_stop_keeps_to_the_grace_with_a_refusing_gateway() {
 
 fn capture(name: &str) -> Vec<u8> {
     std::fs::read(support::root().join("tests/data").join(name)).unwrap()
+}
+
+/// `run --print` fed a real capture (activity.log, aggregation off so the messages are
+/// larger than a pipe holds).
+fn start_printing(dir: &Path, feed: &AuditFeed, stdout: Stdio, err: &Path) -> Child {
+    module()
+        .args(["run", "--print"])
+        .env("AZUREIOTSECURITY_AUDIT__SOCKET_PATH", &feed.path)
+        .env("AZUREIOTSECURITY_MODULE__DATA_DIR", dir.join("data"))
+        .env(
+            "AZUREIOTSECURITY_AGENT__AGGREGATIONENABLEDPROCESSCREATE",
+            "false",
+        )
+        .env(
+            "AZUREIOTSECURITY_AGENT__AGGREGATIONENABLEDCONNECTIONCREATE",
+            "false",
+        )
+        .env("RUST_LOG", "info")
+        .stdout(stdout)
+        .stderr(std::fs::File::create(err).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The non-periodic events of the printed messages.
+fn printed_events(stdout: &str) -> usize {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .flat_map(|m| m["Events"].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["Category"] != "Periodic")
+        .count()
+}
+
+/// SIGTERM while stdout is a pipe nobody reads (full after 64 KiB): the module stops
+/// within the grace (3 s) + a margin, exit 0, and says what it could not print. Before, the
+/// pipeline was stuck in the write and SIGTERM was never honoured.
+#[test]
+fn sigterm_is_honoured_while_stdout_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("module.err");
+    let feed = AuditFeed::start(dir.path(), capture("activity.log"));
+    let mut child = start_printing(dir.path(), &feed, Stdio::piped(), &err);
+    // Held open and never read.
+    let _unread = child.stdout.take().unwrap();
+    wait_for_text(&err, "connected to auditd", Duration::from_secs(20));
+    // The capture is in the queue or digested by now; either way the stop prints it.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, "TERM");
+    let st = wait_exit(&mut child, Duration::from_millis(3000 + 2000), "SIGTERM");
+    let log = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(st.code(), Some(0), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("W-STDOUT-BLOCKED") && l.contains("not printed"))
+        .unwrap_or_else(|| panic!("no W-STDOUT-BLOCKED at stop:\n{log}"));
+    assert!(
+        line.contains("lines=") || line.contains("messages="),
+        "{line}"
+    );
+}
+
+/// SIGHUP stops like SIGTERM: exit 0, and what was in flight is printed (every event the
+/// same capture gives in `replay --messages`). Before, SIGHUP killed the module (no status,
+/// nothing printed).
+#[test]
+fn sighup_stops_like_sigterm_and_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("module.err");
+    let out = dir.path().join("module.out");
+    let feed = AuditFeed::start(dir.path(), capture("exec_args.log"));
+    let mut child = start_printing(
+        dir.path(),
+        &feed,
+        Stdio::from(std::fs::File::create(&out).unwrap()),
+        &err,
+    );
+    wait_for_text(&err, "connected to auditd", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, "HUP");
+    let st = wait_exit(&mut child, Duration::from_secs(10), "SIGHUP");
+    let log = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(st.code(), Some(0), "{log}");
+    assert!(log.contains("signal=\"SIGHUP\""), "{log}");
+    let replayed = module()
+        .args(["replay", "--messages"])
+        .arg(support::root().join("tests/data/exec_args.log"))
+        .env(
+            "AZUREIOTSECURITY_AGENT__AGGREGATIONENABLEDPROCESSCREATE",
+            "false",
+        )
+        .env(
+            "AZUREIOTSECURITY_AGENT__AGGREGATIONENABLEDCONNECTIONCREATE",
+            "false",
+        )
+        .output()
+        .unwrap();
+    assert!(replayed.status.success());
+    let want = printed_events(&String::from_utf8_lossy(&replayed.stdout));
+    assert!(want > 0);
+    assert_eq!(
+        printed_events(&std::fs::read_to_string(&out).unwrap()),
+        want,
+        "{log}"
+    );
+}
+
+/// A second SIGINT while the stop waits on an unreachable edgeHub (a 60 s grace) exits at
+/// once, status 130. Before, it was ignored and the module kept to the grace.
+#[test]
+fn a_second_sigint_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = SilentGateway::start();
+    let feed = AuditFeed::start(dir.path(), capture("exec_args.log"));
+    let mut m = start_sending_with(
+        dir.path(),
+        "sigint",
+        gateway.port,
+        &feed,
+        &[("AZUREIOTSECURITY_EDGEHUB__SHUTDOWN_GRACE_MS", "60000")],
+    );
+    wait_for_text(&m.err, "connected to auditd", Duration::from_secs(20));
+    signal(&m.proc.child, "INT");
+    wait_for_text(
+        &m.err,
+        "stopping: flushing what is in flight",
+        Duration::from_secs(10),
+    );
+    signal(&m.proc.child, "INT");
+    let st = wait_exit(&mut m.proc.child, Duration::from_secs(10), "second SIGINT");
+    assert_eq!(st.code(), Some(130), "{}", m.output());
+    assert!(m.output().contains("W-STOP-FORCED"), "{}", m.output());
 }
