@@ -5,6 +5,10 @@
 //! data in auditd's socket), and the pipeline task turns the lines into security events and
 //! hands them to the sink. `replay` feeds the same [`Pipeline`] from a file, taking time from
 //! the records, so the same input always gives the same events.
+//!
+//! `run` owns its tasks ([`Supervised`]): one that ends while the module runs ends the run
+//! with [`AppError::TaskEnded`] after the usual flush. Printing goes through a [`Printer`]
+//! thread, so a stdout nobody reads never holds the loop (or the stop).
 
 use std::io::{BufRead, Write};
 use std::sync::atomic::Ordering;
