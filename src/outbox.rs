@@ -44,6 +44,10 @@ pub enum StoreError {
     Backend(String),
     #[error("the outbox is locked: {0}")]
     Locked(String),
+    /// The file cannot be reached (permissions, a read-only or missing directory): not a
+    /// corrupt file, so not moved aside.
+    #[error("the outbox file cannot be reached: {0}")]
+    Access(String),
 }
 
 /// A pending event: its JSON, ready to be put into a message.

@@ -27,10 +27,35 @@
 //!   leaves it: the next commit replaces it with the merged counts.
 //! - Opening runs `quick_check`; [`open_or_recover`] moves a corrupt file aside and starts
 //!   empty, and says what it did so the caller can log it.
+//! - A file the module did not make (an operator's `.recover`/`.dump` rebuild after
+//!   E-OUTBOX-CORRUPT, a file with an extra table) is read for what it is, not trusted:
+//!   - Its tables must have the module's columns (names, declared types, `seq` the integer
+//!     key; any other column nullable or defaulted); one that does not is not an outbox of
+//!     this module and is moved aside like a corrupt one. Tables the module does not know are
+//!     left alone (they count against the cap; the operator may drop them).
+//!   - A file without `auto_vacuum=INCREMENTAL` or with another page size is converted in
+//!     place (`VACUUM`), not moved aside: such a file is most likely the operator's rebuild
+//!     of an outbox, and its rows are what they wanted sent. `PRAGMA auto_vacuum` alone does
+//!     nothing on a file that has tables. A conversion that fails (no room for the copy
+//!     `VACUUM` makes) leaves the file as it is: it does not shrink (W-OUTBOX-VACUUM).
+//!   - Every row is decoded before anything is sent: a row of the wrong type, NULL, not one
+//!     JSON object (an event, a message body) or of an unknown queue is deleted and counted
+//!     ([`Quarantined`]): the caller logs it once
+//!     (E-OUTBOX-ROW-BAD) and reports an event as dropped in its queue (Low when the queue
+//!     is unknown) and a message as failed (its events are unknown). Deleted rather than
+//!     kept in a table: the cap is on the file, and rows kept there would escape the drop
+//!     rule.
+//! - The maintenance loop stops when a step frees no page (said once, W-OUTBOX-VACUUM): it
+//!   never spins.
+//! - The file is the owner's only (0600: it holds command lines, which can hold passwords):
+//!   created so before SQLite opens it, tightened when found looser; SQLite gives its WAL
+//!   the file's mode. A symlink or anything but a regular file there is moved aside, never
+//!   followed.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Counters, Dropped, Pending, Store, StoreError, StoredMessage, policy};
@@ -131,6 +156,11 @@ pub struct SqliteStore {
     counters_written: Option<Counters>,
     /// The row a previous run left, until the delivery stage takes it.
     restored_counters: Option<Counters>,
+    /// Rows that did not decode, removed at open.
+    quarantined: Quarantined,
+    /// Freed pages cannot be given back (W-OUTBOX-VACUUM said): maintenance does not retry
+    /// past the first step that frees nothing.
+    vacuum_stuck: bool,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -179,6 +209,316 @@ fn open_err(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// The outbox file's mode: the owner's only (it holds command lines, which can hold
+/// passwords).
+const FILE_MODE: u32 = 0o600;
+
+/// `path` and its side files (`-wal`, `-shm`).
+fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.to_owned().into_os_string();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Make the outbox file, or find it, the owner's only before SQLite opens it: created here
+/// with [`FILE_MODE`] (SQLite would make it 0644 less the umask), tightened when it is
+/// looser. A symlink is neither followed nor tightened (chmod would change its target):
+/// it is not an outbox file, and the caller moves it aside.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let access = |what: &str, e: std::io::Error| {
+        StoreError::Access(format!("{what} {}: {e}", path.display()))
+    };
+    // O_EXCL: never through a symlink, never truncating what is there.
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(access("creating", e)),
+    }
+    for (p, main) in [
+        (path.to_owned(), true),
+        (side_file(path, "-wal"), false),
+        (side_file(path, "-shm"), false),
+    ] {
+        let meta = match std::fs::symlink_metadata(&p) {
+            Ok(m) => m,
+            Err(e) if !main && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(access("reading", e)),
+        };
+        if !meta.file_type().is_file() {
+            return Err(StoreError::Backend(format!(
+                "{} is not a regular file",
+                p.display()
+            )));
+        }
+        if meta.permissions().mode() & 0o777 & !FILE_MODE != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(FILE_MODE))
+                .map_err(|e| access("tightening the mode of", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The columns the module's tables need: name and declared type. `statistics` is added to
+/// an older outbox's `pending` at open, so it may be missing.
+const COLUMNS: [(&str, &[(&str, &str)]); 3] = [
+    (
+        "pending",
+        &[("seq", "INTEGER"), ("queue", "INTEGER"), ("json", "TEXT")],
+    ),
+    (
+        "windows",
+        &[("seq", "INTEGER"), ("queue", "INTEGER"), ("json", "TEXT")],
+    ),
+    (
+        "messages",
+        &[
+            ("seq", "INTEGER"),
+            ("message_id", "TEXT"),
+            ("body", "TEXT"),
+            ("high_events", "INTEGER"),
+            ("low_events", "INTEGER"),
+        ],
+    ),
+];
+
+/// What is wrong with the module's tables in a file, if anything (absent tables are fine:
+/// they are created). Every column the module writes must be there with its type, `seq` the
+/// integer key (the insertion order), and any other column must take a default (the module
+/// does not write it).
+fn check_schema(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    for (table, needed) in COLUMNS {
+        let kind: Option<String> = conn
+            .query_row(
+                "SELECT type FROM sqlite_schema WHERE name = ?1",
+                params![table],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match kind.as_deref() {
+            None => continue,
+            Some("table") => {}
+            Some(other) => return Ok(Some(format!("{table} is a {other}, not a table"))),
+        }
+        // (name, declared type, NOT NULL, has a default, key position)
+        let mut stmt = conn.prepare(
+            "SELECT name, type, \"notnull\", dflt_value IS NOT NULL, pk FROM pragma_table_info(?1)",
+        )?;
+        let columns = stmt
+            .query_map(params![table], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (name, ty) in needed {
+            match columns.iter().find(|c| c.0.eq_ignore_ascii_case(name)) {
+                None => return Ok(Some(format!("{table} has no column {name}"))),
+                Some(c) if !c.1.eq_ignore_ascii_case(ty) => {
+                    return Ok(Some(format!(
+                        "{table}.{name} is declared {:?}, not {ty}",
+                        c.1
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let key: Vec<&str> = columns
+            .iter()
+            .filter(|c| c.4 > 0)
+            .map(|c| c.0.as_str())
+            .collect();
+        if key.len() != 1 || !key[0].eq_ignore_ascii_case("seq") {
+            return Ok(Some(format!("{table}'s key is {key:?}, not seq alone")));
+        }
+        let written = |n: &str| {
+            needed.iter().any(|c| c.0.eq_ignore_ascii_case(n))
+                || (table == "pending" && n.eq_ignore_ascii_case("statistics"))
+        };
+        if let Some(c) = columns.iter().find(|c| !written(&c.0) && c.2 && !c.3) {
+            return Ok(Some(format!(
+                "{table}.{} is NOT NULL without a default (the module does not write it)",
+                c.0
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Bring the file to the form the module needs: incremental auto-vacuum (freed pages go
+/// back) and the page size the cap's estimates are made for. A new file has them from the
+/// pragmas set before its first table; a file made elsewhere gets them by `VACUUM`, which
+/// rewrites it (the page size only changes outside WAL mode). Returns whether it was
+/// converted.
+fn conform(conn: &Connection) -> rusqlite::Result<bool> {
+    let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    // 2 = INCREMENTAL.
+    if auto_vacuum == 2 && page_size == PAGE as i64 {
+        return Ok(false);
+    }
+    let journal: String = conn.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+    tracing::info!(
+        auto_vacuum,
+        page_size,
+        journal = %journal,
+        "the outbox file was not made by the module: converting it (VACUUM)"
+    );
+    conn.execute_batch(&format!(
+        "PRAGMA page_size = {PAGE};
+         PRAGMA auto_vacuum = INCREMENTAL;
+         VACUUM;"
+    ))?;
+    Ok(true)
+}
+
+/// Rows removed at open because they did not decode (see the module docs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Pending events and window entries, per queue (an unknown queue counts as Low).
+    pub events: Dropped,
+    /// Built messages (their events are unknown: each counts as a failed message).
+    pub messages: u64,
+    /// What was wrong with the first one: table, seq and why.
+    pub first: Option<String>,
+}
+
+impl Quarantined {
+    pub fn is_empty(&self) -> bool {
+        self.events == Dropped::default() && self.messages == 0
+    }
+}
+
+/// A stored queue code.
+fn decode_queue(v: ValueRef<'_>) -> Result<QueueName, String> {
+    match v {
+        ValueRef::Integer(0) => Ok(QueueName::High),
+        ValueRef::Integer(1) => Ok(QueueName::Low),
+        other => Err(format!("queue is {}, not 0 or 1", describe(other))),
+    }
+}
+
+/// A stored statistics mark.
+fn decode_statistics(v: ValueRef<'_>) -> Result<bool, String> {
+    match v {
+        ValueRef::Integer(n) => Ok(n != 0),
+        other => Err(format!("statistics is {}, not an integer", describe(other))),
+    }
+}
+
+/// A stored count of events.
+fn decode_count(name: &str, v: ValueRef<'_>) -> Result<u64, String> {
+    match v {
+        ValueRef::Integer(n) if n >= 0 => Ok(n as u64),
+        other => Err(format!("{name} is {}, not a count", describe(other))),
+    }
+}
+
+fn decode_text<'a>(name: &str, v: ValueRef<'a>) -> Result<&'a str, String> {
+    match v {
+        ValueRef::Text(t) => {
+            std::str::from_utf8(t).map_err(|e| format!("{name} is not UTF-8: {e}"))
+        }
+        other => Err(format!("{name} is {}, not text", describe(other))),
+    }
+}
+
+fn describe(v: ValueRef<'_>) -> String {
+    match v {
+        ValueRef::Null => "NULL".to_owned(),
+        ValueRef::Integer(n) => format!("the integer {n}"),
+        ValueRef::Real(x) => format!("the real {x}"),
+        ValueRef::Text(t) => format!("a text of {} bytes", t.len()),
+        ValueRef::Blob(b) => format!("a BLOB of {} bytes", b.len()),
+    }
+}
+
+/// Text holding one JSON object and nothing else: what an event and a message are. (Events
+/// are spliced into messages as they are stored: anything else would corrupt a message.
+/// Whether the object is a schema-valid event is the batcher's check, when it builds.)
+fn decode_object(name: &str, v: ValueRef<'_>) -> Result<(), String> {
+    let json = decode_text(name, v)?;
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json)
+        .map(|_| ())
+        .map_err(|e| format!("{name} is not one JSON object: {e}"))
+}
+
+/// A stored message: an id, a body of one JSON object, its event counts.
+fn decode_message(r: &rusqlite::Row<'_>) -> Result<(), String> {
+    let get = |i: usize| r.get_ref(i).map_err(|e| e.to_string());
+    let id = decode_text("message_id", get(1)?)?;
+    if id.is_empty() {
+        return Err("message_id is empty".to_owned());
+    }
+    decode_object("body", get(2)?)?;
+    decode_count("high_events", get(3)?)?;
+    decode_count("low_events", get(4)?)?;
+    Ok(())
+}
+
+/// Delete the rows that do not decode (one transaction) and count them.
+fn quarantine(conn: &Connection) -> rusqlite::Result<Quarantined> {
+    let mut q = Quarantined::default();
+    let tx = conn.unchecked_transaction()?;
+    for (table, sql) in [
+        ("windows", "SELECT seq, queue, json, 0 FROM windows"),
+        (
+            "pending",
+            "SELECT seq, queue, json, statistics FROM pending",
+        ),
+    ] {
+        // (seq, queue if known, why)
+        let mut bad: Vec<(i64, Option<QueueName>, String)> = Vec::new();
+        {
+            let mut stmt = tx.prepare(sql)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let queue = decode_queue(r.get_ref(1)?);
+                let statistics = r.get_ref(3)?;
+                let rest = decode_object("json", r.get_ref(2)?)
+                    .and_then(|()| decode_statistics(statistics).map(|_| ()));
+                if let Err(why) = queue.clone().and(rest) {
+                    bad.push((r.get(0)?, queue.ok(), why));
+                }
+            }
+        }
+        for (seq, queue, why) in bad {
+            tx.execute(&format!("DELETE FROM {table} WHERE seq = ?1"), params![seq])?;
+            // The queue of a row whose queue is unreadable is unknown: Low, the one whose
+            // drops cost least.
+            q.events.add(queue.unwrap_or(QueueName::Low), 1);
+            q.first.get_or_insert(format!("{table} row {seq}: {why}"));
+        }
+    }
+    let mut bad: Vec<(i64, String)> = Vec::new();
+    {
+        let mut stmt =
+            tx.prepare("SELECT seq, message_id, body, high_events, low_events FROM messages")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            if let Err(why) = decode_message(r) {
+                bad.push((r.get(0)?, why));
+            }
+        }
+    }
+    for (seq, why) in bad {
+        tx.execute("DELETE FROM messages WHERE seq = ?1", params![seq])?;
+        q.messages += 1;
+        q.first.get_or_insert(format!("messages row {seq}: {why}"));
+    }
+    tx.commit()?;
+    Ok(q)
+}
+
 impl SqliteStore {
     /// Open (or create) the outbox at `path`, capped at `cap` bytes on disk, and check it.
     pub fn open(path: &Path, cap: usize) -> Result<SqliteStore, StoreError> {
@@ -195,15 +535,15 @@ impl SqliteStore {
     }
 
     fn open_with(path: &Path, json_max: usize, wal: usize) -> Result<SqliteStore, StoreError> {
+        owner_only(path)?;
         let conn = Connection::open(path).map_err(open_err)?;
         // The WAL's bounds first: what opening writes counts already.
         configure_wal(&conn, wal)?;
-        // Exclusive before WAL (no -shm file); auto_vacuum before the first table exists.
+        // Exclusive before WAL (no -shm file); auto_vacuum before the first table exists
+        // (on a file that has tables it does nothing: see `conform`).
         conn.execute_batch(
             "PRAGMA locking_mode = EXCLUSIVE;
-             PRAGMA auto_vacuum = INCREMENTAL;
-             PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;",
+             PRAGMA auto_vacuum = INCREMENTAL;",
         )
         .map_err(open_err)?;
         let check: String = conn
@@ -212,6 +552,26 @@ impl SqliteStore {
         if check != "ok" {
             return Err(StoreError::Backend(format!("quick_check: {check}")));
         }
+        check_schema(&conn).map_err(db)?.map_or(Ok(()), |why| {
+            Err(StoreError::Backend(format!(
+                "not an outbox of this module: {why}"
+            )))
+        })?;
+        let mut vacuum_stuck = false;
+        if let Err(e) = conform(&conn) {
+            tracing::warn!(
+                error_id = "W-OUTBOX-VACUUM",
+                path = %path.display(),
+                error = %e,
+                "the outbox file could not be converted to give freed pages back (VACUUM needs room for a copy of it): it is used as it is and does not shrink"
+            );
+            vacuum_stuck = true;
+        }
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;",
+        )
+        .map_err(open_err)?;
         conn.execute_batch(
             "BEGIN;
              CREATE TABLE IF NOT EXISTS pending (
@@ -248,6 +608,7 @@ impl SqliteStore {
             )
             .map_err(db)?;
         }
+        let quarantined = quarantine(&conn).map_err(db)?;
         let mut s = SqliteStore {
             conn,
             path: path.to_owned(),
@@ -267,6 +628,8 @@ impl SqliteStore {
             counters: Counters::default(),
             counters_written: None,
             restored_counters: None,
+            quarantined,
+            vacuum_stuck,
         };
         s.read_counters()?;
         s.restore_windows()?;
@@ -337,6 +700,11 @@ impl SqliteStore {
     /// How many aggregation entries of a killed run were restored at open.
     pub fn restored_window_events(&self) -> usize {
         self.restored_window_events
+    }
+
+    /// The rows removed at open because they did not decode.
+    pub fn quarantined(&self) -> &Quarantined {
+        &self.quarantined
     }
 
     fn load(&mut self) -> Result<(), StoreError> {
@@ -459,6 +827,7 @@ impl SqliteStore {
         // Freed pages go back a few at a time, each step checkpointed: moving pages writes
         // them (and their parents) to the WAL, which must stay within its share of the cap.
         let step = (self.wal_limit / PAGE / 4).max(1);
+        let mut before: Option<i64> = None;
         loop {
             let free: i64 = self
                 .conn
@@ -467,6 +836,21 @@ impl SqliteStore {
             if free == 0 {
                 break;
             }
+            // A step that freed nothing (auto_vacuum off: a file `conform` could not
+            // convert) would free nothing the next time either: stop, never spin.
+            if before.is_some_and(|b| free >= b) {
+                if !self.vacuum_stuck {
+                    self.vacuum_stuck = true;
+                    tracing::warn!(
+                        error_id = "W-OUTBOX-VACUUM",
+                        path = %self.path.display(),
+                        free_pages = free,
+                        "freed pages of the outbox cannot be given back: the file keeps its size (its pages are reused)"
+                    );
+                }
+                break;
+            }
+            before = Some(free);
             // incremental_vacuum frees pages as it is stepped: step it to the end.
             {
                 let mut stmt = self
@@ -961,8 +1345,8 @@ pub fn open_or_recover(
     let path = dir.join("outbox.sqlite");
     match SqliteStore::open(&path, max_bytes) {
         Ok(s) => Ok((s, Recovery::Clean)),
-        // Another module's file: not ours to move.
-        Err(e @ StoreError::Locked(_)) => Err(e),
+        // Another module's file, or one out of reach: not ours to move.
+        Err(e @ (StoreError::Locked(_) | StoreError::Access(_))) => Err(e),
         Err(first) if path.exists() => {
             let stamp = chrono::Utc::now().timestamp();
             let moved_to = dir.join(format!("outbox.sqlite.corrupt-{stamp}"));
@@ -995,8 +1379,26 @@ mod tests {
         Pending::event(q, s.to_string())
     }
 
+    /// A stand-in event: the store needs one JSON object, not a schema-valid event
+    /// (synthetic: these tests are about order, sizes and ids).
+    fn obj(s: &str) -> String {
+        format!(r#"{{"e":"{s}"}}"#)
+    }
+
+    /// An event `obj(s)` of queue `q`.
+    fn po(q: QueueName, s: &str) -> Pending {
+        Pending::event(q, obj(s))
+    }
+
+    /// A stand-in message of `evs` (one JSON object, as the store needs).
     fn join(evs: &[&str]) -> String {
-        evs.join(",")
+        format!(r#"{{"Events":[{}]}}"#, evs.join(","))
+    }
+
+    fn objs(evs: &[&str]) -> String {
+        let evs: Vec<String> = evs.iter().map(|e| obj(e)).collect();
+        let evs: Vec<&str> = evs.iter().map(String::as_str).collect();
+        join(&evs)
     }
 
     #[test]
@@ -1012,7 +1414,7 @@ mod tests {
                 (QueueName::Low, "l2"),
                 (QueueName::High, "h3"),
             ] {
-                s.add_pending(p(q, e)).unwrap();
+                s.add_pending(po(q, e)).unwrap();
             }
             s.build_message("m-1", QueueName::High, 2, 1, &mut join)
                 .unwrap();
@@ -1022,17 +1424,17 @@ mod tests {
         let m = s.next_message().unwrap().unwrap();
         assert_eq!(
             (m.message_id.as_str(), m.body.as_str()),
-            ("m-1", "h1,h2,l1")
+            ("m-1", objs(&["h1", "h2", "l1"]).as_str())
         );
         assert_eq!((m.high_events, m.low_events), (2, 1));
-        assert_eq!(s.pending_sizes(QueueName::High), [2]);
-        assert_eq!(s.pending_sizes(QueueName::Low), [2]);
-        assert_eq!(s.bytes(), "h1,h2,l1".len() + 4);
+        assert_eq!(s.pending_sizes(QueueName::High), [obj("h3").len()]);
+        assert_eq!(s.pending_sizes(QueueName::Low), [obj("l2").len()]);
+        assert_eq!(s.bytes(), m.body.len() + 2 * obj("h3").len());
         s.ack("m-1").unwrap();
         assert_eq!(s.next_message().unwrap(), None);
         s.build_message("m-2", QueueName::Low, 5, 5, &mut join)
             .unwrap();
-        assert_eq!(s.next_message().unwrap().unwrap().body, "l2,h3");
+        assert_eq!(s.next_message().unwrap().unwrap().body, objs(&["l2", "h3"]));
     }
 
     #[test]
@@ -1041,9 +1443,9 @@ mod tests {
         let path = dir.path().join("outbox.sqlite");
         let crashed = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
-        s.add_pending(p(QueueName::High, "kept")).unwrap();
+        s.add_pending(po(QueueName::High, "kept")).unwrap();
         s.commit().unwrap();
-        s.add_pending(p(QueueName::High, "in-flight")).unwrap();
+        s.add_pending(po(QueueName::High, "in-flight")).unwrap();
         // A crash before the next commit: the files as they are on disk now.
         for f in ["outbox.sqlite", "outbox.sqlite-wal"] {
             if dir.path().join(f).exists() {
@@ -1052,32 +1454,34 @@ mod tests {
         }
         drop(s);
         let s = SqliteStore::open(&crashed.path().join("outbox.sqlite"), 1 << 20).unwrap();
-        assert_eq!(s.pending_sizes(QueueName::High), ["kept".len()]);
+        assert_eq!(s.pending_sizes(QueueName::High), [obj("kept").len()]);
     }
 
     #[test]
     fn full_outbox_drops_oldest_low_then_high_and_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = SqliteStore::open_uncapped(&dir.path().join("o.sqlite"), 10).unwrap();
-        s.add_pending(p(QueueName::High, "hhh")).unwrap();
-        s.add_pending(p(QueueName::Low, "l1l")).unwrap();
-        s.add_pending(p(QueueName::Low, "l2l")).unwrap();
-        let d = s.add_pending(p(QueueName::High, "h2h")).unwrap();
+        // Events of 11 bytes, room for three.
+        let max = 3 * obj("hhh").len() + 4;
+        let mut s = SqliteStore::open_uncapped(&dir.path().join("o.sqlite"), max).unwrap();
+        s.add_pending(po(QueueName::High, "hhh")).unwrap();
+        s.add_pending(po(QueueName::Low, "l1l")).unwrap();
+        s.add_pending(po(QueueName::Low, "l2l")).unwrap();
+        let d = s.add_pending(po(QueueName::High, "h2h")).unwrap();
         assert_eq!(d, Dropped { high: 0, low: 1 });
-        let d = s.add_pending(p(QueueName::High, "h3h")).unwrap();
+        let d = s.add_pending(po(QueueName::High, "h3h")).unwrap();
         assert_eq!(d, Dropped { high: 0, low: 1 });
-        let d = s.add_pending(p(QueueName::High, "h4h")).unwrap();
+        let d = s.add_pending(po(QueueName::High, "h4h")).unwrap();
         assert_eq!(d, Dropped { high: 1, low: 0 });
         assert_eq!(s.pending_sizes(QueueName::Low), Vec::<usize>::new());
-        assert_eq!(s.pending_bytes(QueueName::High), 9);
+        assert_eq!(s.pending_bytes(QueueName::High), 33);
         let d = s
-            .add_pending(p(QueueName::Low, "this is too large"))
+            .add_pending(po(QueueName::Low, &"this is too large".repeat(3)))
             .unwrap();
         assert_eq!(d, Dropped { high: 0, low: 1 });
         s.commit().unwrap();
         drop(s);
-        let s = SqliteStore::open_uncapped(&dir.path().join("o.sqlite"), 10).unwrap();
-        assert_eq!(s.pending_sizes(QueueName::High), [3, 3, 3]);
+        let s = SqliteStore::open_uncapped(&dir.path().join("o.sqlite"), max).unwrap();
+        assert_eq!(s.pending_sizes(QueueName::High), [11, 11, 11]);
     }
 
     #[test]
@@ -1203,19 +1607,19 @@ mod tests {
         let path = dir.path().join("outbox.sqlite");
         {
             let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
-            s.add_pending(p(QueueName::High, "before")).unwrap();
-            s.checkpoint_windows(vec![p(QueueName::Low, "w1"), p(QueueName::High, "w2")])
+            s.add_pending(po(QueueName::High, "before")).unwrap();
+            s.checkpoint_windows(vec![po(QueueName::Low, "w1"), po(QueueName::High, "w2")])
                 .unwrap();
             s.commit().unwrap();
             // A newer checkpoint replaces the older one.
-            s.checkpoint_windows(vec![p(QueueName::Low, "w1'")])
+            s.checkpoint_windows(vec![po(QueueName::Low, "w1'")])
                 .unwrap();
             s.commit().unwrap();
         }
         let s = SqliteStore::open(&path, 1 << 20).unwrap();
         assert_eq!(s.restored_window_events(), 1);
-        assert_eq!(s.pending_sizes(QueueName::Low), ["w1'".len()]);
-        assert_eq!(s.pending_sizes(QueueName::High), ["before".len()]);
+        assert_eq!(s.pending_sizes(QueueName::Low), [obj("w1'").len()]);
+        assert_eq!(s.pending_sizes(QueueName::High), [obj("before").len()]);
         drop(s);
         // Restored once: the checkpoint is gone.
         let s = SqliteStore::open(&path, 1 << 20).unwrap();
@@ -1366,5 +1770,299 @@ mod tests {
         drop(s);
         let (_, r) = open_or_recover(dir.path(), 1000).unwrap();
         assert_eq!(r, Recovery::Clean);
+    }
+
+    /// Run `f` on a thread and wait at most `secs` for it: a regression that spins fails the
+    /// test instead of hanging the suite (the spinning thread ends with the test process).
+    fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(secs))
+            .unwrap_or_else(|e| panic!("no answer within {secs} s ({e}): it spins or hangs"))
+    }
+
+    /// (auto_vacuum, page_size, journal_mode, freelist_count) of a file, read by a
+    /// connection of its own.
+    fn file_form(path: &Path) -> (i64, i64, String, i64) {
+        let c = Connection::open(path).unwrap();
+        let get = |p: &str| c.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0));
+        let journal: String = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        (
+            get("auto_vacuum").unwrap(),
+            get("page_size").unwrap(),
+            journal,
+            get("freelist_count").unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_file_made_by_another_tool_is_converted_and_maintenance_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        // As an operator's `.recover` rebuild makes it (synthetic: the tables of an outbox
+        // of before the statistics column, and `.recover`'s lost_and_found table): no
+        // auto_vacuum, 1 KB pages, rollback journal, free pages from a delete.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "PRAGMA page_size = 1024;
+                 PRAGMA auto_vacuum = NONE;
+                 CREATE TABLE pending (seq INTEGER PRIMARY KEY, queue INTEGER NOT NULL, json TEXT NOT NULL);
+                 CREATE TABLE windows (seq INTEGER PRIMARY KEY, queue INTEGER NOT NULL, json TEXT NOT NULL);
+                 CREATE TABLE messages (seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE,
+                     body TEXT NOT NULL, high_events INTEGER NOT NULL, low_events INTEGER NOT NULL);
+                 CREATE TABLE lost_and_found (rootpgno INTEGER, pgno INTEGER, nfield INTEGER, id INTEGER, c0, c1);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+                     INSERT INTO lost_and_found (id, c0) SELECT i, randomblob(900) FROM n;
+                 DELETE FROM lost_and_found WHERE id > 10;",
+            )
+            .unwrap();
+            for (q, e) in [(1, "l1"), (0, "h1"), (1, "l2")] {
+                c.execute(
+                    "INSERT INTO pending (queue, json) VALUES (?1, ?2)",
+                    params![q, obj(e)],
+                )
+                .unwrap();
+            }
+        }
+        assert_eq!(file_form(&path).0, 0);
+        assert!(
+            file_form(&path).3 > 100,
+            "free pages: {:?}",
+            file_form(&path)
+        );
+        let p2 = path.clone();
+        let (high, low, body) = within(60, move || {
+            let mut s = SqliteStore::open(&p2, 1 << 20).unwrap();
+            s.add_pending(po(QueueName::High, "h2")).unwrap();
+            let sizes = (
+                s.pending_sizes(QueueName::High),
+                s.pending_sizes(QueueName::Low),
+            );
+            s.build_message("m", QueueName::High, 5, 5, &mut join)
+                .unwrap();
+            let body = s.next_message().unwrap().unwrap().body;
+            s.ack("m").unwrap();
+            s.maintain().unwrap();
+            (sizes.0, sizes.1, body)
+        });
+        assert_eq!(high, [obj("h1").len(), obj("h2").len()]);
+        assert_eq!(low, [obj("l1").len(), obj("l2").len()]);
+        assert_eq!(body, objs(&["h1", "h2", "l1", "l2"]));
+        // The file is now what the module makes: incremental auto-vacuum, 4 KB pages, WAL,
+        // its free pages given back; the operator's extra table is left alone.
+        assert_eq!(file_form(&path), (2, PAGE as i64, "wal".to_owned(), 0));
+        let c = Connection::open(&path).unwrap();
+        let kept: i64 = c
+            .query_row("SELECT count(*) FROM lost_and_found", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 10);
+    }
+
+    #[test]
+    fn maintenance_stops_when_a_step_frees_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let p2 = path.clone();
+        let free = within(60, move || {
+            let mut s = SqliteStore::open(&p2, 4 << 20).unwrap();
+            // What a file `conform` could not convert is like (synthetic: turned off here).
+            s.conn
+                .execute_batch("PRAGMA auto_vacuum = NONE; VACUUM;")
+                .unwrap();
+            for i in 0..200 {
+                s.add_pending(po(QueueName::Low, &format!("{i:0>900}")))
+                    .unwrap();
+            }
+            s.commit().unwrap();
+            s.build_message("m", QueueName::Low, 0, 200, &mut |evs| {
+                format!(r#"{{"n":{}}}"#, evs.len())
+            })
+            .unwrap();
+            // Emptied: the commit maintains; so does this.
+            s.ack("m").unwrap();
+            s.maintain().unwrap();
+            s.conn
+                .query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        });
+        assert!(
+            free > 10,
+            "the pages stay free, and maintain returned: {free}"
+        );
+    }
+
+    /// The mode bits of a file.
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_outbox_and_its_wal_are_the_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        // New: created 0600 (SQLite alone makes it 0644 less the umask), its WAL too.
+        let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+        s.add_pending(po(QueueName::Low, "secret")).unwrap();
+        s.commit().unwrap();
+        let wal = side_file(&path, "-wal");
+        assert!(wal.exists());
+        assert_eq!((mode(&path), mode(&wal)), (0o600, 0o600));
+        drop(s);
+        // An outbox made looser (an older version, an operator's copy): tightened at open,
+        // with a WAL left looser by a kill.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let s = SqliteStore::open(&path, 1 << 20).unwrap();
+        assert_eq!((mode(&path), mode(&wal)), (0o600, 0o600));
+        assert_eq!(s.pending_sizes(QueueName::Low), [obj("secret").len()]);
+        drop(s);
+        // A corrupt file, 0644, is moved aside 0600.
+        std::fs::remove_file(&path).unwrap();
+        let _ = std::fs::remove_file(&wal);
+        std::fs::write(&path, b"this is not a database, not at all, no").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (s, r) = open_or_recover(dir.path(), 1 << 20).unwrap();
+        let Recovery::MovedAside { moved_to, .. } = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((mode(&moved_to), mode(&path)), (0o600, 0o600));
+        drop(s);
+        // A symlink is not followed: its target keeps its mode, the link is moved aside.
+        std::fs::remove_file(&path).unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"someone else's file").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let (_s, r) = open_or_recover(dir.path(), 1 << 20).unwrap();
+        let Recovery::MovedAside { moved_to, reason } = r else {
+            panic!("{r:?}")
+        };
+        assert!(reason.contains("not a regular file"), "{reason}");
+        assert!(std::fs::symlink_metadata(&moved_to).unwrap().is_symlink());
+        assert_eq!(mode(&target), 0o644);
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            b"someone else's file".to_vec()
+        );
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn rows_that_do_not_decode_are_removed_and_counted_and_the_rest_flows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        {
+            let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+            for (q, e) in [(QueueName::High, "h1"), (QueueName::Low, "l1")] {
+                s.add_pending(po(q, e)).unwrap();
+            }
+            s.build_message("good-1", QueueName::High, 1, 0, &mut join)
+                .unwrap();
+            s.add_pending(po(QueueName::Low, "l2")).unwrap();
+            s.commit().unwrap();
+        }
+        // Synthetic damage, as another tool (or a bad disk that kept the pages sane) leaves it.
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                r#"INSERT INTO pending (queue, json) VALUES (0, CAST('{"e":"blob"}' AS BLOB));
+                   INSERT INTO pending (queue, json) VALUES (1, 'rm -rf / not json');
+                   INSERT INTO pending (queue, json) VALUES (1, '[1, 2]');
+                   INSERT INTO pending (queue, json) VALUES (1, '{"a":1} {"b":2}');
+                   INSERT INTO pending (queue, json) VALUES (7, '{"e":"queue 7"}');
+                   INSERT INTO pending (queue, json) VALUES ('x', '{"e":"queue x"}');
+                   INSERT INTO pending (queue, json, statistics) VALUES (0, '{"e":"s"}', 'yes');
+                   INSERT INTO windows (queue, json) VALUES (0, 'not json');
+                   INSERT INTO windows (queue, json) VALUES (1, '{"e":"w1"}');
+                   INSERT INTO messages (message_id, body, high_events, low_events)
+                       VALUES ('bad-blob', CAST('{"Events":[]}' AS BLOB), 1, 0);
+                   INSERT INTO messages (message_id, body, high_events, low_events)
+                       VALUES ('bad-count', '{"Events":[]}', -1, 0);
+                   INSERT INTO messages (message_id, body, high_events, low_events)
+                       VALUES (x'ff', '{"Events":[]}', 1, 0);
+                   INSERT INTO messages (message_id, body, high_events, low_events)
+                       VALUES ('good-2', '{"Events":[2]}', 0, 1);"#,
+            )
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
+        let q = s.quarantined().clone();
+        assert_eq!(
+            (q.events, q.messages),
+            (Dropped { high: 3, low: 5 }, 3),
+            "{q:?}"
+        );
+        assert!(
+            q.first.as_deref().unwrap_or("").contains("windows row"),
+            "{q:?}"
+        );
+        // The rest flows: the good messages in order, the good pending events and the good
+        // window entry (now pending) after them.
+        assert_eq!(s.message_count(), 2);
+        let m = s.next_message().unwrap().unwrap();
+        assert_eq!((m.message_id.as_str(), m.body), ("good-1", objs(&["h1"])));
+        s.ack("good-1").unwrap();
+        assert_eq!(s.next_message().unwrap().unwrap().message_id, "good-2");
+        s.ack("good-2").unwrap();
+        assert!(
+            s.build_message("m", QueueName::Low, 5, 5, &mut join)
+                .unwrap()
+        );
+        assert_eq!(
+            s.next_message().unwrap().unwrap().body,
+            objs(&["l1", "l2", "w1"])
+        );
+        drop(s);
+        // Removed once: a second open finds nothing.
+        let s = SqliteStore::open(&path, 1 << 20).unwrap();
+        assert!(s.quarantined().is_empty());
+    }
+
+    #[test]
+    fn decoding_a_stored_value() {
+        use ValueRef::{Blob, Integer, Null, Real, Text};
+        assert_eq!(decode_queue(Integer(0)), Ok(QueueName::High));
+        assert_eq!(decode_queue(Integer(1)), Ok(QueueName::Low));
+        for bad in [
+            Integer(2),
+            Integer(-1),
+            Null,
+            Text(b"0"),
+            Real(0.0),
+            Blob(b"\0"),
+        ] {
+            assert!(decode_queue(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(decode_statistics(Integer(0)), Ok(false));
+        assert_eq!(decode_statistics(Integer(1)), Ok(true));
+        assert!(decode_statistics(Null).is_err());
+        assert_eq!(decode_count("n", Integer(3)), Ok(3));
+        assert_eq!(
+            decode_count("n", Integer(-1)),
+            Err("n is the integer -1, not a count".to_owned())
+        );
+        assert_eq!(decode_object("json", Text(br#" {"a":[1]} "#)), Ok(()));
+        for (bad, why) in [
+            (Blob(br#"{"a":1}"#), "json is a BLOB of 7 bytes, not text"),
+            (Null, "json is NULL, not text"),
+            (Integer(1), "json is the integer 1, not text"),
+            (Text(b"\xff{}"), "json is not UTF-8"),
+            (Text(b"not json"), "json is not one JSON object"),
+            (Text(b"[1]"), "json is not one JSON object"),
+            (Text(b"\"s\""), "json is not one JSON object"),
+            (Text(br#"{"a":1},{"b":2}"#), "json is not one JSON object"),
+            (Text(b""), "json is not one JSON object"),
+        ] {
+            let got = decode_object("json", bad).unwrap_err();
+            assert!(got.starts_with(why), "{bad:?}: {got}");
+        }
     }
 }
