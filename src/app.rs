@@ -29,7 +29,7 @@ use crate::events::operational::DiagnosticSeverity;
 use crate::events::{ConfigurationError, Payload, SecurityEvent};
 use crate::message::Envelope;
 use crate::outbox::sqlite::{self, Recovery};
-use crate::outbox::{MemoryStore, Store, StoreError};
+use crate::outbox::{Dropped, MemoryStore, Store, StoreError};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::settings::Settings;
 use crate::telemetry::{self, Counters};
@@ -240,6 +240,9 @@ pub struct Emitter<W: Write> {
     out_blocked: bool,
     /// `--events`: events dropped because `out` was full.
     unprinted_events: u64,
+    /// Rows of an earlier run the store removed at open (E-OUTBOX-ROW-BAD): events
+    /// dropped per queue and failed messages, for the first statistics.
+    store_lost: (Dropped, u64),
 }
 
 impl<W: Write> Emitter<W> {
@@ -254,6 +257,7 @@ impl<W: Write> Emitter<W> {
             store_diagnostic: None,
             out_blocked: false,
             unprinted_events: 0,
+            store_lost: (Dropped::default(), 0),
         }
     }
 
@@ -284,6 +288,8 @@ impl<W: Write> Emitter<W> {
             if durable {
                 o.set_run_salt(Uuid::new_v4());
             }
+            let (dropped, failed) = std::mem::take(&mut self.store_lost);
+            o.count_lost_in_store(dropped, failed);
             if let Some((severity, message)) = self.store_diagnostic.take() {
                 o.push(diagnostic_event(severity, message, wall_ms), now_ms);
             }
@@ -312,6 +318,27 @@ impl<W: Write> Emitter<W> {
         match sqlite::open_or_recover(dir, cache) {
             Ok((store, Recovery::Clean)) => {
                 tracing::info!(path = %store.path().display(), messages = store.message_count(), bytes = store.bytes(), restored_window_events = store.restored_window_events(), "outbox opened");
+                let q = store.quarantined();
+                if !q.is_empty() {
+                    let first = q.first.clone().unwrap_or_default();
+                    tracing::error!(
+                        error_id = "E-OUTBOX-ROW-BAD",
+                        path = %store.path().display(),
+                        events_high = q.events.high,
+                        events_low = q.events.low,
+                        messages = q.messages,
+                        %first,
+                        "rows of the outbox did not decode: removed (events counted as dropped, messages as failed); the rest is sent"
+                    );
+                    self.store_diagnostic = Some((
+                        DiagnosticSeverity::Error,
+                        format!(
+                            "E-OUTBOX-ROW-BAD: {} High and {} Low events and {} messages of the outbox did not decode and were removed (first: {first})",
+                            q.events.high, q.events.low, q.messages
+                        ),
+                    ));
+                    self.store_lost = (q.events, q.messages);
+                }
                 Box::new(sqlite::Resilient::new(store))
             }
             Ok((store, Recovery::MovedAside { moved_to, reason })) => {
