@@ -1216,3 +1216,262 @@ fn a_data_directory_that_fills_up_while_running_is_said_upstream_and_forwarding_
     // Forwarding went on from memory: events derived after the failure arrived.
     assert!(event_ids(&hub).len() > 50, "{}", event_ids(&hub).len());
 }
+
+/// Real derived events of a capture (`tests/data/<name>.events.jsonl`, one JSON object a
+/// line), as the module stores them.
+fn real_events(name: &str) -> Vec<String> {
+    std::fs::read_to_string(
+        support::root()
+            .join("tests/data")
+            .join(format!("{name}.events.jsonl")),
+    )
+    .unwrap()
+    .lines()
+    .filter(|l| !l.trim().is_empty())
+    .map(str::to_owned)
+    .collect()
+}
+
+fn id_of(event: &str) -> String {
+    let v: Value = serde_json::from_str(event).unwrap();
+    v["Id"].as_str().unwrap().to_owned()
+}
+
+/// Messages and statistics due every 2 s, so that what the outbox holds goes at once.
+const PROMPT: [(&str, &str); 3] = [
+    (
+        "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
+        "PT2S",
+    ),
+    (
+        "AZUREIOTSECURITY_AGENT__LOWPRIORITYMESSAGEFREQUENCY",
+        "PT2S",
+    ),
+    ("AZUREIOTSECURITY_AGENT__SNAPSHOTFREQUENCY", "PT2S"),
+];
+
+/// (auto_vacuum, page_size) of an outbox file, and its mode bits.
+fn file_form(path: &Path) -> (i64, i64, u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let c = rusqlite::Connection::open(path).unwrap();
+    let get = |p: &str| {
+        c.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    (get("auto_vacuum"), get("page_size"), mode)
+}
+
+#[test]
+fn an_outbox_rebuilt_by_another_tool_is_converted_delivered_and_the_module_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), KEY, MODULE, "g1", &certs.ca);
+    let hub = EdgeHub::start(dir.path(), &certs, &hub_options(0));
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let outbox = data.join("outbox.sqlite");
+    // What an operator's `.recover` rebuild after E-OUTBOX-CORRUPT looks like: the module's
+    // tables (of before the statistics column) holding real events, `.recover`'s
+    // lost_and_found table, no auto_vacuum, 1 KB pages, free pages from a delete, 0644.
+    let events = real_events("exec_args");
+    {
+        let c = rusqlite::Connection::open(&outbox).unwrap();
+        c.execute_batch(
+            "PRAGMA page_size = 1024;
+             PRAGMA auto_vacuum = NONE;
+             CREATE TABLE pending (seq INTEGER PRIMARY KEY, queue INTEGER NOT NULL, json TEXT NOT NULL);
+             CREATE TABLE windows (seq INTEGER PRIMARY KEY, queue INTEGER NOT NULL, json TEXT NOT NULL);
+             CREATE TABLE messages (seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE,
+                 body TEXT NOT NULL, high_events INTEGER NOT NULL, low_events INTEGER NOT NULL);
+             CREATE TABLE lost_and_found (rootpgno INTEGER, pgno INTEGER, nfield INTEGER, id INTEGER, c0, c1);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+                 INSERT INTO lost_and_found (id, c0) SELECT i, randomblob(900) FROM n;
+             DELETE FROM lost_and_found WHERE id > 10;",
+        )
+        .unwrap();
+        for e in &events {
+            c.execute(
+                "INSERT INTO pending (queue, json) VALUES (1, ?1)",
+                rusqlite::params![e],
+            )
+            .unwrap();
+        }
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&outbox, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    assert_eq!(file_form(&outbox), (0, 1024, 0o644));
+    let feed = AuditFeed::start(dir.path(), Vec::new());
+    let mut m = Module::start(
+        dir.path(),
+        "rebuilt",
+        &env(&workload, hub.port, &feed, &data, &PROMPT),
+        &["run"],
+    );
+    let ids: Vec<String> = events.iter().map(|e| id_of(e)).collect();
+    hub.wait(
+        "the rebuilt outbox's events",
+        Duration::from_secs(30),
+        |_| {
+            let got = event_ids(&hub);
+            ids.iter().all(|id| got.contains(id))
+        },
+    );
+    // The grace (3 s) and a margin: a module spinning in maintenance would not stop.
+    let st = m.stop(Duration::from_secs(10));
+    assert!(st.success(), "{st:?}\n{}", m.output());
+    let got = event_ids(&hub);
+    for id in &ids {
+        assert_eq!(got.iter().filter(|g| *g == id).count(), 1, "{id} once");
+    }
+    let out = m.output();
+    assert!(!out.contains("E-OUTBOX-CORRUPT"), "used, not moved:\n{out}");
+    assert!(!out.contains("W-OUTBOX-VACUUM"), "{out}");
+    // Converted: incremental auto-vacuum (2), 4 KB pages, the owner's only.
+    assert_eq!(file_form(&outbox), (2, 4096, 0o600));
+}
+
+/// Sums over the statistics edgeHub accepted: (dropped High, dropped Low, failed messages).
+fn statistics_sums(hub: &EdgeHub) -> (u64, u64, u64) {
+    let (mut high, mut low, mut failed) = (0, 0, 0);
+    for r in hub.accepted() {
+        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+        for e in body["Events"].as_array().unwrap() {
+            match e["Name"].as_str() {
+                Some("DroppedEventsStatistics") => {
+                    for p in e["Payload"].as_array().unwrap() {
+                        let n = as_u64(&p["DroppedEvents"]);
+                        match p["Queue"].as_str() {
+                            Some("High") => high += n,
+                            _ => low += n,
+                        }
+                    }
+                }
+                Some("MessageStatistics") => failed += as_u64(&e["Payload"][0]["TotalFailed"]),
+                _ => {}
+            }
+        }
+    }
+    (high, low, failed)
+}
+
+/// A module-made outbox holding the real events of `exec_args` (pending, Low) and a built
+/// message (`good-1`) of the first three, damaged by the SQL `damage`; the module runs on
+/// it with edgeHub up until every good event has arrived and the statistics report
+/// `expected` (dropped High, dropped Low, failed messages), then stops on SIGTERM.
+/// Returns the hub, the module's output and the outbox path (in `dir`).
+fn run_on_damaged_outbox(
+    dir: &Path,
+    damage: &str,
+    expected: (u64, u64, u64),
+) -> (EdgeHub, String, PathBuf) {
+    let certs = Certs::make(dir);
+    let workload = Workload::start(dir, KEY, MODULE, "g1", &certs.ca);
+    let hub = EdgeHub::start(dir, &certs, &hub_options(0));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let outbox = data.join("outbox.sqlite");
+    let events = real_events("exec_args");
+    {
+        let mut s = SqliteStore::open(&outbox, 1 << 30).unwrap();
+        for e in &events {
+            s.add_pending(Pending::event(QueueName::Low, e.clone()))
+                .unwrap();
+        }
+        s.build_message("good-1", QueueName::Low, 0, 3, &mut |evs| {
+            let evs: Vec<Value> = evs
+                .iter()
+                .map(|e| serde_json::from_str(e).unwrap())
+                .collect();
+            support::envelope(&evs)
+        })
+        .unwrap();
+        s.commit().unwrap();
+    }
+    rusqlite::Connection::open(&outbox)
+        .unwrap()
+        .execute_batch(damage)
+        .unwrap();
+    let feed = AuditFeed::start(dir, Vec::new());
+    let mut m = Module::start(
+        dir,
+        "damaged",
+        &env(&workload, hub.port, &feed, &data, &PROMPT),
+        &["run"],
+    );
+    let ids: Vec<String> = events.iter().map(|e| id_of(e)).collect();
+    hub.wait(
+        "the good rows and the statistics of the bad ones",
+        Duration::from_secs(40),
+        |_| {
+            let got = event_ids(&hub);
+            ids.iter().all(|id| got.contains(id)) && statistics_sums(&hub) == expected
+        },
+    );
+    let st = m.stop(Duration::from_secs(10));
+    assert!(st.success(), "{st:?}\n{}", m.output());
+    assert!(delivered_ids(&hub).contains(&"good-1".to_owned()));
+    // Counted once: the final statistics add nothing.
+    assert_eq!(statistics_sums(&hub), expected);
+    let out = m.output();
+    assert!(out.contains("E-OUTBOX-ROW-BAD"), "{out}");
+    assert_diagnostic(&hub, "E-OUTBOX-ROW-BAD");
+    (hub, out, outbox)
+}
+
+#[test]
+fn a_message_row_with_a_blob_body_is_removed_counted_failed_and_the_rest_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    // Synthetic damage: a valid message, but stored as a BLOB, before good-1.
+    let body = support::envelope(&[serde_json::from_str(&real_events("net_tcp")[0]).unwrap()])
+        .replace('\'', "''");
+    let damage = format!(
+        "INSERT INTO messages (seq, message_id, body, high_events, low_events)
+             VALUES (0, 'bad-blob', CAST('{body}' AS BLOB), 0, 1);"
+    );
+    let (hub, _, _) = run_on_damaged_outbox(dir.path(), &damage, (0, 0, 1));
+    assert!(!delivered_ids(&hub).contains(&"bad-blob".to_owned()));
+}
+
+#[test]
+fn a_pending_row_stored_as_a_blob_is_removed_counted_and_the_outbox_stays_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    // Synthetic damage: a real event, stored as a BLOB, first in the Low queue.
+    let event = real_events("net_tcp")[0].clone();
+    let damage = format!(
+        "INSERT INTO pending (seq, queue, json, statistics) VALUES (0, 1, CAST('{}' AS BLOB), 0);",
+        event.replace('\'', "''")
+    );
+    let (hub, out, outbox) = run_on_damaged_outbox(dir.path(), &damage, (0, 1, 0));
+    assert!(!out.contains("E-OUTBOX-WRITE"), "{out}");
+    assert!(!out.contains("forwarding from memory"), "{out}");
+    assert!(!event_ids(&hub).contains(&id_of(&event)));
+    let c = rusqlite::Connection::open(&outbox).unwrap();
+    let blobs: i64 = c
+        .query_row(
+            "SELECT count(*) FROM pending WHERE typeof(json) = 'blob'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(blobs, 0, "removed from the file, which stayed in use");
+}
+
+#[test]
+fn a_pending_row_that_is_not_json_never_reaches_edgehub() {
+    let dir = tempfile::tempdir().unwrap();
+    // Synthetic damage: a command line where an event should be, first in the Low queue.
+    let damage = "INSERT INTO pending (seq, queue, json, statistics)
+                      VALUES (0, 1, 'sshpass -p hunter2 ssh root@db', 0);";
+    let (hub, _, _) = run_on_damaged_outbox(dir.path(), damage, (0, 1, 0));
+    let bodies: Vec<String> = hub
+        .accepted()
+        .iter()
+        .map(|r| r["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(bodies.iter().all(|b| !b.contains("hunter2")), "{bodies:#?}");
+    let verdicts = support::reference_validate(&bodies);
+    assert!(verdicts.iter().all(|v| v == "ok"), "{verdicts:?}");
+}
