@@ -1659,10 +1659,10 @@ mod tests {
         let crashed = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
         assert_eq!(s.take_restored_counters(), None);
-        s.add_pending(p(QueueName::Low, "kept")).unwrap();
+        s.add_pending(po(QueueName::Low, "kept")).unwrap();
         s.stage_counters(&counters(1));
         s.commit().unwrap();
-        s.add_pending(p(QueueName::Low, "in-flight")).unwrap();
+        s.add_pending(po(QueueName::Low, "in-flight")).unwrap();
         s.stage_counters(&counters(2));
         let copy = killed_copy(dir.path(), crashed.path());
         s.commit().unwrap();
@@ -1672,7 +1672,7 @@ mod tests {
         drop(s);
         // Killed before the second commit: the counts of the first, with its event.
         let mut c = SqliteStore::open(&copy, 1 << 20).unwrap();
-        assert_eq!(c.pending_sizes(QueueName::Low), ["kept".len()]);
+        assert_eq!(c.pending_sizes(QueueName::Low), [obj("kept").len()]);
         assert_eq!(c.take_restored_counters(), Some(counters(1)));
         assert_eq!(c.take_restored_counters(), None, "handed back once");
         drop(c);
