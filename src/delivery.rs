@@ -123,6 +123,8 @@ pub struct Outgoing {
     now_ms: u64,
     /// The latest `wall_ms` seen.
     wall_ms: u64,
+    /// Events dropped because they failed the schema check (the first is logged).
+    invalid_events: u64,
 }
 
 impl std::fmt::Debug for Outgoing {
@@ -209,6 +211,7 @@ impl Outgoing {
             max_aggregation_entries,
             now_ms,
             wall_ms: 0,
+            invalid_events: 0,
         };
         o.stage();
         o
@@ -305,6 +308,18 @@ impl Outgoing {
             }
         };
         self.count_collected(queue, 1);
+        // Each event is checked alone before it is stored: one invalid event (a bug, or input
+        // the stages before let through) would make its whole message invalid, up to 200 KB
+        // of good events with it.
+        if let Err(violations) = crate::validate::validate_event(&json) {
+            self.count_dropped(queue, 1);
+            self.invalid_events += 1;
+            if self.invalid_events == 1 {
+                let why: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+                tracing::error!(error_id = "E-EVENT-INVALID", event = ev.payload.name(), why = %why.join("; "), "an event does not satisfy the schema: dropped (counted; further ones are only counted)");
+            }
+            return;
+        }
         let statistics = matches!(
             ev.payload,
             Payload::MessageStatistics(_) | Payload::DroppedEventsStatistics(_)
@@ -348,7 +363,11 @@ impl Outgoing {
                 Priority::Low => QueueName::Low,
             };
             if let Ok((json, _)) = serialize_fitting(&mut ev, self.batcher.envelope(), limit) {
-                pending.push(Pending::event(queue, json));
+                // An invalid event stays out of the checkpoint too: it is dropped and counted
+                // when its window closes.
+                if crate::validate::validate_event(&json).is_ok() {
+                    pending.push(Pending::event(queue, json));
+                }
             }
         }
         self.store.checkpoint_windows(pending)
@@ -846,6 +865,39 @@ mod tests {
             (p.messages_sent, p.bytes_sent, p.collected_low),
             (1, len, 1)
         );
+    }
+
+    #[test]
+    fn an_invalid_event_is_dropped_and_counted_and_the_rest_of_its_message_is_delivered() {
+        let mut o = outgoing(1_000_000);
+        let none = UpstreamDrops::default();
+        // Synthetic: an event dated in the year 10000 (the parser refuses such records; this
+        // stands for any event the stages before let through invalid).
+        let mut bad = process(1);
+        bad.time_ms = (crate::audit::parse::MAX_RECORD_SEC + 1) * 1000;
+        o.push(process(0), 0);
+        o.push(bad, 0);
+        o.push(process(2), 0);
+        o.tick(1_000, 1_000, none).unwrap();
+        let m = o.next_message().unwrap().unwrap();
+        assert_eq!(crate::validate::validate_message(&m.body), Ok(()));
+        let pids: Vec<i64> = events_of(&m)
+            .iter()
+            .map(|e| e["Payload"][0]["ProcessId"].as_i64().unwrap())
+            .collect();
+        assert_eq!(pids, vec![1000, 1002]);
+        o.sent(&m).unwrap();
+        // The drop is reported in the period's DroppedEventsStatistics.
+        o.tick(10_000, 10_000, none).unwrap();
+        let mut events = Vec::new();
+        while let Some(m) = o.next_message().unwrap() {
+            assert_eq!(crate::validate::validate_message(&m.body), Ok(()));
+            events.extend(events_of(&m));
+            o.sent(&m).unwrap();
+        }
+        let reports = dropped_in(&events);
+        assert!(reports.contains(&("Low".to_owned(), 3, 1)), "{reports:?}");
+        assert_eq!(o.totals().dropped_low, 1);
     }
 
     #[test]

@@ -86,6 +86,29 @@ pub fn validate_message(json: &str) -> Result<(), Vec<Violation>> {
     }
 }
 
+/// Check one event object (the JSON text of one element of a message's `Events`) by the same
+/// rules as [`validate_message`]; paths are relative to the event (`/TimestampUTC`). The
+/// delivery stage runs this on every event before it is stored, so that one bad event is
+/// dropped alone instead of making its whole message invalid.
+pub fn validate_event(json: &str) -> Result<(), Vec<Violation>> {
+    let value = match Parser::new(json).document() {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(vec![Violation {
+                path: String::new(),
+                message: e.to_string(),
+            }]);
+        }
+    };
+    let mut report = Report::default();
+    report.event("", &value);
+    if report.violations.is_empty() {
+        Ok(())
+    } else {
+        Err(report.violations)
+    }
+}
+
 /// `azureiotsecurity validate`: check JSON lines, one message per line, and write one verdict
 /// line per input line: `ok`, or `line N: invalid: <violations, separated by "; ">`. A line
 /// that is empty or not UTF-8 is invalid too. Returns how many lines were ok and how many
