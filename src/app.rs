@@ -957,6 +957,7 @@ fn collect<W: Write>(
     let get = AmqpStats::get;
     let mut c = Counters {
         records_read: p.coalesce.records,
+        bad_time_lines: p.coalesce.bad_time_lines,
         lines_dropped_queue_full: source.lines_dropped.load(Ordering::Relaxed),
         audit_events: p.coalesce.events,
         estimated_kernel_loss: p.coalesce.estimated_lost,
@@ -1024,6 +1025,7 @@ fn log_stats(p: &PipelineStats, s: &SourceStats, queue_bytes: usize) {
         queue_bytes,
         non_utf8_lines = p.non_utf8_lines,
         bad_lines = c.bad_lines,
+        bad_time_lines = c.bad_time_lines,
         audit_events = c.events,
         evicted = c.evicted,
         estimated_kernel_loss = c.estimated_lost,

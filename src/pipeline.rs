@@ -36,6 +36,7 @@ pub struct Pipeline {
     last_rule_key_ms: Option<u64>,
     first_line_ms: Option<u64>,
     bad_line_logged: bool,
+    bad_time_logged: bool,
 }
 
 impl Pipeline {
@@ -49,6 +50,7 @@ impl Pipeline {
             last_rule_key_ms: None,
             first_line_ms: None,
             bad_line_logged: false,
+            bad_time_logged: false,
         }
     }
 
@@ -62,7 +64,7 @@ impl Pipeline {
                 self.bad_line_logged = true;
                 tracing::warn!(
                     error_id = "W-AUDIT-NONUTF8",
-                    line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
+                    line = %escaped(line),
                     "skipping a line that is not UTF-8 (counted; further ones are only counted)"
                 );
             }
@@ -75,12 +77,23 @@ impl Pipeline {
     }
 
     fn log_bad_line(&mut self, line: &[u8], e: ParseError) {
+        if e == ParseError::TimeOutOfRange {
+            if !self.bad_time_logged {
+                self.bad_time_logged = true;
+                tracing::warn!(
+                    error_id = "W-AUDIT-TIME",
+                    line = %escaped(line),
+                    "skipping an audit record dated after the year 9999: no message can carry its time (counted in bad_time_lines; further ones are only counted)"
+                );
+            }
+            return;
+        }
         if !self.bad_line_logged {
             self.bad_line_logged = true;
             tracing::warn!(
                 error_id = "W-AUDIT-GARBAGE",
                 error = %e,
-                line = %String::from_utf8_lossy(&line[..line.len().min(200)]),
+                line = %escaped(line),
                 "skipping a line that is not an audit record (counted; further ones are only counted)"
             );
         }
@@ -154,9 +167,42 @@ impl Pipeline {
     }
 }
 
+/// The first 200 bytes of a bad line, fit for a log line: invalid UTF-8 as U+FFFD, and
+/// control characters (C0, DEL, C1) and the backslash escaped (`\x1b`, `\x00`, `\r`,
+/// `\u{85}`, `\\`), so that a garbage line cannot move the terminal's cursor, forge a
+/// log line of its own with a CR or LF, or hide its bytes.
+pub fn escaped(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line.get(..200).unwrap_or(line));
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x80 && c.is_control() => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)));
+            }
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_bytes_of_bad_lines_are_escaped() {
+        assert_eq!(
+            escaped(b"a\x1b[2Jb\x00c\rd\ne\tf\x7fg\\h\xc2\x85i\xffj"),
+            "a\\x1b[2Jb\\x00c\\rd\\ne\\tf\\x7fg\\\\h\\u{85}i\u{fffd}j"
+        );
+        assert_eq!(escaped(&[b'x'; 300]).len(), 200);
+        assert_eq!(escaped("type=SYSCALL é".as_bytes()), "type=SYSCALL é");
+    }
 
     #[test]
     fn records_with_the_rule_key_are_noticed() {

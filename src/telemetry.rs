@@ -17,6 +17,8 @@ use hyper_util::rt::TokioIo;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Counters {
     pub records_read: u64,
+    /// Records refused because their time is after the year 9999.
+    pub bad_time_lines: u64,
     pub lines_dropped_queue_full: u64,
     pub audit_events: u64,
     pub estimated_kernel_loss: u64,
@@ -36,13 +38,19 @@ pub struct Counters {
 
 impl Counters {
     /// (name, help, kind, value) of every metric.
-    fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 16] {
+    fn metrics(&self) -> [(&'static str, &'static str, &'static str, u64); 17] {
         [
             (
                 "audit_records_read_total",
                 "audit records read from the socket",
                 "counter",
                 self.records_read,
+            ),
+            (
+                "audit_bad_time_lines_total",
+                "audit records refused because their time is after the year 9999",
+                "counter",
+                self.bad_time_lines,
             ),
             (
                 "audit_lines_dropped_total",
@@ -152,6 +160,7 @@ impl Counters {
     pub fn log(&self) {
         tracing::info!(
             records_read = self.records_read,
+            bad_time_lines = self.bad_time_lines,
             lines_dropped_queue_full = self.lines_dropped_queue_full,
             audit_events = self.audit_events,
             estimated_kernel_loss = self.estimated_kernel_loss,
@@ -221,6 +230,7 @@ mod tests {
         let c = Counters {
             messages_sent: 7,
             queued_bytes: 4096,
+            bad_time_lines: 3,
             ..Counters::default()
         };
         let t = c.prometheus();
@@ -228,7 +238,8 @@ mod tests {
         assert!(t.contains(
             "# TYPE azureiotsecurity_queued_bytes gauge\nazureiotsecurity_queued_bytes 4096\n"
         ));
-        assert_eq!(t.lines().filter(|l| !l.starts_with('#')).count(), 16);
+        assert!(t.contains("\nazureiotsecurity_audit_bad_time_lines_total 3\n"));
+        assert_eq!(t.lines().filter(|l| !l.starts_with('#')).count(), 17);
     }
 
     #[tokio::test]

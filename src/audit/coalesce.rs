@@ -214,6 +214,8 @@ pub struct CoalesceStats {
     pub records: u64,
     /// Lines that did not parse; they changed nothing.
     pub bad_lines: u64,
+    /// Of `bad_lines`, records whose time is after the year 9999 (no event could carry it).
+    pub bad_time_lines: u64,
     /// Events emitted, whatever their completion.
     pub events: u64,
     /// Events completed by their EOE.
@@ -569,6 +571,9 @@ impl Coalescer {
             Ok(rec) => rec,
             Err(e) => {
                 self.stats.bad_lines += 1;
+                if e == ParseError::TimeOutOfRange {
+                    self.stats.bad_time_lines += 1;
+                }
                 return Err(e);
             }
         };
@@ -1587,10 +1592,16 @@ mod tests {
         );
         assert_eq!(err, Err(ParseError::BadHeader));
         assert_eq!(c.push(b"garbage", 0, &mut out), Err(ParseError::NoType));
+        // Synthetic: the same event's EOE with a time after the year 9999.
+        assert_eq!(
+            c.push(b"type=EOE msg=audit(253402300800.100:500):", 0, &mut out),
+            Err(ParseError::TimeOutOfRange)
+        );
         assert!(out.is_empty());
         assert_eq!(c.inflight(), before.1);
         let mut expect = before.0;
-        expect.bad_lines = 2;
+        expect.bad_lines = 3;
+        expect.bad_time_lines = 1;
         assert_eq!(c.stats(), &expect);
         let out = push1(&mut c, &eoe(id), 0);
         assert_eq!(out[0].record_count(), 1);

@@ -38,7 +38,15 @@ pub enum ParseError {
     NoMsg,
     #[error("malformed `audit(SEC.MSEC:SERIAL):` header")]
     BadHeader,
+    /// The seconds are after 9999-12-31T23:59:59Z: no RFC 3339 date-time (four-digit year)
+    /// can carry them, so no event of this record could be sent.
+    #[error("record time after the year 9999 (seconds > 253402300799)")]
+    TimeOutOfRange,
 }
+
+/// The last second a record may carry: 9999-12-31T23:59:59Z, the end of the schema's
+/// `date-time` (RFC 3339's four-digit year). Millisecond times up to it fit an i64 with room.
+pub const MAX_RECORD_SEC: u64 = 253_402_300_799;
 
 /// The identity of an audit event: its timestamp and serial. Records of one event share it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,6 +108,11 @@ impl<'a> Record<'a> {
             .ok_or(ParseError::NoMsg)?;
         let close = memchr::memchr(b')', rest).ok_or(ParseError::BadHeader)?;
         let id = parse_id(&rest[..close]).ok_or(ParseError::BadHeader)?;
+        // Refused, not clamped: a time the kernel's clock cannot have had is garbage or
+        // forged, and a clamped one would put a made-up time in an event.
+        if id.sec > MAX_RECORD_SEC {
+            return Err(ParseError::TimeOutOfRange);
+        }
         let rest = rest[close + 1..]
             .strip_prefix(b":")
             .ok_or(ParseError::BadHeader)?;
@@ -440,6 +453,27 @@ mod tests {
         );
         assert_eq!(Record::parse(b""), Err(ParseError::NoType));
         assert_eq!(Record::parse(b"node=x"), Err(ParseError::NoType));
+    }
+
+    #[test]
+    fn record_times_the_schema_cannot_carry_are_refused() {
+        let at = |sec: &str| {
+            Record::parse(format!("type=EOE msg=audit({sec}.999:1):").as_bytes()).map(|r| r.id)
+        };
+        // 9999-12-31T23:59:59.999Z: the last time a date-time can carry.
+        let last = at("253402300799").unwrap();
+        assert_eq!(last.sec, MAX_RECORD_SEC);
+        assert_eq!(last.millis(), 253_402_300_799_999);
+        assert_eq!(at("253402300800"), Err(ParseError::TimeOutOfRange));
+        // Milliseconds beyond an i64, and seconds beyond a u64.
+        assert_eq!(at("9223372036854776"), Err(ParseError::TimeOutOfRange));
+        assert_eq!(at("18446744073709551615"), Err(ParseError::TimeOutOfRange));
+        assert_eq!(at("18446744073709551616"), Err(ParseError::BadHeader));
+        // Negative and garbage seconds.
+        assert_eq!(at("-1"), Err(ParseError::BadHeader));
+        assert_eq!(at("1e9"), Err(ParseError::BadHeader));
+        assert_eq!(at(""), Err(ParseError::BadHeader));
+        assert_eq!(at("0").map(|id| id.millis()), Ok(999));
     }
 
     #[test]

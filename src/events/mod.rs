@@ -16,7 +16,7 @@ pub mod process_create;
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Local, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Local, SecondsFormat, TimeZone, Utc};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 use uuid::Uuid;
@@ -151,11 +151,21 @@ pub fn timestamps(time_ms: u64) -> (String, String) {
         .timestamp_millis_opt(ms)
         .single()
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let local = utc.with_timezone(&Local);
-    (
-        local.to_rfc3339_opts(SecondsFormat::Millis, false),
-        utc.to_rfc3339_opts(SecondsFormat::Millis, true),
-    )
+    let utc_text = utc.to_rfc3339_opts(SecondsFormat::Millis, true);
+    (local_text(utc.with_timezone(&Local), &utc_text), utc_text)
+}
+
+/// The local time as RFC 3339, or the UTC text when the local date is past the year 9999
+/// (the last hours of 9999-12-31 UTC east of Greenwich): a five-digit year is no `date-time`,
+/// and `Z` is a valid local offset.
+fn local_text<Tz: TimeZone>(local: DateTime<Tz>, utc_text: &str) -> String
+where
+    Tz::Offset: std::fmt::Display,
+{
+    if local.year() > 9999 {
+        return utc_text.to_owned();
+    }
+    local.to_rfc3339_opts(SecondsFormat::Millis, false)
 }
 
 impl Serialize for SecurityEvent {
@@ -205,6 +215,21 @@ mod tests {
         );
         assert_ne!(event_id(b"", &a, "Login", 0), event_id(b"", &a, "Login", 1));
         assert_eq!(event_id(b"", &a, "Login", 0).get_version_num(), 5);
+    }
+
+    #[test]
+    fn the_last_record_time_stays_a_four_digit_year_in_any_time_zone() {
+        let last = crate::audit::parse::MAX_RECORD_SEC * 1000 + 999;
+        let (_, utc) = timestamps(last);
+        assert_eq!(utc, "9999-12-31T23:59:59.999Z");
+        let t = Utc.timestamp_millis_opt(last as i64).unwrap();
+        let east = chrono::FixedOffset::east_opt(14 * 3600).unwrap();
+        let west = chrono::FixedOffset::west_opt(12 * 3600).unwrap();
+        assert_eq!(local_text(t.with_timezone(&east), &utc), utc);
+        assert_eq!(
+            local_text(t.with_timezone(&west), &utc),
+            "9999-12-31T11:59:59.999-12:00"
+        );
     }
 
     #[test]
