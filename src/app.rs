@@ -1022,6 +1022,7 @@ fn log_stats(p: &PipelineStats, s: &SourceStats, queue_bytes: usize) {
         partial_lines = s.partial_lines.load(Ordering::Relaxed),
         oversized_lines = s.oversized_lines.load(Ordering::Relaxed),
         connects = s.connects.load(Ordering::Relaxed),
+        short_connections = s.short_connections.load(Ordering::Relaxed),
         queue_bytes,
         non_utf8_lines = p.non_utf8_lines,
         bad_lines = c.bad_lines,

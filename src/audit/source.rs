@@ -7,7 +7,10 @@
 //!   are carried over to the next read.
 //! - auditd re-creates the socket on every restart, and its 3.0 plugin serves one client at a
 //!   time: a second client is accepted by the kernel but gets no data until the first leaves.
-//!   The reader reconnects with capped exponential back-off and never gives up.
+//!   The reader reconnects with capped exponential back-off and never gives up. A connection
+//!   that ends within [`STABLE_CONNECTION`] of being made counts as a failed attempt, so a
+//!   peer that accepts and closes at once (a wrong socket path, a broken auditd) is backed off
+//!   like one that refuses; only a connection that lasted resets the back-off.
 //! - auditd 3.0's dispatcher writes to the socket with a *blocking* `write()`: a reader that
 //!   stops draining stalls auditd, whose kernel backlog then stalls every audited syscall on
 //!   the host. So the socket is drained continuously into a [`LineQueue`] of our own that is
@@ -21,7 +24,7 @@ use std::io::{self, BufRead};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
@@ -40,6 +43,8 @@ pub struct SourceStats {
     /// Partial lines lost when a connection ended mid-line.
     pub partial_lines: AtomicU64,
     pub connects: AtomicU64,
+    /// Connections that ended within [`STABLE_CONNECTION`] (counted as failed attempts).
+    pub short_connections: AtomicU64,
 }
 
 impl SourceStats {
@@ -308,6 +313,48 @@ impl LineQueue {
     }
 }
 
+/// A connection that ends sooner than this after it was made counts as a failed attempt for
+/// the back-off, whether or not it delivered lines: auditd keeps its client connected for
+/// as long as it runs (a second client waits, it is not closed), so a peer that closes within
+/// a second is broken or not auditd, and lines do not make 100 k reconnects a second right.
+pub const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
+/// Capped exponential back-off of the reconnections: a pure state machine.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            next: min,
+        }
+    }
+
+    /// An attempt failed: how long to wait before the next one (doubling, up to the max).
+    pub fn failed(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = self.next.checked_mul(2).unwrap_or(self.max).min(self.max);
+        wait
+    }
+
+    /// A connection made `lasted` ago ended: the wait before reconnecting when it was too
+    /// short to count as a success, `None` (reconnect at once, back-off reset) when it lasted.
+    pub fn ended(&mut self, lasted: Duration) -> Option<Duration> {
+        if lasted < STABLE_CONNECTION {
+            Some(self.failed())
+        } else {
+            self.next = self.min;
+            None
+        }
+    }
+}
+
 /// The state of the socket connection, logged once per change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketState {
@@ -320,6 +367,8 @@ pub enum SocketState {
     Refused,
     /// The connection ended (auditd stopped or restarted).
     Closed,
+    /// Connections end as soon as they are made (a peer that accepts and closes).
+    Flapping,
     Other,
 }
 
@@ -352,7 +401,7 @@ pub async fn read_socket(
     stats: Arc<SourceStats>,
     stop: Arc<Notify>,
 ) {
-    let mut backoff = cfg.reconnect_min;
+    let mut backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
     let mut last_state: Option<SocketState> = None;
     let mut splitter = LineSplitter::new(cfg.max_line);
     let mut buf = vec![0u8; 256 << 10];
@@ -370,16 +419,20 @@ pub async fn read_socket(
                     last_state = Some(state);
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.failed()) => {}
                     _ = stop.notified() => return,
                 }
-                backoff = (backoff * 2).min(cfg.reconnect_max);
                 continue;
             }
         };
         SourceStats::add(&stats.connects, 1);
-        log_state(SocketState::Connected, &cfg.path, None);
-        backoff = cfg.reconnect_min;
+        let connected_at = Instant::now();
+        // While connections flap, "connected" is said only once one delivers data: the state
+        // lines stay one per change, not two per attempt.
+        let mut said_connected = last_state != Some(SocketState::Flapping);
+        if said_connected {
+            log_state(SocketState::Connected, &cfg.path, None);
+        }
         let end = loop {
             let n = tokio::select! {
                 r = stream.read(&mut buf) => r,
@@ -388,6 +441,10 @@ pub async fn read_socket(
             match n {
                 Ok(0) => break None,
                 Ok(n) => {
+                    if !said_connected {
+                        said_connected = true;
+                        log_state(SocketState::Connected, &cfg.path, None);
+                    }
                     let data = buf.get(..n).unwrap_or_default();
                     SourceStats::add(&stats.bytes_read, n as u64);
                     let over = splitter.feed(data);
@@ -425,10 +482,34 @@ pub async fn read_socket(
         if splitter.reset() {
             SourceStats::add(&stats.partial_lines, 1);
         }
-        // A closed connection is always worth a line; the next failure to reconnect is
-        // logged once more only if it differs from "closed".
-        log_state(SocketState::Closed, &cfg.path, end.as_ref());
-        last_state = Some(SocketState::Closed);
+        let lasted = connected_at.elapsed();
+        match backoff.ended(lasted) {
+            None => {
+                // A connection that lasted is always worth a line when it closes; the next
+                // failure to reconnect is logged once more only if it differs from "closed".
+                log_state(SocketState::Closed, &cfg.path, end.as_ref());
+                last_state = Some(SocketState::Closed);
+            }
+            Some(wait) => {
+                SourceStats::add(&stats.short_connections, 1);
+                if last_state != Some(SocketState::Flapping) {
+                    let error = end.as_ref().map(|e| e.to_string()).unwrap_or_default();
+                    tracing::warn!(
+                        error_id = "W-AUDIT-FLAPPING",
+                        path = %cfg.path.display(),
+                        lasted_ms = u64::try_from(lasted.as_millis()).unwrap_or(u64::MAX),
+                        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        %error,
+                        "the audit socket's peer closed the connection at once: backing off (said once while it goes on)"
+                    );
+                    last_state = Some(SocketState::Flapping);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.notified() => return,
+                }
+            }
+        }
     }
 }
 
@@ -450,7 +531,7 @@ fn log_state(state: SocketState, path: &std::path::Path, err: Option<&io::Error>
         SocketState::Refused => {
             tracing::warn!(error_id = "E-AUDIT-REFUSED", %path, "audit socket refused the connection: auditd is not listening; retrying")
         }
-        SocketState::Closed => {
+        SocketState::Closed | SocketState::Flapping => {
             tracing::warn!(error_id = "E-AUDIT-CLOSED", %path, error = %err, "audit socket closed (auditd stopped or restarted); reconnecting")
         }
         SocketState::Other => {
@@ -601,6 +682,149 @@ mod tests {
         let over = read_lines(&text[..], 100, |l| got.push(l.to_vec())).unwrap();
         assert_eq!(over, 0);
         assert_eq!(got, vec![b"l1\r".to_vec(), b"l2".to_vec(), b"l3".to_vec()]);
+    }
+
+    #[test]
+    fn backoff_grows_on_failures_and_short_connections_and_resets_on_a_lasting_one() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(1_000));
+        assert_eq!(b.failed(), ms(100));
+        assert_eq!(b.ended(ms(0)), Some(ms(200)));
+        assert_eq!(b.ended(STABLE_CONNECTION - ms(1)), Some(ms(400)));
+        assert_eq!(b.failed(), ms(800));
+        assert_eq!(b.failed(), ms(1_000));
+        assert_eq!(b.ended(ms(5)), Some(ms(1_000)));
+        assert_eq!(b.ended(STABLE_CONNECTION), None);
+        assert_eq!(b.failed(), ms(100));
+        // No overflow at the top of the range.
+        let mut b = Backoff::new(Duration::MAX / 2 + ms(1), Duration::MAX);
+        b.failed();
+        assert_eq!(b.failed(), Duration::MAX);
+    }
+
+    /// A tracing subscriber writing into a buffer, for the log lines of one test.
+    #[derive(Clone, Default)]
+    struct LogBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for LogBuf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl LogBuf {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_accepts_and_closes_at_once_is_backed_off() {
+        let log = LogBuf::default();
+        let writer = log.clone();
+        let _guard = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accepts = Arc::new(AtomicU64::new(0));
+        let peer = {
+            let accepts = accepts.clone();
+            tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    accepts.fetch_add(1, Ordering::Relaxed);
+                    drop(conn);
+                }
+            })
+        };
+        let queue = LineQueue::new(1 << 20);
+        let stats = Arc::new(SourceStats::default());
+        let stop = Arc::new(Notify::new());
+        let cfg = SocketConfig {
+            path,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+            max_line: 1000,
+        };
+        let task = tokio::spawn(read_socket(cfg, queue, stats.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        peer.abort();
+        // Waits of 0.1, 0.2, 0.4, 0.8, 1, 1 s: at most 7 connections in 3 s.
+        let connects = stats.connects.load(Ordering::Relaxed);
+        assert!((2..=7).contains(&connects), "{connects} connections in 3 s");
+        assert!(accepts.load(Ordering::Relaxed) <= 7);
+        assert_eq!(stats.short_connections.load(Ordering::Relaxed), connects);
+        // One "connected" and one "flapping" line, whatever the number of attempts. (The
+        // "connected" one can be missed here: its call site is shared with tests on other
+        // threads, and tracing may cache it as disabled while they run with no subscriber.)
+        let text = log.text();
+        assert_eq!(text.matches("W-AUDIT-FLAPPING").count(), 1, "{text}");
+        assert!(text.matches("connected to auditd").count() <= 1, "{text}");
+        assert!(text.lines().count() <= 2, "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_lasted_is_followed_by_a_prompt_reconnect() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let queue = LineQueue::new(1 << 20);
+        let stats = Arc::new(SourceStats::default());
+        let stop = Arc::new(Notify::new());
+        // A back-off this long would make the second accept below time out.
+        let cfg = SocketConfig {
+            path,
+            reconnect_min: Duration::from_secs(60),
+            reconnect_max: Duration::from_secs(120),
+            max_line: 1000,
+        };
+        let task = tokio::spawn(read_socket(cfg, queue.clone(), stats.clone(), stop.clone()));
+        let accept = || async {
+            tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                .await
+                .expect("the reader connects without waiting")
+                .unwrap()
+                .0
+        };
+        let mut conn = accept().await;
+        conn.write_all(b"type=EOE msg=audit(1.000:1):\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(STABLE_CONNECTION + Duration::from_millis(200)).await;
+        drop(conn);
+        let _second = accept().await;
+        // The reader counts its connection once connect() returns: wait for it (bounded).
+        for _ in 0..500 {
+            if stats.connects.load(Ordering::Relaxed) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.connects.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.short_connections.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            queue.try_pop(),
+            Some(Chunk::Lines(b"type=EOE msg=audit(1.000:1):\n".to_vec()))
+        );
+        stop.notify_one();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
