@@ -1034,6 +1034,7 @@ fn log_stats(p: &PipelineStats, s: &SourceStats, queue_bytes: usize) {
         process_create = p.derive.process_create,
         connection_create = p.derive.connection_create,
         login = p.derive.login,
+        login_evicted = p.derive.login_evicted,
         "audit statistics"
     );
 }

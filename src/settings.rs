@@ -76,6 +76,9 @@ pub struct EventSettings {
     pub process_cache_bytes: usize,
     /// A command line longer than this is shortened (and the event says so).
     pub max_command_line_bytes: usize,
+    /// Bytes of the login tracker's per-pid state (held Logins); beyond it the oldest pid is
+    /// forgotten and its held Login emitted early.
+    pub login_tracking_bytes: usize,
 }
 
 /// The module's own state and modes.
@@ -206,6 +209,7 @@ impl Default for EventSettings {
             process_cache_entries: 4096,
             process_cache_bytes: 4 << 20,
             max_command_line_bytes: 32 << 10,
+            login_tracking_bytes: crate::events::login::DEFAULT_MAX_BYTES,
         }
     }
 }

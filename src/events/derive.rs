@@ -42,6 +42,9 @@ pub struct DeriveStats {
     pub unspecified_address: u64,
     /// Entries pushed out of the process cache.
     pub process_cache_evicted: u64,
+    /// Pids the login tracker forgot early (bounds in entries or bytes reached); their held
+    /// Login was emitted then.
+    pub login_evicted: u64,
 }
 
 /// A FIFO cache bounded in entries and bytes.
@@ -152,7 +155,7 @@ impl Deriver {
                 |v: &String| v.len() + 64,
             ),
             sockets: BoundedCache::new(s.process_cache_entries, usize::MAX, |_| 0),
-            logins: LoginTracker::default(),
+            logins: LoginTracker::new(s.login_tracking_bytes),
             logins_out: Vec::new(),
             latest_ms: 0,
             stats: DeriveStats::default(),
@@ -208,6 +211,7 @@ impl Deriver {
     }
 
     fn drain_logins(&mut self, out: &mut Vec<SecurityEvent>) {
+        self.stats.login_evicted = self.logins.evicted();
         for (key, login) in self.logins_out.drain(..) {
             self.stats.login += 1;
             self.stats.events += 1;

@@ -69,6 +69,12 @@ const INVALID_USER: &str = "(invalid user)";
 
 /// Bound on the per-pid state (a pid per concurrent login attempt; never more than this).
 const MAX_PIDS: usize = 1024;
+/// The default bound on the bytes of the per-pid state (`events.login_tracking_bytes`): a
+/// held Login is a few hundred bytes, but its strings come from the record and can each be as
+/// long as a line.
+pub const DEFAULT_MAX_BYTES: usize = 1 << 20;
+/// What a pid's entry costs besides its strings (map slot, times, flags): an estimate.
+const ENTRY_OVERHEAD: usize = 128;
 
 /// What identifies the record a Login came from (for its Id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,11 +104,44 @@ struct PidState {
     last_ms: u64,
 }
 
-/// The login state machine: per-pid memory of USER_AUTH results and held records.
-#[derive(Debug, Default)]
+/// The login state machine: per-pid memory of USER_AUTH results and held records, bounded in
+/// entries (`MAX_PIDS`) and bytes (`max_bytes`): beyond either, the pid seen least recently
+/// is forgotten and its held Login emitted early (counted in `evicted`).
+#[derive(Debug)]
 pub struct LoginTracker {
     /// Keyed by (node, pid): forwarded events of several hosts share pid numbers.
     pids: HashMap<(Vec<u8>, i64), PidState>,
+    max_bytes: usize,
+    /// Pids forgotten early because a bound was reached.
+    evicted: u64,
+}
+
+impl Default for LoginTracker {
+    fn default() -> Self {
+        LoginTracker::new(DEFAULT_MAX_BYTES)
+    }
+}
+
+fn login_bytes(l: &Login) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    l.executable.len()
+        + l.operation.len()
+        + opt(&l.user_id)
+        + opt(&l.user_name)
+        + opt(&l.remote_address)
+        + l.extra_details
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// The bytes one pid's entry holds (an estimate: the strings plus a fixed overhead).
+fn entry_bytes(key: &(Vec<u8>, i64), st: &PidState) -> usize {
+    ENTRY_OVERHEAD
+        + key.0.len()
+        + st.held
+            .as_ref()
+            .map_or(0, |h| h.key.node.len() + login_bytes(&h.login))
 }
 
 fn text(v: Option<Value<'_>>) -> Option<String> {
@@ -126,6 +165,26 @@ fn basename(exe: &str) -> &str {
 }
 
 impl LoginTracker {
+    /// `max_bytes`: the bound on the bytes of the per-pid state (`events.login_tracking_bytes`).
+    pub fn new(max_bytes: usize) -> Self {
+        LoginTracker {
+            pids: HashMap::new(),
+            max_bytes,
+            evicted: 0,
+        }
+    }
+
+    /// Bytes held now (the estimate the bound applies to). A walk over at most `MAX_PIDS`
+    /// entries, done only for the user-space login records that change the state.
+    pub fn bytes(&self) -> usize {
+        self.pids.iter().map(|(k, st)| entry_bytes(k, st)).sum()
+    }
+
+    /// Pids forgotten early (their held Login emitted) because a bound was reached.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// Feed one single-record user-space event. Logins that are due are appended to `out`
     /// with the key of the record they came from.
     pub fn record(&mut self, r: &Record<'_>, out: &mut Vec<(LoginKey, Login)>) {
@@ -183,6 +242,24 @@ impl LoginTracker {
         if !self.pids.contains_key(&pid) && self.pids.len() >= MAX_PIDS {
             self.evict_oldest(out);
         }
+        self.update(pid, time, key, login, rtype, result, out);
+        while !self.pids.is_empty() && self.bytes() > self.max_bytes {
+            self.evict_oldest(out);
+        }
+    }
+
+    /// The state change of one login record of `pid`.
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        pid: (Vec<u8>, i64),
+        time: u64,
+        key: LoginKey,
+        login: Login,
+        rtype: u16,
+        result: LoginResult,
+        out: &mut Vec<(LoginKey, Login)>,
+    ) {
         let st = self.pids.entry(pid).or_default();
         st.last_ms = time;
         let recent_auth = st
@@ -249,6 +326,7 @@ impl LoginTracker {
             .min_by_key(|(_, st)| st.last_ms)
             .map(|(k, _)| k.clone());
         if let Some(oldest) = oldest {
+            self.evicted += 1;
             if let Some(h) = self.pids.remove(&oldest).and_then(|st| st.held) {
                 out.push((h.key, h.login));
             }
@@ -357,6 +435,37 @@ mod tests {
 
     const AUTH_FAIL: &str = "type=USER_AUTH msg=audit(100.000:10): pid=500 uid=0 auid=4294967295 ses=4294967295 msg='op=PAM:authentication grantors=? acct=\"bob\" exe=\"/usr/sbin/sshd\" hostname=127.0.0.1 addr=127.0.0.1 terminal=ssh res=failed'";
     const LOGIN_FAIL: &str = "type=USER_LOGIN msg=audit(101.000:11): pid=500 uid=0 auid=4294967295 ses=4294967295 msg='op=login acct=\"bob\" exe=\"/usr/sbin/sshd\" hostname=? addr=127.0.0.1 terminal=ssh res=failed'";
+
+    #[test]
+    fn held_logins_are_bounded_in_bytes_and_the_oldest_are_emitted_early_and_counted() {
+        const BOUND: usize = 64 << 10;
+        let mut t = LoginTracker::new(BOUND);
+        // Synthetic: key-based ssh logins (a held USER_START each) of 200 pids within 200 ms
+        // (all held: the hold is 5 s), each with a 4 KB host name (hex-encoded, as the kernel
+        // writes a value it must encode).
+        let host = "6".repeat(8_000);
+        let mut emitted = Vec::new();
+        for n in 0..200u64 {
+            let line = format!(
+                "type=USER_START msg=audit(100.{n:03}:{n}): pid={} uid=0 auid=1001 ses=3 msg='op=PAM:session_open grantors=pam_selinux acct=\"alice\" exe=\"/usr/sbin/sshd\" hostname={host} addr=127.0.0.1 terminal=ssh res=success'",
+                1000 + n
+            );
+            let r = Record::parse(line.as_bytes()).unwrap();
+            let mut out = Vec::new();
+            t.record(&r, &mut out);
+            assert!(t.bytes() <= BOUND, "{} bytes held", t.bytes());
+            emitted.extend(out.into_iter().map(|(_, l)| l.process_id));
+        }
+        // About 4.3 KB each: 15 fit in 64 KB; the others were emitted early, oldest first.
+        let held = t.pids.len() as i64;
+        assert_eq!(held, 15);
+        assert_eq!(emitted, (1000..1000 + 200 - held).collect::<Vec<_>>());
+        assert_eq!(t.evicted(), 200 - held as u64);
+        // Nothing lost: the held ones come at the end.
+        let mut out = Vec::new();
+        t.flush(&mut out);
+        assert_eq!(out.len() as i64, held);
+    }
 
     #[test]
     fn failed_password_is_one_fail() {
