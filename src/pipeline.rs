@@ -205,6 +205,30 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_argc_with_few_arguments_gives_the_arguments_present() {
+        let mut p = Pipeline::new(&Settings::default());
+        let mut out = Vec::new();
+        // Synthetic: an execve whose EXECVE record claims a million arguments and has one.
+        for line in [
+            &b"type=SYSCALL msg=audit(1700000000.000:9): arch=c000003e syscall=59 success=yes exit=0 ppid=1 pid=42 uid=0 comm=\"x\" exe=\"/usr/bin/x\" key=\"azureiotsecurity\""[..],
+            b"type=EXECVE msg=audit(1700000000.000:9): argc=1000000 a0=\"x\"",
+            b"type=EOE msg=audit(1700000000.000:9):",
+        ] {
+            p.push_line(line, 0, &mut out);
+        }
+        p.flush(&mut out);
+        assert_eq!(out.len(), 1);
+        let crate::events::Payload::ProcessCreate(pc) = &out[0].payload else {
+            panic!("{:?}", out[0]);
+        };
+        assert_eq!(pc.command_line, "x");
+        let extra = |k| pc.extra_details.get(k).map(String::as_str);
+        assert_eq!(extra("ArgumentsMissing"), Some("999999"));
+        assert_eq!(extra("CommandLineIncomplete"), Some("true"));
+        assert_eq!(extra("CommandLineTruncated"), None);
+    }
+
+    #[test]
     fn records_with_the_rule_key_are_noticed() {
         let mut p = Pipeline::new(&Settings::default());
         let mut out = Vec::new();

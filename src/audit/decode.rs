@@ -28,7 +28,8 @@
 //! - `argc` can exceed the arguments present (older kernels skipped empty arguments; records
 //!   can be lost), and `argc=0` exists with an `a0` present (an execve with an empty argv,
 //!   which the kernel fills in). Absent arguments read as empty and are counted in
-//!   [`ArgvResult::missing`].
+//!   [`ArgvResult::missing`]; the command line leaves them out (`argc=1000000 a0="x"` is
+//!   `x`, not `x` and a million spaces) and the event says how many were missing.
 //!
 //! Unlike the classic tools we keep every argument across records, in index order, and say
 //! what was missing; hostile input (`a4294967295=`, `argc=99999999`, the same record twice,
@@ -531,8 +532,8 @@ impl Argv {
             }
         };
         let missing = len.saturating_sub(pieces.len());
-        if buf.len() + len.saturating_sub(1) > limits.max_bytes {
-            // The separators of many missing arguments would not fit in the command line.
+        if buf.len() + pieces.len().saturating_sub(1) > limits.max_bytes {
+            // The arguments present and their separators do not fit in the command line.
             truncated = true;
         }
         ArgvResult {
@@ -572,7 +573,8 @@ pub struct ArgvResult {
     /// repeated arguments or `argc`, `aN_len` that is not a number.
     pub malformed: usize,
     /// Something was dropped to stay within [`ArgvLimits`]: arguments past the last one
-    /// kept, the rest of the last one, or the separators of an `argc` too large.
+    /// kept, the rest of the last one, an `argc` above `max_args` (clamped), or separators
+    /// of the arguments present.
     pub truncated: bool,
     /// Decoded bytes of every argument seen, kept or not (without separators).
     pub decoded_bytes: u64,
@@ -631,20 +633,24 @@ impl ArgvResult {
         self.iter().map(<[u8]>::to_vec).collect()
     }
 
-    /// The arguments joined by single spaces, lossy UTF-8, at most `max_bytes` bytes.
+    /// The arguments present joined by single spaces, lossy UTF-8, at most `max_bytes`
+    /// bytes. Missing arguments (see [`missing`](Self::missing)) are left out, not joined as
+    /// empty ones: a hostile `argc` must not pad the command line with spaces, and an
+    /// argument that never arrived is not known to be empty. (An empty argument that did
+    /// arrive, `aN=""`, keeps its place.)
     ///
     /// No quoting is added: `sh -c 'a b'` reads `sh -c a b`. That is what operators see in
     /// `ps` and what the classic Azure agents and auparse reported, and it keeps the
     /// aggregation keys of the upstream service stable.
     pub fn command_line(&self) -> String {
         let mut out = String::with_capacity(
-            (self.buf.len() + self.len.saturating_sub(1)).min(self.max_bytes),
+            (self.buf.len() + self.spans.len().saturating_sub(1)).min(self.max_bytes),
         );
-        for (i, a) in self.iter().enumerate() {
+        for (i, p) in self.spans.iter().enumerate() {
             if i > 0 {
                 out.push(' ');
             }
-            push_lossy(&mut out, a);
+            push_lossy(&mut out, self.bytes(p));
             if out.len() >= self.max_bytes {
                 break;
             }
@@ -1225,7 +1231,8 @@ mod tests {
         assert_eq!((r.len(), r.missing), (5, 3));
         assert!(!r.is_complete());
         assert!(!r.truncated);
-        assert_eq!(r.command_line(), "x y   ");
+        // Only the arguments that arrived.
+        assert_eq!(r.command_line(), "x y");
         // A gap in the middle.
         let r = argv(&[&format!("{H}argc=3 a0=\"x\" a2=\"z\"")]);
         assert_eq!(strs(&r), ["x", "", "z"]);
@@ -1233,7 +1240,10 @@ mod tests {
         assert_eq!(r.get(1), Some(&b""[..]));
         assert_eq!(r.get(2), Some(&b"z"[..]));
         assert_eq!(r.get(3), None);
-        assert_eq!(r.command_line(), "x  z");
+        assert_eq!(r.command_line(), "x z");
+        // An empty argument that arrived keeps its place.
+        let r = argv(&[&format!("{H}argc=3 a0=\"x\" a1=\"\" a2=\"z\"")]);
+        assert_eq!((r.missing, r.command_line().as_str()), (0, "x  z"));
     }
 
     #[test]
@@ -1250,7 +1260,7 @@ mod tests {
         let r = argv(&[&format!("{H} a5=\"x\" a6=\"y\"")]);
         assert_eq!(r.argc, None);
         assert_eq!((r.len(), r.missing), (7, 5));
-        assert_eq!(r.command_line(), "     x y");
+        assert_eq!(r.command_line(), "x y");
     }
 
     #[test]
@@ -1282,10 +1292,8 @@ mod tests {
         assert_eq!(r.missing, (1 << 20) - 3);
         assert_eq!(r.get(1_048_575), Some(&b"z"[..]));
         assert_eq!(r.get(500_000), Some(&b""[..]));
-        assert!(r.truncated); // the separators alone exceed max_bytes
-        let cl = r.command_line();
-        assert_eq!(cl.len(), 64 << 10);
-        assert!(cl.starts_with("x y  "));
+        assert!(!r.truncated);
+        assert_eq!(r.command_line(), "x y z");
         assert_eq!(r.iter().count(), 1 << 20);
 
         // A huge argc is clamped to max_args.
@@ -1293,7 +1301,7 @@ mod tests {
         assert_eq!(r.argc, Some(99_999_999));
         assert_eq!(r.len(), 1 << 20);
         assert!(r.truncated);
-        assert_eq!(r.command_line().len(), 64 << 10);
+        assert_eq!(r.command_line(), "x");
         let small = ArgvLimits {
             max_bytes: 64,
             max_args: 10,
@@ -1301,7 +1309,7 @@ mod tests {
         let r = argv_with(&[&format!("{H}argc=4294967295 a0=\"x\" a10=\"no\"")], small);
         assert_eq!((r.len(), r.missing, r.malformed), (10, 9, 1));
         assert!(r.truncated);
-        assert_eq!(r.command_line(), "x         ");
+        assert_eq!(r.command_line(), "x");
     }
 
     #[test]

@@ -264,7 +264,10 @@ impl Deriver {
         }
         common_extra(r, &mut extra);
         if argv.missing > 0 {
+            // The command line holds only the arguments that arrived (never padding for the
+            // others); like a shortened one, it says it is not the whole argv.
             extra.insert("ArgumentsMissing", argv.missing.to_string());
+            extra.insert("CommandLineIncomplete", "true".to_string());
         }
         let command_line = argv.command_line();
         let command_line = self.shorten(command_line, &mut extra);
