@@ -1,8 +1,8 @@
 //! `Record::parse` on arbitrary bytes, then everything a consumer can ask of the record:
 //! every field and enriched field, `decoded()` and the numeric readings of every value,
 //! `get`, and the text form of the encoded fields. Checks that every slice handed out lies
-//! inside the input (the parser borrows, never copies) and that a hex decoding is half the
-//! length of its text.
+//! inside the input (the parser borrows, never copies), that a hex decoding is half the
+//! length of its text, and that a record's time gives RFC 3339 timestamps (year ≤ 9999).
 
 #![no_main]
 
@@ -26,7 +26,12 @@ fuzz_target!(|data: &[u8]| {
     assert!(within(data, rec.body));
     assert!(rec.node.is_none_or(|n| within(data, n)));
     assert!(rec.enriched.is_none_or(|e| within(data, e)));
-    let _ = rec.id.millis();
+    // A record time no date-time can carry is refused: what parses has a four-digit year in
+    // the event timestamps.
+    assert!(rec.id.sec <= azureiotsecurity::audit::parse::MAX_RECORD_SEC);
+    let (local, utc) = azureiotsecurity::events::timestamps(rec.id.millis());
+    assert_eq!(utc.as_bytes().get(4), Some(&b'-'), "{utc}");
+    assert_eq!(local.as_bytes().get(4), Some(&b'-'), "{local}");
     let _ = rec.id.to_string();
     for (part, fields) in [
         (rec.body, rec.fields()),
