@@ -14,6 +14,9 @@
 //!   complete configuration, so removing a key from the twin returns it to the default.
 //!   A key whose value is `null`, `{}` or `{"value": null}` is missing too: in a twin patch
 //!   `null` deletes a property, so after `{"k": {"value": null}}` the twin holds `{"k": {}}`.
+//!   An object with members but no `value` (`{"valu": "Off"}`, a typo) is a type error, not
+//!   an unset key. In the settings file and environment `{}` is a type error too (no twin
+//!   patch makes it there; `k = {}` is a mistake).
 //!   `update` itself being `null` (no object in the twin) means all defaults.
 //! - **A type error rejects the whole update**: a setting that is not `{"value": …}`, a
 //!   value of the wrong JSON type, a bad duration, an unknown priority, an integer outside
@@ -46,6 +49,15 @@
 //!     high frequency; it takes its default (PT7M), or the low frequency when that is
 //!     shorter still, so high-priority events never wait longer than low-priority ones.
 //!
+//!   - A frequency or aggregation interval under its minimum → `NotOptimal`; the minimum
+//!     is used: [`MIN_MESSAGE_FREQUENCY`] (10 s) for both message frequencies,
+//!     [`MIN_SNAPSHOT_FREQUENCY`] (1 min) for `snapshotFrequency`,
+//!     [`MIN_AGGREGATION_INTERVAL`] (10 s) for the aggregation intervals. The schema allows
+//!     `PT0S`, but a zero frequency means a message (or a statistics report, or a checkpoint
+//!     of closed windows) at every tick of the module: about 860,000 a day, each billed.
+//!     This check runs before the high/low conflict check, so both see the values in force.
+//!     Only the settings' `debug.short_agent_intervals` (tests) lifts it.
+//!
 //!   The default rather than the previous value is used because the previous value may
 //!   conflict with the new settings as well; the default (capped as said) never does.
 //!
@@ -57,7 +69,7 @@
 //! are rejected. [`format_duration`] writes days, hours, minutes and seconds only (`PT7M`,
 //! `P1D`, `PT1H30M`, `PT0.5S`, `PT0S`), so parsing its output gives the same duration back.
 //!
-//! A zero duration is accepted (the schema allows `PT0S`).
+//! A zero duration parses (the schema allows `PT0S`); the minimums above then apply.
 
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -81,6 +93,14 @@ pub const MAX_MESSAGE_SIZE: u64 = 262_144;
 pub const MIN_CACHE_SIZE: u64 = 8192;
 /// Messages are billed per 4 KB chunk.
 pub const BILLING_CHUNK: u64 = 4096;
+/// The shortest `highPriorityMessageFrequency` / `lowPriorityMessageFrequency` used: at most
+/// 8,640 messages a day per priority.
+pub const MIN_MESSAGE_FREQUENCY: Duration = Duration::from_secs(10);
+/// The shortest `snapshotFrequency` used: at most 1,440 statistics reports a day.
+pub const MIN_SNAPSHOT_FREQUENCY: Duration = Duration::from_secs(60);
+/// The shortest `aggregationInterval<Event>` used (a window closing at every tick would
+/// aggregate nothing and checkpoint at every tick).
+pub const MIN_AGGREGATION_INTERVAL: Duration = Duration::from_secs(10);
 
 const DEFAULT_HIGH_FREQUENCY: Duration = Duration::from_secs(7 * 60);
 const DEFAULT_LOW_FREQUENCY: Duration = Duration::from_secs(5 * 3600);
@@ -94,6 +114,10 @@ const DEFAULT_AGGREGATION: Aggregation = Aggregation {
 
 // The cache default resolves every cache/message size conflict.
 const _: () = assert!(DEFAULT_CACHE_SIZE >= MAX_MESSAGE_SIZE);
+// The defaults are above the minimums.
+const _: () = assert!(DEFAULT_HIGH_FREQUENCY.as_secs() >= MIN_MESSAGE_FREQUENCY.as_secs());
+const _: () = assert!(DEFAULT_SNAPSHOT_FREQUENCY.as_secs() >= MIN_SNAPSHOT_FREQUENCY.as_secs());
+const _: () = assert!(DEFAULT_AGGREGATION.interval.as_secs() >= MIN_AGGREGATION_INTERVAL.as_secs());
 
 /// The events that have a priority setting (`eventPriority<Name>`), in schema order.
 /// [`AgentConfig::event_priorities`] is indexed like this.
@@ -309,6 +333,20 @@ pub struct Applied {
 /// value; `previous` is kept whole when the update has a type error. See the module
 /// documentation for every rule.
 pub fn apply(previous: &AgentConfig, update: &Value) -> Applied {
+    apply_with(previous, update, Source::Twin)
+}
+
+/// Where an update comes from: the few rules that differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The module twin: `{}` is a key unset by a twin patch.
+    Twin,
+    /// The settings file and environment: `{}` is a type error; `minimums` false only with
+    /// `debug.short_agent_intervals` (tests).
+    Settings { minimums: bool },
+}
+
+fn apply_with(previous: &AgentConfig, update: &Value, source: Source) -> Applied {
     let empty = Map::new();
     let object = match update {
         Value::Null => &empty,
@@ -368,7 +406,7 @@ pub fn apply(previous: &AgentConfig, update: &Value) -> Applied {
             continue;
         }
         *slot = Some(name.as_str());
-        match parse_entry(key, value) {
+        match parse_entry(key, value, source) {
             Ok(Some(setting)) => key.set(&mut next, setting),
             Ok(None) => {}
             Err(why) => errors.push((index, type_mismatch(key, previous, why))),
@@ -385,7 +423,8 @@ pub fn apply(previous: &AgentConfig, update: &Value) -> Applied {
         };
     }
 
-    let errors = check(&mut next);
+    let minimums = !matches!(source, Source::Settings { minimums: false });
+    let errors = check(&mut next, minimums);
     Applied {
         config: next,
         errors,
@@ -395,8 +434,11 @@ pub fn apply(previous: &AgentConfig, update: &Value) -> Applied {
 }
 
 /// The checks between settings, on a parsed configuration; fixes `c` as documented.
-fn check(c: &mut AgentConfig) -> Vec<ConfigurationError> {
+fn check(c: &mut AgentConfig, minimums: bool) -> Vec<ConfigurationError> {
     let mut errors = Vec::new();
+    if minimums {
+        raise_to_minimums(c, &mut errors);
+    }
     let message = c.max_message_size_in_bytes;
     if c.max_local_cache_size_in_bytes < message {
         let used = DEFAULT_CACHE_SIZE.max(message);
@@ -456,6 +498,43 @@ fn check(c: &mut AgentConfig) -> Vec<ConfigurationError> {
     errors
 }
 
+/// Frequencies and intervals under their minimums are raised to them, each with a
+/// `NotOptimal` error (in key order).
+fn raise_to_minimums(c: &mut AgentConfig, errors: &mut Vec<ConfigurationError>) {
+    for key in KEYS {
+        let min = match key {
+            Key::HighFrequency | Key::LowFrequency => MIN_MESSAGE_FREQUENCY,
+            Key::SnapshotFrequency => MIN_SNAPSHOT_FREQUENCY,
+            Key::AggregationInterval(_) => MIN_AGGREGATION_INTERVAL,
+            _ => continue,
+        };
+        let Setting::Duration(d) = key.get(c) else {
+            continue;
+        };
+        if d >= min {
+            continue;
+        }
+        let what = match key {
+            Key::SnapshotFrequency => "a statistics report",
+            Key::AggregationInterval(_) => "a closed aggregation window",
+            _ => "a message",
+        };
+        errors.push(configuration_error(
+            key.name(),
+            ConfigurationErrorType::NotOptimal,
+            format_duration(min),
+            format!(
+                "{} ({}) is under the minimum {}: {what} that often costs more than it tells; using {} instead",
+                key.name(),
+                format_duration(d),
+                format_duration(min),
+                format_duration(min)
+            ),
+        ));
+        key.set(c, Setting::Duration(min));
+    }
+}
+
 /// The agent configuration of the settings file and environment (`[agent]`,
 /// `AZUREIOTSECURITY_AGENT__<KEY>`), applied on the defaults.
 ///
@@ -491,7 +570,10 @@ pub fn agent_config_from_settings(s: &Settings) -> Applied {
             update.insert(name.clone(), wrapped);
         }
     }
-    let mut applied = apply(&AgentConfig::default(), &Value::Object(update));
+    let source = Source::Settings {
+        minimums: !s.debug.short_agent_intervals,
+    };
+    let mut applied = apply_with(&AgentConfig::default(), &Value::Object(update), source);
     for name in &applied.ignored {
         applied.errors.push(configuration_error(
             name,
@@ -721,12 +803,29 @@ impl Kind {
 
 /// One setting's JSON: `Ok(None)` when it is unset (takes the default), `Err(why)` on a
 /// type error.
-fn parse_entry(key: Key, value: &Value) -> Result<Option<Setting>, String> {
+fn parse_entry(key: Key, value: &Value, source: Source) -> Result<Option<Setting>, String> {
     let kind = key.kind();
     let inner = match value {
         Value::Null => return Ok(None),
         Value::Object(m) => match m.get("value") {
-            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Null) => return Ok(None),
+            // What a twin patch `{"value": null}` leaves behind.
+            None if m.is_empty() && source == Source::Twin => return Ok(None),
+            None => {
+                let members: Vec<String> = m.keys().take(4).map(|k| quote(k)).collect();
+                let found = if members.is_empty() {
+                    "an empty object".to_string()
+                } else {
+                    format!(
+                        "an object without \"value\" (members: {})",
+                        members.join(", ")
+                    )
+                };
+                return Err(format!(
+                    "expected {{\"value\": …}} holding {}, found {found}",
+                    kind.expected()
+                ));
+            }
             Some(v) => v,
         },
         other => {
@@ -1076,7 +1175,7 @@ mod tests {
         AgentConfig {
             high_priority_message_frequency: secs(90),
             low_priority_message_frequency: secs(2 * 86_400),
-            snapshot_frequency: Duration::from_millis(1500),
+            snapshot_frequency: Duration::from_millis(61_500),
             max_local_cache_size_in_bytes: 1_000_000,
             max_message_size_in_bytes: 65_536,
             event_priorities: [Priority::Off; 14],
@@ -1235,7 +1334,7 @@ mod tests {
             json!({"value": "PT1M30S"})
         );
         assert_eq!(j["lowPriorityMessageFrequency"], json!({"value": "P2D"}));
-        assert_eq!(j["snapshotFrequency"], json!({"value": "PT1.5S"}));
+        assert_eq!(j["snapshotFrequency"], json!({"value": "PT1M1.5S"}));
         assert_eq!(j["maxLocalCacheSizeInBytes"], json!({"value": 1_000_000}));
         assert_eq!(j["maxMessageSizeInBytes"], json!({"value": 65_536}));
         assert_eq!(j["eventPriorityLogin"], json!({"value": "Off"}));
@@ -1283,12 +1382,7 @@ mod tests {
 
     #[test]
     fn null_and_empty_settings_mean_the_default() {
-        for v in [
-            Value::Null,
-            json!({}),
-            json!({"value": null}),
-            json!({"other": 1}),
-        ] {
+        for v in [Value::Null, json!({}), json!({"value": null})] {
             let applied = apply(
                 &custom(),
                 &json!({"snapshotFrequency": v, "eventPriorityLogin": v}),
@@ -1296,6 +1390,165 @@ mod tests {
             ok(&applied);
             assert_eq!(applied.config, AgentConfig::default(), "{v}");
         }
+    }
+
+    #[test]
+    fn a_setting_object_without_value_is_a_type_mismatch() {
+        // Synthetic: a typo for "value" in the twin; the whole update is rejected.
+        let applied = apply(
+            &custom(),
+            &json!({
+                "eventPriorityLogin": {"valu": "Off"},
+                "snapshotFrequency": {"value": "PT2H"},
+            }),
+        );
+        assert_eq!(
+            applied.errors,
+            vec![error(
+                "eventPriorityLogin",
+                ConfigurationErrorType::TypeMismatch,
+                "Off",
+                "expected {\"value\": …} holding one of \"High\", \"Low\" or \"Off\", found an object without \"value\" (members: \"valu\")",
+            )]
+        );
+        assert!(applied.rejected);
+        assert_eq!(applied.config, custom());
+    }
+
+    #[test]
+    fn an_agent_setting_without_value_in_the_settings_file_is_a_type_mismatch() {
+        // Synthetic: `{ valu = "Off" }` (a typo) and `{}` in the settings file. Only the twin
+        // can leave `{}` behind (a patch that set "value" to null), so here it is an error.
+        for (text, found) in [
+            (
+                "[agent]\neventPriorityLogin = { valu = \"Off\" }\n",
+                "an object without \"value\" (members: \"valu\")",
+            ),
+            ("[agent]\neventPriorityLogin = {}\n", "an empty object"),
+        ] {
+            let f = settings_file(text);
+            let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+            let applied = agent_config_from_settings(&s);
+            assert_eq!(
+                applied.errors,
+                vec![error(
+                    "eventPriorityLogin",
+                    ConfigurationErrorType::TypeMismatch,
+                    "High",
+                    &format!(
+                        "expected {{\"value\": …}} holding one of \"High\", \"Low\" or \"Off\", found {found}"
+                    ),
+                )],
+                "{text}"
+            );
+            assert!(applied.rejected, "{text}");
+            assert_eq!(applied.config.priority("Login"), Priority::High, "{text}");
+        }
+    }
+
+    #[test]
+    fn frequencies_and_intervals_under_their_minimums_are_raised_and_reported() {
+        let applied = apply(
+            &AgentConfig::default(),
+            &json!({
+                "highPriorityMessageFrequency": {"value": "PT0S"},
+                "lowPriorityMessageFrequency": {"value": "PT9.5S"},
+                "snapshotFrequency": {"value": "PT0S"},
+                "aggregationIntervalConnectionCreate": {"value": "PT1S"},
+                "aggregationIntervalProcessTerminate": {"value": "PT10S"},
+            }),
+        );
+        assert!(!applied.rejected);
+        let mut want = AgentConfig {
+            high_priority_message_frequency: secs(10),
+            low_priority_message_frequency: secs(10),
+            snapshot_frequency: secs(60),
+            ..AgentConfig::default()
+        };
+        want.aggregations[1].interval = secs(10);
+        want.aggregations[2].interval = secs(10);
+        assert_eq!(applied.config, want);
+        let not_optimal = |name: &str, given: &str, min: &str, what: &str| {
+            error(
+                name,
+                ConfigurationErrorType::NotOptimal,
+                min,
+                &format!(
+                    "{name} ({given}) is under the minimum {min}: {what} that often costs more than it tells; using {min} instead"
+                ),
+            )
+        };
+        assert_eq!(
+            applied.errors,
+            vec![
+                not_optimal("highPriorityMessageFrequency", "PT0S", "PT10S", "a message"),
+                not_optimal(
+                    "lowPriorityMessageFrequency",
+                    "PT9.5S",
+                    "PT10S",
+                    "a message"
+                ),
+                not_optimal("snapshotFrequency", "PT0S", "PT1M", "a statistics report"),
+                not_optimal(
+                    "aggregationIntervalConnectionCreate",
+                    "PT1S",
+                    "PT10S",
+                    "a closed aggregation window"
+                ),
+            ]
+        );
+        // The minimums come before the conflict check: a low frequency raised to 10 s is what
+        // the high one is compared with.
+        let applied = apply(
+            &AgentConfig::default(),
+            &json!({
+                "highPriorityMessageFrequency": {"value": "PT1M"},
+                "lowPriorityMessageFrequency": {"value": "PT0S"},
+            }),
+        );
+        assert_eq!(applied.config.high_priority_message_frequency, secs(10));
+        assert_eq!(applied.config.low_priority_message_frequency, secs(10));
+        assert_eq!(
+            applied
+                .errors
+                .iter()
+                .map(|e| (
+                    e.configuration_name.as_str(),
+                    e.error_type,
+                    e.used_configuration.as_str()
+                ))
+                .collect::<Vec<_>>(),
+            vec![
+                (
+                    "lowPriorityMessageFrequency",
+                    ConfigurationErrorType::NotOptimal,
+                    "PT10S"
+                ),
+                (
+                    "highPriorityMessageFrequency",
+                    ConfigurationErrorType::Conflict,
+                    "PT10S"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_debug_setting_lifts_the_minimums_for_tests() {
+        let f = settings_file(
+            "[debug]\nshort_agent_intervals = true\n[agent]\nsnapshotFrequency = \"PT2S\"\nhighPriorityMessageFrequency = \"PT1S\"\n",
+        );
+        let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        let applied = agent_config_from_settings(&s);
+        ok(&applied);
+        assert_eq!(applied.config.snapshot_frequency, secs(2));
+        assert_eq!(applied.config.high_priority_message_frequency, secs(1));
+        // Without it the same file is raised to the minimums.
+        let f = settings_file("[agent]\nsnapshotFrequency = \"PT2S\"\n");
+        let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        let applied = agent_config_from_settings(&s);
+        assert_eq!(applied.config.snapshot_frequency, secs(60));
+        assert_eq!(applied.errors.len(), 1);
     }
 
     #[test]
@@ -1361,7 +1614,7 @@ mod tests {
             vec![error(
                 "snapshotFrequency",
                 ConfigurationErrorType::TypeMismatch,
-                "PT1.5S",
+                "PT1M1.5S",
                 "given more than once, as \"SNAPSHOTFREQUENCY\" and \"SnapshotFrequency\" (key names are matched ignoring case)",
             )]
         );
@@ -1414,7 +1667,7 @@ mod tests {
             (
                 "snapshotFrequency",
                 json!({"value": "13 hours"}),
-                "PT1.5S",
+                "PT1M1.5S",
                 "\"value\" \"13 hours\" is not an ISO 8601 duration: it does not start with P (expected P[nY][nM][nW][nD][T[nH][nM][nS]], such as \"PT7M\")",
             ),
             (
@@ -2134,6 +2387,11 @@ mod tests {
         ]
     }
 
+    /// A duration at or above `min` (the valid range of a frequency or interval).
+    fn at_least(min: Duration) -> impl Strategy<Value = Duration> {
+        any_duration().prop_map(move |d| d.max(min))
+    }
+
     fn any_priority() -> impl Strategy<Value = Priority> {
         prop_oneof![
             Just(Priority::High),
@@ -2191,14 +2449,14 @@ mod tests {
 
         #[test]
         fn valid_configs_round_trip_through_the_twin_form(
-            high in any_duration(),
+            high in at_least(MIN_MESSAGE_FREQUENCY),
             extra in any_duration(),
-            snapshot in any_duration(),
+            snapshot in at_least(MIN_SNAPSHOT_FREQUENCY),
             message in MIN_MESSAGE_SIZE..=MAX_MESSAGE_SIZE,
             cache_extra in 0u64..1 << 40,
             priorities in proptest::array::uniform14(any_priority()),
             enabled in proptest::array::uniform3(any::<bool>()),
-            intervals in proptest::array::uniform3(any_duration()),
+            intervals in proptest::array::uniform3(at_least(MIN_AGGREGATION_INTERVAL)),
         ) {
             let c = AgentConfig {
                 high_priority_message_frequency: high,

@@ -180,6 +180,10 @@ pub struct DebugSettings {
     /// dies ends the module (E-TASK-ENDED) instead of leaving it half alive.
     pub panic_task: String,
     pub panic_task_after_ms: u64,
+    /// Accept agent frequencies and aggregation intervals under their minimums
+    /// (`agent_config::MIN_*`), for tests that need messages within seconds; never for
+    /// production.
+    pub short_agent_intervals: bool,
 }
 
 /// The tasks `debug.panic_task` can name.

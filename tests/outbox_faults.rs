@@ -79,6 +79,11 @@ fn env(
         "1000".into(),
     ));
     env.push(("RUST_LOG".into(), "info".into()));
+    // Some tests set frequencies of seconds, under the agent configuration's minimums.
+    env.push((
+        "AZUREIOTSECURITY_DEBUG__SHORT_AGENT_INTERVALS".into(),
+        "true".into(),
+    ));
     for (k, v) in extra {
         env.push((k.to_string(), v.to_string()));
     }
