@@ -880,6 +880,8 @@ fn replay_events_with(capture_name: &str, env: &[(&str, &str)]) -> Vec<(String, 
 /// [`replay_events_with`] of any file.
 fn replay_file_events(path: &Path, env: &[(&str, &str)]) -> Vec<(String, String)> {
     let out = Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        // As the module runs in these tests (see `env`).
+        .env("AZUREIOTSECURITY_DEBUG__SHORT_AGENT_INTERVALS", "true")
         .envs(env.iter().copied())
         .args(["replay", "--messages"])
         .arg(path)
