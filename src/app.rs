@@ -29,7 +29,7 @@ use crate::events::operational::DiagnosticSeverity;
 use crate::events::{ConfigurationError, Payload, SecurityEvent};
 use crate::message::Envelope;
 use crate::outbox::sqlite::{self, Recovery};
-use crate::outbox::{Dropped, MemoryStore, Store, StoreError};
+use crate::outbox::{MemoryStore, Store, StoreError};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::settings::Settings;
 use crate::telemetry::{self, Counters};
@@ -240,9 +240,6 @@ pub struct Emitter<W: Write> {
     out_blocked: bool,
     /// `--events`: events dropped because `out` was full.
     unprinted_events: u64,
-    /// Rows of an earlier run the store removed at open (E-OUTBOX-ROW-BAD): events
-    /// dropped per queue and failed messages, for the first statistics.
-    store_lost: (Dropped, u64),
 }
 
 impl<W: Write> Emitter<W> {
@@ -257,7 +254,6 @@ impl<W: Write> Emitter<W> {
             store_diagnostic: None,
             out_blocked: false,
             unprinted_events: 0,
-            store_lost: (Dropped::default(), 0),
         }
     }
 
@@ -288,8 +284,6 @@ impl<W: Write> Emitter<W> {
             if durable {
                 o.set_run_salt(Uuid::new_v4());
             }
-            let (dropped, failed) = std::mem::take(&mut self.store_lost);
-            o.count_lost_in_store(dropped, failed);
             if let Some((severity, message)) = self.store_diagnostic.take() {
                 o.push(diagnostic_event(severity, message, wall_ms), now_ms);
             }
@@ -337,7 +331,6 @@ impl<W: Write> Emitter<W> {
                             q.events.high, q.events.low, q.messages
                         ),
                     ));
-                    self.store_lost = (q.events, q.messages);
                 }
                 Box::new(sqlite::Resilient::new(store))
             }

@@ -40,7 +40,7 @@ use crate::events::operational::{
 };
 use crate::events::{ExtraDetails, Payload, SecurityEvent};
 use crate::message::{BatchConfig, Batcher, CHUNK, Envelope, FitError, serialize_fitting};
-use crate::outbox::{Counters, Dropped, Pending, Store, StoreError, StoredMessage};
+use crate::outbox::{Counters, Pending, Store, StoreError, StoredMessage};
 
 /// Drops upstream of the queues, reported in DroppedEventsStatistics' ExtraDetails.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -371,18 +371,6 @@ impl Outgoing {
             }
         }
         self.store.checkpoint_windows(pending)
-    }
-
-    /// What the store lost before this run could count it (rows of an earlier run that did
-    /// not decode, removed at open): events dropped in their queues, and messages failed
-    /// (their events are unknown). The next statistics report them.
-    pub fn count_lost_in_store(&mut self, dropped: Dropped, failed_messages: u64) {
-        self.count_dropped(QueueName::High, dropped.high);
-        self.count_dropped(QueueName::Low, dropped.low);
-        for p in [&mut self.period, &mut self.totals] {
-            p.messages_failed += failed_messages;
-        }
-        self.stage();
     }
 
     fn count_collected(&mut self, q: QueueName, n: u64) {

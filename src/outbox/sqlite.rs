@@ -264,19 +264,30 @@ fn owner_only(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The columns the module's tables need: name and declared type. `statistics` is added to
-/// an older outbox's `pending` at open, so it may be missing.
-const COLUMNS: [(&str, &[(&str, &str)]); 3] = [
+/// A table the module writes: its name, its key column, and (column, declared type) of
+/// each column the module writes.
+type TableShape = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+/// The module's tables. `statistics` is added to an older outbox's `pending` at open, so it
+/// may be missing.
+const COLUMNS: [TableShape; 4] = [
     (
         "pending",
+        "seq",
         &[("seq", "INTEGER"), ("queue", "INTEGER"), ("json", "TEXT")],
     ),
     (
         "windows",
+        "seq",
         &[("seq", "INTEGER"), ("queue", "INTEGER"), ("json", "TEXT")],
     ),
     (
         "messages",
+        "seq",
         &[
             ("seq", "INTEGER"),
             ("message_id", "TEXT"),
@@ -285,14 +296,15 @@ const COLUMNS: [(&str, &[(&str, &str)]); 3] = [
             ("low_events", "INTEGER"),
         ],
     ),
+    ("counters", "id", &[("id", "INTEGER"), ("json", "TEXT")]),
 ];
 
 /// What is wrong with the module's tables in a file, if anything (absent tables are fine:
 /// they are created). Every column the module writes must be there with its type, `seq` the
-/// integer key (the insertion order), and any other column must take a default (the module
+/// integer key (the insertion order; `id` for the one counters row), and any other column must take a default (the module
 /// does not write it).
 fn check_schema(conn: &Connection) -> rusqlite::Result<Option<String>> {
-    for (table, needed) in COLUMNS {
+    for (table, key_column, needed) in COLUMNS {
         let kind: Option<String> = conn
             .query_row(
                 "SELECT type FROM sqlite_schema WHERE name = ?1",
@@ -337,8 +349,10 @@ fn check_schema(conn: &Connection) -> rusqlite::Result<Option<String>> {
             .filter(|c| c.4 > 0)
             .map(|c| c.0.as_str())
             .collect();
-        if key.len() != 1 || !key[0].eq_ignore_ascii_case("seq") {
-            return Ok(Some(format!("{table}'s key is {key:?}, not seq alone")));
+        if key.len() != 1 || !key[0].eq_ignore_ascii_case(key_column) {
+            return Ok(Some(format!(
+                "{table}'s key is {key:?}, not {key_column} alone"
+            )));
         }
         let written = |n: &str| {
             needed.iter().any(|c| c.0.eq_ignore_ascii_case(n))
@@ -515,8 +529,39 @@ fn quarantine(conn: &Connection) -> rusqlite::Result<Quarantined> {
         q.messages += 1;
         q.first.get_or_insert(format!("messages row {seq}: {why}"));
     }
+    if !q.is_empty() {
+        count_quarantined(&tx, &q)?;
+    }
     tx.commit()?;
     Ok(q)
+}
+
+/// The removed rows go into the period's counters in the transaction that removes them, so
+/// a kill right after the open neither keeps the rows nor loses their count: the delivery
+/// stage takes them with the restored counters (events dropped in their queues, messages
+/// failed). A counters row that does not decode is replaced (its counts were lost anyway;
+/// `read_counters` would have said W-OUTBOX-COUNTERS and started from zero).
+fn count_quarantined(conn: &Connection, q: &Quarantined) -> rusqlite::Result<()> {
+    let mut c: Counters = conn
+        .query_row("SELECT json FROM counters WHERE id = 1", [], |r| {
+            Ok(match r.get_ref(0)? {
+                ValueRef::Text(t) => serde_json::from_slice(t).ok(),
+                _ => None,
+            })
+        })
+        .optional()?
+        .flatten()
+        .unwrap_or_default();
+    c.period.dropped_high = c.period.dropped_high.saturating_add(q.events.high);
+    c.period.dropped_low = c.period.dropped_low.saturating_add(q.events.low);
+    c.period.messages_failed = c.period.messages_failed.saturating_add(q.messages);
+    let json = serde_json::to_string(&c)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    conn.execute(
+        "INSERT OR REPLACE INTO counters (id, json) VALUES (1, ?1)",
+        params![json],
+    )?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -590,6 +635,9 @@ impl SqliteStore {
                  body TEXT NOT NULL,
                  high_events INTEGER NOT NULL,
                  low_events INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS counters (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 json TEXT NOT NULL);
              COMMIT;",
         )
         .map_err(db)?;
@@ -659,13 +707,6 @@ impl SqliteStore {
     /// before the delivery stage took it keeps it) and hands it back once. A row that does
     /// not decode is reported (W-OUTBOX-COUNTERS) and replaced by the next commit.
     fn read_counters(&mut self) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS counters (
-                     id INTEGER PRIMARY KEY CHECK (id = 1),
-                     json TEXT NOT NULL)",
-            )
-            .map_err(db)?;
         let row: Option<Result<Counters, String>> = self
             .conn
             .query_row("SELECT json FROM counters WHERE id = 1", [], |r| {
@@ -1718,13 +1759,16 @@ mod tests {
         drop(SqliteStore::open(&path, 1 << 20).unwrap());
         // Synthetic damage: a BLOB where the JSON text belongs.
         let conn = Connection::open(&path).unwrap();
-        conn.execute("UPDATE counters SET json = x'00ff' WHERE id = 1", [])
-            .unwrap();
+        conn.execute(
+            "INSERT OR REPLACE INTO counters (id, json) VALUES (1, x'00ff')",
+            [],
+        )
+        .unwrap();
         drop(conn);
         let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
         assert_eq!(s.take_restored_counters(), None);
         s.stage_counters(&counters(4));
-        s.add_pending(p(QueueName::Low, "e")).unwrap();
+        s.add_pending(po(QueueName::Low, "e")).unwrap();
         s.commit().unwrap();
         drop(s);
         let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
@@ -2004,6 +2048,21 @@ mod tests {
             q.first.as_deref().unwrap_or("").contains("windows row"),
             "{q:?}"
         );
+        // Their count was committed with their removal: it is in the counters handed to
+        // the delivery stage, which reports it in the first statistics.
+        let dropped_and_failed = |c: Option<Counters>| {
+            c.map(|c| {
+                (
+                    c.period.dropped_high,
+                    c.period.dropped_low,
+                    c.period.messages_failed,
+                )
+            })
+        };
+        assert_eq!(
+            dropped_and_failed(s.take_restored_counters()),
+            Some((3, 5, 3))
+        );
         // The rest flows: the good messages in order, the good pending events and the good
         // window entry (now pending) after them.
         assert_eq!(s.message_count(), 2);
@@ -2021,9 +2080,14 @@ mod tests {
             objs(&["l1", "l2", "w1"])
         );
         drop(s);
-        // Removed once: a second open finds nothing.
-        let s = SqliteStore::open(&path, 1 << 20).unwrap();
+        // Removed once: a second open finds nothing, and a run killed before its statistics
+        // committed new counters hands the same counts on (not lost, not doubled).
+        let mut s = SqliteStore::open(&path, 1 << 20).unwrap();
         assert!(s.quarantined().is_empty());
+        assert_eq!(
+            dropped_and_failed(s.take_restored_counters()),
+            Some((3, 5, 3))
+        );
     }
 
     #[test]
