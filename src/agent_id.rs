@@ -8,8 +8,9 @@
 //!   is logged once as E-AGENTID-BAD and replaced by a new AgentId, which is kept from then
 //!   on. Only a data directory that cannot be read or written is an error (E-DATADIR in
 //!   main).
-//! - What it creates is private: the data directory 0700 (when it makes it; an existing
-//!   one is left as it is), the AgentId file 0600. The file is written to a temporary file
+//! - What it creates is private: the data directory 0700, the AgentId file 0600; an
+//!   existing directory or file that grants more (an earlier version's 0755/0644) is
+//!   tightened to that. The file is written to a temporary file
 //!   created exclusively (`O_CREAT|O_EXCL`, which never follows a symlink) and renamed over
 //!   the old one (rename replaces a symlink, it does not write through it).
 
@@ -64,7 +65,12 @@ pub fn load_or_create(dir: &Path) -> Result<Uuid, AgentIdError> {
         path: path.clone(),
         source,
     })? {
-        Found::Id(id) => return Ok(id),
+        Found::Id(id) => {
+            // Kept by an earlier version (0644 in a 0755 directory): made private now.
+            tighten(dir, 0o700);
+            tighten(&path, 0o600);
+            return Ok(id);
+        }
         Found::Missing => {}
         Found::Bad(why) => tracing::error!(
             error_id = "E-AGENTID-BAD",
@@ -81,6 +87,7 @@ pub fn load_or_create(dir: &Path) -> Result<Uuid, AgentIdError> {
             path: dir.to_path_buf(),
             source,
         })?;
+    tighten(dir, 0o700);
     let id = Uuid::new_v4();
     write(dir, &path, id).map_err(|source| AgentIdError::Write {
         path: path.clone(),
@@ -88,6 +95,25 @@ pub fn load_or_create(dir: &Path) -> Result<Uuid, AgentIdError> {
     })?;
     tracing::info!(agent_id = %id, path = %path.display(), "created the AgentId");
     Ok(id)
+}
+
+/// Takes away what `path` grants beyond `mode` (group and other bits). A data directory
+/// that cannot be changed (read-only) keeps its mode: that is no reason to stop.
+fn tighten(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    let now = m.permissions().mode() & 0o7777;
+    if m.file_type().is_symlink() || now & !mode == 0 {
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(now & mode)) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), from = format!("{now:o}"), to = format!("{:o}", now & mode), "made private")
+        }
+        Err(e) => tracing::debug!(path = %path.display(), error = %e, "cannot make private"),
+    }
 }
 
 /// Reads at most [`MAX_FILE_BYTES`] (+1, to tell a longer file) of `path`; only I/O
@@ -219,6 +245,31 @@ mod tests {
         std::fs::set_permissions(dir.join(FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
         load_or_create(&dir).unwrap();
         assert_eq!(mode(&dir.join(FILE)), 0o600);
+    }
+
+    #[test]
+    fn an_existing_directory_and_file_are_made_private_and_the_id_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("data");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        // As an earlier version (or a volume made by the container engine) left them.
+        std::fs::create_dir(&dir).unwrap();
+        set(&dir, 0o755);
+        let id = "0b7cd0a2-3a0b-4c5e-9d6f-1a2b3c4d5e6f";
+        std::fs::write(dir.join(FILE), format!("{id}\n")).unwrap();
+        set(&dir.join(FILE), 0o644);
+        assert_eq!(load_or_create(&dir).unwrap().to_string(), id);
+        assert_eq!((mode(&dir), mode(&dir.join(FILE))), (0o700, 0o600));
+        // A directory without a file yet is made private when the file is created.
+        let empty = d.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        set(&empty, 0o777);
+        load_or_create(&empty).unwrap();
+        assert_eq!(mode(&empty), 0o700);
     }
 
     #[test]
