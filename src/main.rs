@@ -80,9 +80,13 @@ fn main() -> ExitCode {
         Ok(code) => code,
         // The reader of our output went away (`… | head`): nothing more to say.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
-        // Settings out of range or that do not parse: a configuration problem, exit 1 (as
-        // check-config's own findings), so that it is told apart from a failure while running.
-        Err(e) if e.chain().any(|c| c.is::<SettingsError>()) => {
+        // Settings out of range or that do not parse, or an IoT Edge environment that is
+        // incomplete: a configuration problem, exit 1 (as check-config's own findings), so
+        // that it is told apart from a failure while running.
+        Err(e)
+            if e.chain()
+                .any(|c| c.is::<SettingsError>() || c.is::<identity::IdentityError>()) =>
+        {
             eprintln!("azureiotsecurity: {e:#}");
             ExitCode::from(1)
         }

@@ -68,6 +68,33 @@ fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> String {
     }
 }
 
+/// An IoT Edge environment with the workload URI but not the rest (a manifest that lost
+/// variables) is a configuration problem: exit 1 naming the missing variable, as the README
+/// says (it was 2, the code of a failure while running).
+#[test]
+fn an_incomplete_iot_edge_environment_exits_1_naming_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = module()
+        .arg("run")
+        .env(
+            "IOTEDGE_WORKLOADURI",
+            "unix:///var/run/iotedge/workload.sock",
+        )
+        .env(
+            "AZUREIOTSECURITY_AUDIT__SOCKET_PATH",
+            dir.path().join("none.sock"),
+        )
+        .env("AZUREIOTSECURITY_MODULE__DATA_DIR", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_exit(&mut child, Duration::from_secs(20), "run");
+    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("IOTEDGE_AUTHSCHEME is missing"), "{err}");
+}
+
 /// A token lifetime an `Instant` cannot carry (1.2e19 s made the sender panic after
 /// check-config had passed it) and the environment's 2e19 (read as u64::MAX) are refused
 /// by check-config and by run, exit 1, naming the setting and its range.
