@@ -686,6 +686,64 @@ fn as_u64(v: &Value) -> u64 {
     }
 }
 
+/// The DroppedEventsStatistics item of queue `q` (High or Low).
+fn queue_item<'a>(e: &'a Value, q: &str) -> &'a Value {
+    e["Payload"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["Queue"] == q)
+        .unwrap()
+}
+
+/// Waits until the last three messages edgeHub accepted hold statistics only: everything
+/// else went or was dropped, and each snapshot found the one before it sent.
+fn wait_quiet(hub: &EdgeHub) {
+    let stats_only = |r: &Value| {
+        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+        body["Events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["Category"] == "Periodic")
+    };
+    hub.wait(
+        "three statistics-only messages in a row",
+        Duration::from_secs(60),
+        |r| {
+            let accepted: Vec<&Value> = r
+                .iter()
+                .filter(|x| x["kind"] == "message" && x["outcome"] == "accept")
+                .collect();
+            accepted.len() >= 3 && accepted[accepted.len() - 3..].iter().all(|x| stats_only(x))
+        },
+    );
+}
+
+/// The bodies of the messages edgeHub accepted, each once, in the order it accepted them.
+fn unique_bodies(hub: &EdgeHub) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    hub.accepted()
+        .into_iter()
+        .filter(|r| seen.insert(r["message_id"].as_str().unwrap().to_owned()))
+        .map(|r| r["body"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Id → Name of the audit-derived (Security) events among `events`.
+fn security_events(events: &[Value]) -> std::collections::BTreeMap<String, String> {
+    events
+        .iter()
+        .filter(|e| e["EventType"] == "Security")
+        .map(|e| {
+            (
+                e["Id"].as_str().unwrap().to_owned(),
+                e["Name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
     let dir = tempfile::tempdir().unwrap();
@@ -730,35 +788,8 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
     std::thread::sleep(Duration::from_secs(10));
     assert!(m.alive(), "{}", m.output());
     let hub = EdgeHub::start(dir.path(), &certs, &hub_options(port));
-    // Quiet: the last three messages hold statistics only (everything else went or was
-    // dropped, and each snapshot found the one before it sent).
-    let stats_only = |r: &Value| {
-        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
-        body["Events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|e| e["Category"] == "Periodic")
-    };
-    hub.wait(
-        "three statistics-only messages in a row",
-        Duration::from_secs(60),
-        |r| {
-            let accepted: Vec<&Value> = r
-                .iter()
-                .filter(|x| x["kind"] == "message" && x["outcome"] == "accept")
-                .collect();
-            accepted.len() >= 3 && accepted[accepted.len() - 3..].iter().all(|x| stats_only(x))
-        },
-    );
-    // Unique messages in the order edgeHub accepted them, up to now.
-    let mut seen = std::collections::HashSet::new();
-    let bodies: Vec<String> = hub
-        .accepted()
-        .into_iter()
-        .filter(|r| seen.insert(r["message_id"].as_str().unwrap().to_owned()))
-        .map(|r| r["body"].as_str().unwrap().to_owned())
-        .collect();
+    wait_quiet(&hub);
+    let bodies = unique_bodies(&hub);
     let messages: Vec<Value> = bodies
         .iter()
         .map(|b| serde_json::from_str(b).unwrap())
@@ -791,29 +822,11 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
     let msg_stats = named("MessageStatistics");
     let drop_stats = named("DroppedEventsStatistics");
     assert!(drop_stats.len() >= 3, "{drop_stats:?}");
-    let queue_item = |e: &Value, q: &str| -> Value {
-        e["Payload"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["Queue"] == q)
-            .unwrap()
-            .clone()
-    };
 
     // What the module derived (the same capture, replayed) and what edgeHub got, per queue.
     let replayed = replay_events_with("activity.log", &settings);
     let want: std::collections::BTreeSet<&String> = replayed.iter().map(|(id, _)| id).collect();
-    let audit_delivered: std::collections::BTreeMap<String, String> = events(0..messages.len())
-        .iter()
-        .filter(|e| e["EventType"] == "Security")
-        .map(|e| {
-            (
-                e["Id"].as_str().unwrap().to_owned(),
-                e["Name"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let audit_delivered = security_events(&events(0..messages.len()));
     for id in audit_delivered.keys() {
         assert!(want.contains(id), "{id} was never derived");
     }
@@ -1053,32 +1066,11 @@ fn drop_counts_survive_sigkills_during_an_outage() {
         &env(&workload, port, &empty, &data, &settings),
         &["run"],
     );
-    let stats_only = |r: &Value| {
-        let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
-        body["Events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|e| e["Category"] == "Periodic")
-    };
-    hub.wait(
-        "three statistics-only messages in a row",
-        Duration::from_secs(60),
-        |r| {
-            let accepted: Vec<&Value> = r
-                .iter()
-                .filter(|x| x["kind"] == "message" && x["outcome"] == "accept")
-                .collect();
-            accepted.len() >= 3 && accepted[accepted.len() - 3..].iter().all(|x| stats_only(x))
-        },
-    );
-    let mut seen = std::collections::HashSet::new();
-    let events: Vec<Value> = hub
-        .accepted()
-        .into_iter()
-        .filter(|r| seen.insert(r["message_id"].as_str().unwrap().to_owned()))
-        .flat_map(|r| {
-            let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();
+    wait_quiet(&hub);
+    let events: Vec<Value> = unique_bodies(&hub)
+        .iter()
+        .flat_map(|b| {
+            let body: Value = serde_json::from_str(b).unwrap();
             body["Events"].as_array().unwrap().clone()
         })
         .collect();
@@ -1086,16 +1078,7 @@ fn drop_counts_survive_sigkills_during_an_outage() {
 
     let replayed = replay.join().unwrap();
     let want: std::collections::BTreeSet<&String> = replayed.iter().map(|(id, _)| id).collect();
-    let delivered: std::collections::BTreeMap<String, String> = events
-        .iter()
-        .filter(|e| e["EventType"] == "Security")
-        .map(|e| {
-            (
-                e["Id"].as_str().unwrap().to_owned(),
-                e["Name"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let delivered = security_events(&events);
     for id in delivered.keys() {
         assert!(want.contains(id), "{id} was never derived");
     }
@@ -1113,13 +1096,7 @@ fn drop_counts_survive_sigkills_during_an_outage() {
             .filter(|n| queue_of(&config, n) == q)
             .count() as u64;
         let reported = sum_u64(&drop_stats, |e| {
-            let item = e["Payload"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|p| p["Queue"] == name)
-                .unwrap();
-            as_u64(&item["DroppedEvents"])
+            as_u64(&queue_item(e, name)["DroppedEvents"])
         });
         eprintln!("{name}: {derived} derived, {arrived} arrived, {reported} reported dropped");
         assert!(derived > arrived, "{name}: the cap dropped events");
