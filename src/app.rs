@@ -32,7 +32,7 @@ use crate::outbox::sqlite::{self, Recovery};
 use crate::outbox::{MemoryStore, Store, StoreError};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::settings::Settings;
-use crate::telemetry::{self, Counters};
+use crate::stats::{self, Snapshot};
 
 #[derive(Debug, Error)]
 pub enum AppError {
@@ -498,10 +498,12 @@ impl<W: Write> Emitter<W> {
             .unwrap_or((0, 0))
     }
 
-    /// Totals of the outgoing half (message modes).
-    pub fn outgoing_totals(&self) -> Option<crate::delivery::TotalStats> {
-        let o = self.outgoing.as_ref()?;
-        lock(o).ok().map(|o| o.totals().clone())
+    /// The outgoing half's part of the counters snapshot (message modes; nothing when
+    /// printing events).
+    pub fn fill(&self, s: &mut Snapshot) {
+        if let Some(o) = self.outgoing.as_ref().and_then(|o| lock(o).ok()) {
+            o.fill(s);
+        }
     }
 }
 
@@ -702,9 +704,9 @@ pub async fn run<W: Write + Send + 'static>(
     let start = Instant::now();
     let now_ms = move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut sender = start_sender(&mut emitter, &mode, &settings, now_ms(), wall_ms());
-    let counters = Arc::new(Mutex::new(Counters::default()));
+    let snapshot = Arc::new(Mutex::new(Snapshot::default()));
     let mut metrics_task = if settings.metrics.enabled {
-        start_metrics(&settings.metrics.listen, counters.clone()).await
+        start_metrics(&settings.metrics.listen, snapshot.clone()).await
     } else {
         None
     };
@@ -780,8 +782,8 @@ pub async fn run<W: Write + Send + 'static>(
                     }
                     if Instant::now() >= counters_at {
                         counters_at = later(Instant::now(), Duration::from_secs(1));
-                        let c = collect(&pipeline, &source_stats, &emitter, sender.as_ref());
-                        if let Ok(mut shared) = counters.lock() {
+                        let c = collect(&pipeline, &source_stats, &queue, &emitter, sender.as_ref());
+                        if let Ok(mut shared) = snapshot.lock() {
                             *shared = c.clone();
                         }
                         if Instant::now() >= stats_at {
@@ -848,11 +850,10 @@ pub async fn run<W: Write + Send + 'static>(
     if let Some(t) = &metrics_task {
         t.abort();
     }
-    collect(&pipeline, &source_stats, &emitter, sender.as_ref()).log();
+    // The final statistics line, with what the stop flushed and sent.
+    collect(&pipeline, &source_stats, &queue, &emitter, sender.as_ref()).log();
     result?;
-    let stats = pipeline.stats();
-    log_stats(&stats, &source_stats, 0);
-    Ok(stats)
+    Ok(pipeline.stats())
 }
 
 /// The AMQP sender task of `Mode::Send`.
@@ -874,7 +875,6 @@ impl RunningSender {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.task.abort();
-        log_sender_stats(&self.stats);
     }
 }
 
@@ -917,7 +917,7 @@ fn start_sender<W: Write>(
     })
 }
 
-async fn start_metrics(listen: &str, counters: Arc<Mutex<Counters>>) -> Option<Supervised> {
+async fn start_metrics(listen: &str, snapshot: Arc<Mutex<Snapshot>>) -> Option<Supervised> {
     let addr = match listen.parse() {
         Ok(a) => a,
         Err(e) => {
@@ -925,7 +925,7 @@ async fn start_metrics(listen: &str, counters: Arc<Mutex<Counters>>) -> Option<S
             return None;
         }
     };
-    match telemetry::serve_metrics(addr, counters).await {
+    match stats::serve_metrics(addr, snapshot).await {
         Ok((bound, task)) => {
             tracing::info!(address = %bound, "serving /metrics");
             Some(Supervised::watch("metrics", task))
@@ -937,54 +937,24 @@ async fn start_metrics(listen: &str, counters: Arc<Mutex<Counters>>) -> Option<S
     }
 }
 
-/// Every counter of the module, for the statistics line and `/metrics`.
+/// Every counter of the module, for the statistics line and `/metrics`: each component
+/// fills its part.
 fn collect<W: Write>(
     pipeline: &Pipeline,
     source: &SourceStats,
+    queue: &LineQueue,
     emitter: &Emitter<W>,
     sender: Option<&RunningSender>,
-) -> Counters {
-    let p = pipeline.stats();
-    let totals = emitter.outgoing_totals().unwrap_or_default();
-    let (queued_messages, queued_bytes) = emitter.queued();
-    let get = AmqpStats::get;
-    let mut c = Counters {
-        records_read: p.coalesce.records,
-        bad_time_lines: p.coalesce.bad_time_lines,
-        lines_dropped_queue_full: source.lines_dropped.load(Ordering::Relaxed),
-        audit_events: p.coalesce.events,
-        estimated_kernel_loss: p.coalesce.estimated_lost,
-        security_events: p.derive.events,
-        messages_sent: totals.messages_sent,
-        bytes_sent: totals.bytes_sent,
-        chunks_sent: totals.chunks_sent,
-        messages_failed: totals.messages_failed,
-        dropped_high: totals.dropped_high,
-        dropped_low: totals.dropped_low,
-        queued_messages: queued_messages as u64,
-        queued_bytes: queued_bytes as u64,
-        ..Counters::default()
-    };
-    if let Some(s) = sender {
-        c.connects = get(&s.stats.connects);
-        c.connect_failures = get(&s.stats.connect_failures);
-        c.released = get(&s.stats.released);
+) -> Snapshot {
+    let mut s = Snapshot::default();
+    source.fill(&mut s);
+    queue.fill(&mut s);
+    pipeline.stats().fill(&mut s);
+    emitter.fill(&mut s);
+    if let Some(sender) = sender {
+        sender.stats.fill(&mut s);
     }
-    c
-}
-
-fn log_sender_stats(s: &AmqpStats) {
-    tracing::info!(
-        connects = AmqpStats::get(&s.connects),
-        connect_failures = AmqpStats::get(&s.connect_failures),
-        put_tokens = AmqpStats::get(&s.put_tokens),
-        delivered = AmqpStats::get(&s.delivered),
-        delivered_bytes = AmqpStats::get(&s.delivered_bytes),
-        rejected = AmqpStats::get(&s.rejected),
-        released_or_modified = AmqpStats::get(&s.released),
-        send_timeouts = AmqpStats::get(&s.send_timeouts),
-        "edgeHub statistics"
-    );
+    s
 }
 
 fn upstream(p: &Pipeline, s: &SourceStats) -> UpstreamDrops {
@@ -1003,33 +973,6 @@ fn feed(pipeline: &mut Pipeline, chunk: Chunk, now: u64, events: &mut Vec<Securi
         }
         Chunk::Dropped { serials, .. } => pipeline.dropped_upstream(serials),
     }
-}
-
-fn log_stats(p: &PipelineStats, s: &SourceStats, queue_bytes: usize) {
-    let c = &p.coalesce;
-    tracing::info!(
-        bytes_read = s.bytes_read.load(Ordering::Relaxed),
-        lines_read = s.lines_read.load(Ordering::Relaxed),
-        lines_dropped_queue_full = s.lines_dropped.load(Ordering::Relaxed),
-        bytes_dropped_queue_full = s.bytes_dropped.load(Ordering::Relaxed),
-        partial_lines = s.partial_lines.load(Ordering::Relaxed),
-        oversized_lines = s.oversized_lines.load(Ordering::Relaxed),
-        connects = s.connects.load(Ordering::Relaxed),
-        short_connections = s.short_connections.load(Ordering::Relaxed),
-        queue_bytes,
-        non_utf8_lines = p.non_utf8_lines,
-        bad_lines = c.bad_lines,
-        bad_time_lines = c.bad_time_lines,
-        audit_events = c.events,
-        evicted = c.evicted,
-        estimated_kernel_loss = c.estimated_lost,
-        security_events = p.derive.events,
-        process_create = p.derive.process_create,
-        connection_create = p.derive.connection_create,
-        login = p.derive.login,
-        login_evicted = p.derive.login_evicted,
-        "audit statistics"
-    );
 }
 
 #[cfg(test)]

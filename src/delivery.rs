@@ -41,6 +41,7 @@ use crate::events::operational::{
 use crate::events::{ExtraDetails, Payload, SecurityEvent};
 use crate::message::{BatchConfig, Batcher, CHUNK, Envelope, FitError, serialize_fitting};
 use crate::outbox::{Counters, Pending, Store, StoreError, StoredMessage};
+use crate::stats::Snapshot;
 
 /// Drops upstream of the queues, reported in DroppedEventsStatistics' ExtraDetails.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -611,6 +612,21 @@ impl Outgoing {
 
     pub fn totals(&self) -> &TotalStats {
         &self.totals
+    }
+
+    /// The outgoing state's part of the counters snapshot: totals since start and what the
+    /// store holds now.
+    pub fn fill(&self, s: &mut Snapshot) {
+        let t = &self.totals;
+        let (messages, bytes) = self.queued();
+        s.messages_sent = t.messages_sent;
+        s.bytes_sent = t.bytes_sent;
+        s.chunks_sent = t.chunks_sent;
+        s.messages_failed = t.messages_failed;
+        s.dropped_high = t.dropped_high;
+        s.dropped_low = t.dropped_low;
+        s.queued_messages = messages as u64;
+        s.queued_bytes = bytes as u64;
     }
 
     pub fn batch_stats(&self) -> &crate::message::BatchStats {

@@ -15,6 +15,8 @@
 //! - [`events`]: the security events and how they are derived.
 //! - [`rules`]: the audit rules the module needs.
 //! - [`settings`]: defaults < file < environment.
+//! - [`stats`]: one counters snapshot, filled by each stage, for the statistics line and
+//!   `/metrics`.
 //!
 //! Each stage that does the work is a plain synchronous state machine with no I/O and no
 //! clock of its own: time comes in as an argument, so tests are deterministic.
@@ -32,5 +34,5 @@ pub mod outbox;
 pub mod pipeline;
 pub mod rules;
 pub mod settings;
-pub mod telemetry;
+pub mod stats;
 pub mod validate;

@@ -8,6 +8,7 @@ use crate::audit::coalesce::{AuditEvent, CoalesceStats, Coalescer};
 use crate::audit::parse::ParseError;
 use crate::events::{DeriveStats, Deriver, SecurityEvent};
 use crate::settings::Settings;
+use crate::stats::Snapshot;
 
 /// The rule key the module's audit rules carry.
 pub const RULE_KEY: &[u8] = b"azureiotsecurity";
@@ -22,6 +23,25 @@ pub struct PipelineStats {
     pub non_utf8_lines: u64,
     pub coalesce: CoalesceStats,
     pub derive: DeriveStats,
+}
+
+impl PipelineStats {
+    /// The pipeline's part of the counters snapshot (parse, coalesce, derive).
+    pub fn fill(&self, s: &mut Snapshot) {
+        let (c, d) = (&self.coalesce, &self.derive);
+        s.non_utf8_lines = self.non_utf8_lines;
+        s.records_read = c.records;
+        s.bad_lines = c.bad_lines;
+        s.bad_time_lines = c.bad_time_lines;
+        s.audit_events = c.events;
+        s.evicted = c.evicted;
+        s.estimated_kernel_loss = c.estimated_lost;
+        s.security_events = d.events;
+        s.process_create = d.process_create;
+        s.connection_create = d.connection_create;
+        s.login = d.login;
+        s.login_evicted = d.login_evicted;
+    }
 }
 
 /// Lines in, security events out.

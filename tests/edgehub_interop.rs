@@ -388,7 +388,7 @@ fn the_token_is_renewed_every_16_s_on_one_connection_and_nothing_is_lost() {
     let line = output
         .lines()
         .rev()
-        .find(|l| l.contains("edgeHub statistics"))
+        .find(|l| l.contains(" statistics ") && l.contains(" delivered="))
         .unwrap_or_else(|| panic!("no statistics line:\n{output}"));
     assert!(
         line.contains(&format!("delivered={} ", msgs.len())),
@@ -532,7 +532,7 @@ fn released_is_resent_rejected_is_dropped_and_a_dropped_connection_resends() {
     let stats = output
         .lines()
         .rev()
-        .find(|l| l.contains("edgeHub statistics"))
+        .find(|l| l.contains(" statistics ") && l.contains(" delivered="))
         .expect("statistics line");
     assert!(stats.contains("rejected=1 "), "{stats}");
     assert!(stats.contains("released_or_modified=1 "), "{stats}");

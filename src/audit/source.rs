@@ -30,6 +30,8 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 
+use crate::stats::Snapshot;
+
 /// Counters of the source, shared with the statistics reporter.
 #[derive(Debug, Default)]
 pub struct SourceStats {
@@ -50,6 +52,19 @@ pub struct SourceStats {
 impl SourceStats {
     fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The source's part of the counters snapshot.
+    pub fn fill(&self, s: &mut Snapshot) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        s.bytes_read = get(&self.bytes_read);
+        s.lines_read = get(&self.lines_read);
+        s.lines_dropped_queue_full = get(&self.lines_dropped);
+        s.bytes_dropped_queue_full = get(&self.bytes_dropped);
+        s.partial_lines = get(&self.partial_lines);
+        s.oversized_lines = get(&self.oversized_lines);
+        s.audit_connects = get(&self.connects);
+        s.short_connections = get(&self.short_connections);
     }
 }
 
@@ -310,6 +325,11 @@ impl LineQueue {
     /// Bytes queued now.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
+    }
+
+    /// The queue's part of the counters snapshot: the bytes waiting now.
+    pub fn fill(&self, s: &mut Snapshot) {
+        s.queue_bytes = self.bytes() as u64;
     }
 }
 

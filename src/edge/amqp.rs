@@ -50,6 +50,7 @@ use super::credentials::{Credentials, CredentialsError};
 use super::tls::{self, TlsError};
 use crate::outbox::{StoreError, StoredMessage};
 use crate::settings::EdgeHubSettings;
+use crate::stats::Snapshot;
 
 use backoff::Backoff;
 use telemetry::Settlement;
@@ -141,6 +142,18 @@ impl AmqpStats {
     }
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// The sender's part of the counters snapshot.
+    pub fn fill(&self, s: &mut Snapshot) {
+        s.connects = Self::get(&self.connects);
+        s.connect_failures = Self::get(&self.connect_failures);
+        s.put_tokens = Self::get(&self.put_tokens);
+        s.delivered = Self::get(&self.delivered);
+        s.delivered_bytes = Self::get(&self.delivered_bytes);
+        s.rejected = Self::get(&self.rejected);
+        s.released_or_modified = Self::get(&self.released);
+        s.send_timeouts = Self::get(&self.send_timeouts);
     }
 }
 

@@ -183,7 +183,7 @@ pub struct Finished {
     pub events: Vec<Value>,
     /// Its log (stderr), ANSI colours removed.
     pub stderr: String,
-    /// The fields of its final "audit statistics" log line.
+    /// The fields of its final statistics log line.
     pub stats: BTreeMap<String, u64>,
 }
 
@@ -538,9 +538,10 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// The numeric key=value fields of the last "audit statistics" line.
+/// The numeric key=value fields of the last statistics line.
 fn parse_stats(log: &str) -> BTreeMap<String, u64> {
-    let Some(line) = log.lines().rev().find(|l| l.contains("audit statistics")) else {
+    let statistics = |l: &&str| l.contains(" statistics ") && l.contains(" bytes_read=");
+    let Some(line) = log.lines().rev().find(statistics) else {
         return BTreeMap::new();
     };
     line.split_whitespace()
