@@ -904,6 +904,37 @@ mod tests {
         assert_eq!(o.totals().dropped_low, 1);
     }
 
+    /// The outgoing state fills the totals of what edgeHub accepted and what the store holds
+    /// now.
+    #[test]
+    fn the_outgoing_state_fills_its_part_of_the_snapshot() {
+        let none = UpstreamDrops::default();
+        let mut o = outgoing(1_000_000);
+        for n in 0..3 {
+            o.push(process(n), 0);
+        }
+        o.tick(1_000, 1_000, none).unwrap();
+        let m = o.next_message().unwrap().unwrap();
+        o.sent(&m).unwrap();
+        for n in 3..5 {
+            o.push(process(n), 1_000);
+        }
+        let (messages, bytes) = o.queued();
+        assert!(bytes > 0);
+        let mut s = Snapshot::default();
+        o.fill(&mut s);
+        let len = m.body.len() as u64;
+        let expected = Snapshot {
+            messages_sent: 1,
+            bytes_sent: len,
+            chunks_sent: len.div_ceil(CHUNK as u64),
+            queued_messages: messages as u64,
+            queued_bytes: bytes as u64,
+            ..Snapshot::default()
+        };
+        assert_eq!(s, expected);
+    }
+
     #[test]
     fn a_smaller_cache_from_the_twin_reaches_the_store_and_its_drops_are_counted() {
         let mut o = outgoing(1_000_000);

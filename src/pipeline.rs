@@ -214,6 +214,53 @@ pub fn escaped(line: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// Each pipeline counter lands in its own field of the snapshot, and nothing else is
+    /// touched.
+    #[test]
+    fn the_pipeline_fills_its_part_of_the_snapshot() {
+        let stats = PipelineStats {
+            lines: 100,
+            non_utf8_lines: 1,
+            coalesce: CoalesceStats {
+                records: 2,
+                bad_lines: 3,
+                bad_time_lines: 4,
+                events: 5,
+                evicted: 6,
+                estimated_lost: 7,
+                completed_eoe: 99,
+                ..CoalesceStats::default()
+            },
+            derive: DeriveStats {
+                events: 8,
+                process_create: 9,
+                connection_create: 10,
+                login: 11,
+                login_evicted: 12,
+                exec_without_argv: 99,
+                ..DeriveStats::default()
+            },
+        };
+        let mut s = Snapshot::default();
+        stats.fill(&mut s);
+        let expected = Snapshot {
+            non_utf8_lines: 1,
+            records_read: 2,
+            bad_lines: 3,
+            bad_time_lines: 4,
+            audit_events: 5,
+            evicted: 6,
+            estimated_kernel_loss: 7,
+            security_events: 8,
+            process_create: 9,
+            connection_create: 10,
+            login: 11,
+            login_evicted: 12,
+            ..Snapshot::default()
+        };
+        assert_eq!(s, expected);
+    }
+
     #[test]
     fn control_bytes_of_bad_lines_are_escaped() {
         assert_eq!(

@@ -650,6 +650,47 @@ mod tests {
         assert!(!s.reset());
     }
 
+    /// Each source counter lands in its own field, and `queue_bytes` is what waits in the
+    /// queue now (it was a hard-coded 0 on the statistics line).
+    #[test]
+    fn the_source_and_its_queue_fill_their_part_of_the_snapshot() {
+        let stats = SourceStats::default();
+        for (c, n) in [
+            (&stats.bytes_read, 1),
+            (&stats.lines_read, 2),
+            (&stats.lines_dropped, 3),
+            (&stats.bytes_dropped, 4),
+            (&stats.oversized_lines, 5),
+            (&stats.partial_lines, 6),
+            (&stats.connects, 7),
+            (&stats.short_connections, 8),
+        ] {
+            SourceStats::add(c, n);
+        }
+        let q = LineQueue::new(100);
+        q.push(vec![b'x'; 6]).unwrap();
+        q.push(vec![b'y'; 5]).unwrap();
+        let mut s = Snapshot::default();
+        stats.fill(&mut s);
+        q.fill(&mut s);
+        let expected = Snapshot {
+            bytes_read: 1,
+            lines_read: 2,
+            lines_dropped_queue_full: 3,
+            bytes_dropped_queue_full: 4,
+            oversized_lines: 5,
+            partial_lines: 6,
+            audit_connects: 7,
+            short_connections: 8,
+            queue_bytes: 11,
+            ..Snapshot::default()
+        };
+        assert_eq!(s, expected);
+        q.try_pop();
+        q.fill(&mut s);
+        assert_eq!(s.queue_bytes, 5);
+    }
+
     #[test]
     fn queue_is_bounded_in_bytes() {
         let q = LineQueue::new(10);

@@ -601,3 +601,41 @@ async fn within<T>(
         .await
         .map_err(|_| AmqpError::Timeout { what, after })?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each connection counter lands in its own field of the snapshot (`released` as
+    /// `released_or_modified`), and nothing else is touched.
+    #[test]
+    fn the_sender_fills_its_part_of_the_snapshot() {
+        let stats = AmqpStats::default();
+        for (c, n) in [
+            (&stats.connects, 1),
+            (&stats.connect_failures, 2),
+            (&stats.put_tokens, 3),
+            (&stats.delivered, 4),
+            (&stats.delivered_bytes, 5),
+            (&stats.rejected, 6),
+            (&stats.released, 7),
+            (&stats.send_timeouts, 8),
+        ] {
+            AmqpStats::add(c, n);
+        }
+        let mut s = Snapshot::default();
+        stats.fill(&mut s);
+        let expected = Snapshot {
+            connects: 1,
+            connect_failures: 2,
+            put_tokens: 3,
+            delivered: 4,
+            delivered_bytes: 5,
+            rejected: 6,
+            released_or_modified: 7,
+            send_timeouts: 8,
+            ..Snapshot::default()
+        };
+        assert_eq!(s, expected);
+    }
+}
