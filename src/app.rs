@@ -28,6 +28,7 @@ use crate::edge::credentials::Credentials;
 use crate::events::operational::DiagnosticSeverity;
 use crate::events::{ConfigurationError, Payload, SecurityEvent};
 use crate::message::Envelope;
+use crate::outbox::fallback::Resilient;
 use crate::outbox::sqlite::{self, Recovery};
 use crate::outbox::{MemoryStore, Store, StoreError};
 use crate::pipeline::{Pipeline, PipelineStats};
@@ -332,7 +333,7 @@ impl<W: Write> Emitter<W> {
                         ),
                     ));
                 }
-                Box::new(sqlite::Resilient::new(store))
+                Box::new(Resilient::new(store))
             }
             Ok((store, Recovery::MovedAside { moved_to, reason })) => {
                 tracing::error!(
@@ -348,7 +349,7 @@ impl<W: Write> Emitter<W> {
                         moved_to.display()
                     ),
                 ));
-                Box::new(sqlite::Resilient::new(store))
+                Box::new(Resilient::new(store))
             }
             Err(e) => {
                 tracing::error!(

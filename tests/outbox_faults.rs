@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use azureiotsecurity::agent_config::{AgentConfig, Priority};
 use azureiotsecurity::events::operational::QueueName;
-use azureiotsecurity::outbox::sqlite::{Resilient, SqliteStore};
+use azureiotsecurity::outbox::fallback::Resilient;
+use azureiotsecurity::outbox::sqlite::SqliteStore;
 use azureiotsecurity::outbox::{Pending, Store};
 use serde_json::Value;
 use support::audit_feed::AuditFeed;

@@ -819,6 +819,12 @@ impl SqliteStore {
         self.json_max
     }
 
+    /// The budget a memory fallback gets: the whole cap (memory has no pages or WAL), or the
+    /// JSON budget when there is no cap.
+    pub(super) fn memory_budget(&self) -> usize {
+        self.cap.unwrap_or(self.json_max)
+    }
+
     /// After a commit: when the files are over the cap, give pages back, and if that is not
     /// enough, lower the JSON share to what the measure says and drop by the rule.
     fn enforce_cap(&mut self) -> Result<(), StoreError> {
@@ -1208,165 +1214,6 @@ impl Store for SqliteStore {
     }
 }
 
-/// The outbox, falling back to memory when the disk fails under it (full, read-only, gone):
-/// the module keeps forwarding rather than stopping. What the file held stays there and is
-/// sent after the next start; events of the transaction that failed are counted as dropped.
-pub struct Resilient {
-    disk: Option<SqliteStore>,
-    memory: super::MemoryStore,
-    /// Drops to report with the next `add_pending`.
-    lost: Dropped,
-    /// What to tell upstream about the failure (taken once).
-    failure: Option<String>,
-}
-
-impl Resilient {
-    /// Memory gets the same budget (all of it for JSON: memory has no pages or WAL).
-    pub fn new(disk: SqliteStore) -> Resilient {
-        let max = disk.cap.unwrap_or(disk.json_max);
-        Resilient {
-            disk: Some(disk),
-            memory: super::MemoryStore::new(max),
-            lost: Dropped::default(),
-            failure: None,
-        }
-    }
-
-    /// Still on disk?
-    pub fn durable(&self) -> bool {
-        self.disk.is_some()
-    }
-
-    fn fail(&mut self, e: &StoreError) {
-        if let Some(d) = self.disk.take() {
-            let lost = d.uncommitted();
-            self.lost.high += lost.high;
-            self.lost.low += lost.low;
-            tracing::error!(
-                error_id = "E-OUTBOX-WRITE",
-                path = %d.path().display(),
-                error = %e,
-                lost_high = lost.high,
-                lost_low = lost.low,
-                "the outbox failed (disk full or read-only?): forwarding from memory from now on; what the file held is sent after a restart"
-            );
-            self.failure = Some(format!(
-                "E-OUTBOX-WRITE: the outbox {} failed ({e}); forwarding from memory, {} High and {} Low events of the failed write lost, what the file held is sent after a restart",
-                d.path().display(),
-                lost.high,
-                lost.low
-            ));
-        }
-    }
-
-    /// Run `op` on the disk store; on failure switch to memory and run it there.
-    fn with<T>(
-        &mut self,
-        op: impl Fn(&mut dyn Store) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        if let Some(d) = self.disk.as_mut() {
-            match op(d) {
-                Ok(v) => return Ok(v),
-                Err(e) => self.fail(&e),
-            }
-        }
-        op(&mut self.memory)
-    }
-}
-
-impl Store for Resilient {
-    fn add_pending(&mut self, ev: Pending) -> Result<Dropped, StoreError> {
-        let mut d = self.with(|s| s.add_pending(ev.clone()))?;
-        d.high += std::mem::take(&mut self.lost.high);
-        d.low += std::mem::take(&mut self.lost.low);
-        Ok(d)
-    }
-    fn pending_sizes(&self, q: QueueName) -> Vec<usize> {
-        match &self.disk {
-            Some(d) => d.pending_sizes(q),
-            None => self.memory.pending_sizes(q),
-        }
-    }
-    fn pending_bytes(&self, q: QueueName) -> usize {
-        match &self.disk {
-            Some(d) => d.pending_bytes(q),
-            None => self.memory.pending_bytes(q),
-        }
-    }
-    fn build_message(
-        &mut self,
-        message_id: &str,
-        first: QueueName,
-        high: usize,
-        low: usize,
-        build: &mut dyn FnMut(&[&str]) -> String,
-    ) -> Result<bool, StoreError> {
-        if let Some(d) = self.disk.as_mut() {
-            match d.build_message(message_id, first, high, low, build) {
-                Ok(built) => return Ok(built),
-                // The events stay in the file (sent after a restart): no message now.
-                Err(e) => {
-                    self.fail(&e);
-                    return Ok(false);
-                }
-            }
-        }
-        self.memory
-            .build_message(message_id, first, high, low, build)
-    }
-    fn next_message(&self) -> Result<Option<StoredMessage>, StoreError> {
-        match &self.disk {
-            Some(d) => d.next_message(),
-            None => self.memory.next_message(),
-        }
-    }
-    fn ack(&mut self, message_id: &str) -> Result<(), StoreError> {
-        self.with(|s| s.ack(message_id))
-    }
-    fn reject(&mut self, message_id: &str) -> Result<Option<StoredMessage>, StoreError> {
-        self.with(|s| s.reject(message_id))
-    }
-    fn message_count(&self) -> usize {
-        match &self.disk {
-            Some(d) => d.message_count(),
-            None => self.memory.message_count(),
-        }
-    }
-    fn bytes(&self) -> usize {
-        match &self.disk {
-            Some(d) => d.bytes(),
-            None => self.memory.bytes(),
-        }
-    }
-    fn commit(&mut self) -> Result<(), StoreError> {
-        self.with(|s| s.commit())
-    }
-    fn checkpoint_windows(&mut self, events: Vec<Pending>) -> Result<(), StoreError> {
-        self.with(|s| s.checkpoint_windows(events.clone()))
-    }
-    fn pending_statistics(&self) -> usize {
-        match &self.disk {
-            Some(d) => d.pending_statistics(),
-            None => self.memory.pending_statistics(),
-        }
-    }
-    fn set_max_bytes(&mut self, max_bytes: usize) -> Result<Dropped, StoreError> {
-        self.memory.set_max_bytes(max_bytes)?;
-        self.with(|s| s.set_max_bytes(max_bytes))
-    }
-    fn take_failure(&mut self) -> Option<String> {
-        self.failure.take()
-    }
-    fn stage_counters(&mut self, counters: &Counters) {
-        if let Some(d) = self.disk.as_mut() {
-            d.stage_counters(counters);
-        }
-    }
-    fn take_restored_counters(&mut self) -> Option<Counters> {
-        self.disk.as_mut().and_then(|d| d.take_restored_counters())
-    }
-}
-
 /// A `messages` row (message_id, body, high_events, low_events) as a [`StoredMessage`].
 fn stored_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
@@ -1440,6 +1287,16 @@ mod tests {
         let evs: Vec<String> = evs.iter().map(|e| obj(e)).collect();
         let evs: Vec<&str> = evs.iter().map(String::as_str).collect();
         join(&evs)
+    }
+
+    #[test]
+    fn a_memory_fallback_gets_the_whole_cap_or_the_json_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let capped = SqliteStore::open(&dir.path().join("capped.sqlite"), 1 << 20).unwrap();
+        assert_eq!(capped.memory_budget(), 1 << 20);
+        assert!(capped.json_max() < 1 << 20);
+        let uncapped = SqliteStore::open_uncapped(&dir.path().join("o.sqlite"), 5000).unwrap();
+        assert_eq!(uncapped.memory_budget(), 5000);
     }
 
     #[test]
