@@ -27,6 +27,7 @@ use std::fmt;
 
 use thiserror::Error;
 
+pub use super::decimal::{parse_i64, parse_u64};
 use super::types;
 
 /// What is wrong with a line that is not an audit record.
@@ -174,37 +175,6 @@ fn parse_id(s: &[u8]) -> Option<EventId> {
     Some(EventId { sec, msec, serial })
 }
 
-/// Parse a decimal u64; `None` for empty, non-digit or overflowing input.
-pub fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 20 {
-        return None;
-    }
-    let mut n: u64 = 0;
-    for &b in s {
-        let d = b.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(d))?;
-    }
-    Some(n)
-}
-
-/// Parse a decimal i64 (with an optional leading `-`).
-pub fn parse_i64(s: &[u8]) -> Option<i64> {
-    match s.strip_prefix(b"-") {
-        Some(d) => {
-            let v = parse_u64(d)?;
-            if v == 1u64 << 63 {
-                Some(i64::MIN)
-            } else {
-                i64::try_from(v).ok().map(|v| -v)
-            }
-        }
-        None => i64::try_from(parse_u64(s)?).ok(),
-    }
-}
-
 /// A field value as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value<'a> {
@@ -239,23 +209,6 @@ impl<'a> Value<'a> {
     /// A signed decimal number (`exit=-115`).
     pub fn as_i64(&self) -> Option<i64> {
         parse_i64(self.raw())
-    }
-
-    /// The value of a field the kernel *encodes* (exe, comm, cwd, name, aN, proctitle, acct,
-    /// key …): quoted text as is, bare text as the hex of the raw bytes. Bare text that is not
-    /// valid hex is returned as is (older tools write some such fields unencoded). `None` for
-    /// `(null)` and `?`.
-    pub fn decoded(&self) -> Option<std::borrow::Cow<'a, [u8]>> {
-        match *self {
-            Value::Bare(b) => {
-                if self.is_null() {
-                    None
-                } else {
-                    Some(super::decode::hex_or_raw(b))
-                }
-            }
-            other => Some(std::borrow::Cow::Borrowed(other.raw())),
-        }
     }
 }
 
@@ -573,15 +526,5 @@ mod tests {
         assert_eq!(f[0].0, "a376");
         assert_eq!(f[1], ("a377_len".into(), Value::Bare(b"12")));
         assert_eq!(f[2], ("a377[0]".into(), Value::Quoted(b"abc")));
-    }
-
-    #[test]
-    fn numbers() {
-        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_u64(b"18446744073709551616"), None);
-        assert_eq!(parse_u64(b""), None);
-        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        assert_eq!(parse_i64(b"-"), None);
-        assert_eq!(parse_i64(b"9223372036854775808"), None);
     }
 }

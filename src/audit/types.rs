@@ -140,7 +140,7 @@ pub fn number(name: &[u8]) -> u16 {
         .strip_prefix(b"UNKNOWN[")
         .and_then(|r| r.strip_suffix(b"]"))
     {
-        return super::parse::parse_u64(digits)
+        return super::decimal::parse_u64(digits)
             .and_then(|n| u16::try_from(n).ok())
             .unwrap_or(0);
     }

@@ -56,6 +56,27 @@ pub(super) fn is_hex(s: &[u8]) -> bool {
     s.len() % 2 == 0 && s.iter().all(|&b| hex_val(b).is_some())
 }
 
+/// Decoding lives here, above the parser: the parser only splits fields and knows nothing of
+/// hex.
+impl<'a> Value<'a> {
+    /// The value of a field the kernel *encodes* (exe, comm, cwd, name, aN, proctitle, acct,
+    /// key …): quoted text as is, bare text as the hex of the raw bytes. Bare text that is not
+    /// valid hex is returned as is (older tools write some such fields unencoded). `None` for
+    /// `(null)` and `?`.
+    pub fn decoded(&self) -> Option<Cow<'a, [u8]>> {
+        match *self {
+            Value::Bare(b) => {
+                if self.is_null() {
+                    None
+                } else {
+                    Some(hex_or_raw(b))
+                }
+            }
+            other => Some(Cow::Borrowed(other.raw())),
+        }
+    }
+}
+
 /// Append `bytes` to `out` as UTF-8, each invalid sequence replaced by U+FFFD. Allocates
 /// nothing beyond the growth of `out`.
 pub fn push_lossy(out: &mut String, bytes: &[u8]) {
