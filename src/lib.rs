@@ -8,15 +8,51 @@
 //!   derive (ProcessCreate, ConnectionCreate, Login) --security events--> sink
 //! ```
 //!
-//! - [`audit::source`]: readers of the socket (reconnecting) and of audit.log text.
-//! - [`audit::parse`]: the zero-copy record parser.
-//! - [`audit::coalesce`]: records into events (EOE, single-record types, timeouts, bounds).
-//! - [`audit::decode`]: hex values, EXECVE argv, PROCTITLE, SOCKADDR.
+//! Every module, along the path (private parts in plain text):
+//!
+//! - [`audit`]: the audit path, its imports running one way (bottom first below).
+//!   - [`audit::decimal`]: decimal numbers as the kernel writes them.
+//!   - [`audit::types`]: record type numbers and which types are whole events.
+//!   - [`audit::syscalls`]: architectures, syscall numbers, endianness.
+//!   - [`audit::parse`]: the zero-copy record parser.
+//!   - [`audit::decode`]: values the kernel encodes, one decoder per file:
+//!     [`audit::decode::value`] (quoted or hex strings), [`audit::decode::execve`] (argv),
+//!     [`audit::decode::proctitle`], [`audit::decode::sockaddr`].
+//!   - [`audit::coalesce`]: records into events (EOE, single-record types, timeouts, bounds).
+//!   - [`audit::source`]: readers of the socket (reconnecting) and of audit.log text.
 //! - [`events`]: the security events and how they are derived.
-//! - [`rules`]: the audit rules the module needs.
-//! - [`settings`]: defaults < file < environment.
+//!   - [`events::derive`]: audit events into security events (the deriver state machine).
+//!   - [`events::process_create`], [`events::connection_create`], [`events::login`]: the
+//!     payloads.
+//!   - [`events::operational`]: ConfigurationError and the statistics events.
+//! - [`pipeline`]: lines → records → audit events → security events, shared by run and replay.
+//! - [`aggregate`]: identical events within a window become one with a hit count.
+//! - [`delivery`]: security events to stored messages (aggregation, priorities, batching,
+//!   statistics).
+//! - [`outbox`]: where events wait; the [`outbox::Store`] contract.
+//!   - [`outbox::memory`]: the store in memory.
+//!   - [`outbox::sqlite`]: the durable store in SQLite.
+//!   - [`outbox::fallback`]: the durable store falling back to memory when the disk fails.
+//!   - `outbox::policy`: the drop rule both stores share.
+//! - [`message`]: the message envelope and batching events into messages.
+//! - [`validate`]: the module's own schema check of messages, in parts: `validate::json`
+//!   (the reader), `validate::schema` (the tables), `validate::check` (the checker),
+//!   `validate::formats` (date-time, IPv4, IPv6).
+//! - [`edge`]: IoT Edge.
+//!   - [`edge::identity`]: who the module is, from the environment.
+//!   - [`edge::credentials`]: what a connection needs from an identity.
+//!   - [`edge::sas`]: SAS tokens.
+//!   - [`edge::workload`]: the IoT Edge workload API client.
+//!   - [`edge::tls`]: TLS to edgeHub.
+//!   - [`edge::amqp`]: the AMQP 1.0 connection to edgeHub; [`edge::amqp::cbs`] (put-token),
+//!     [`edge::amqp::telemetry`] (the telemetry link), [`edge::amqp::backoff`] (schedules).
 //! - [`stats`]: one counters snapshot, filled by each stage, for the statistics line and
 //!   `/metrics`.
+//! - [`agent_config`]: the agent configuration (the security module twin's settings).
+//! - [`agent_id`]: the AgentId kept in the data directory.
+//! - [`rules`]: the audit rules the module needs.
+//! - [`settings`]: defaults < file < environment.
+//! - [`app`]: wiring of `run` and `replay`: tasks, channels, shutdown.
 //!
 //! Each stage that does the work is a plain synchronous state machine with no I/O and no
 //! clock of its own: time comes in as an argument, so tests are deterministic.
@@ -36,3 +72,61 @@ pub mod rules;
 pub mod settings;
 pub mod stats;
 pub mod validate;
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// The module paths of the source files under `dir` (`audit::decode::value`, …).
+    fn modules(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                modules(&path, &format!("{prefix}{name}::"), out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                match name.as_str() {
+                    "lib" | "main" => {}
+                    "mod" => out.push(prefix.trim_end_matches("::").to_string()),
+                    _ => out.push(format!("{prefix}{name}")),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_layout_lists_every_module() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut all = Vec::new();
+        modules(&src, "", &mut all);
+        let layout = include_str!("lib.rs");
+        let missing: Vec<&String> = all
+            .iter()
+            .filter(|m| !layout.contains(&format!("`{m}`")))
+            .collect();
+        assert!(all.len() > 40, "{all:?}");
+        assert_eq!(missing, Vec::<&String>::new());
+    }
+
+    #[test]
+    fn one_module_file_style() {
+        // `foo/mod.rs`, never `foo.rs` beside a `foo/` folder.
+        fn check(dir: &Path, mixed: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    if path.with_extension("rs").exists() {
+                        mixed.push(path.display().to_string());
+                    }
+                    check(&path, mixed);
+                }
+            }
+        }
+        let mut mixed = Vec::new();
+        check(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut mixed,
+        );
+        assert_eq!(mixed, Vec::<String>::new());
+    }
+}

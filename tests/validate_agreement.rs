@@ -1,4 +1,4 @@
-//! The module's own validator (`src/validate.rs`) and the reference validator
+//! The module's own validator (`src/validate/`) and the reference validator
 //! (python-jsonschema, draft-07, format checking on, over `../shared/schemas`) on the same
 //! messages: the verdicts (ok / invalid) must agree, message for message.
 //!
