@@ -17,7 +17,7 @@
 //!   - [`audit::parse`]: the zero-copy record parser.
 //!   - [`audit::decode`]: values the kernel encodes, one decoder per file:
 //!     [`audit::decode::value`] (quoted or hex strings), [`audit::decode::execve`] (argv),
-//!     [`audit::decode::proctitle`], [`audit::decode::sockaddr`].
+//!     [`audit::decode::proctitle`](mod@audit::decode::proctitle), [`audit::decode::sockaddr`](mod@audit::decode::sockaddr).
 //!   - [`audit::coalesce`]: records into events (EOE, single-record types, timeouts, bounds).
 //!   - [`audit::source`]: readers of the socket (reconnecting) and of audit.log text.
 //! - [`events`]: the security events and how they are derived.

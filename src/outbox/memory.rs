@@ -1,5 +1,5 @@
 //! The store in memory: pending events and built messages in queues, bounded in bytes by the
-//! same drop rule as the durable outbox ([`super::policy`]); nothing survives a restart.
+//! same drop rule as the durable outbox (`policy`); nothing survives a restart.
 
 use std::collections::VecDeque;
 

@@ -9,7 +9,7 @@
 //!
 //! The store is bounded in bytes (`maxLocalCacheSizeInBytes`): when an event does not fit,
 //! the oldest pending Low events are dropped first, then the oldest High ones, and the drops
-//! are counted per queue ([`policy`], one rule for both stores). Built messages count against
+//! are counted per queue (`policy`, one rule for both stores). Built messages count against
 //! the same budget; the batcher builds a message only when none is waiting, so while edgeHub
 //! is away the events stay pending, where the rule can choose among them.
 //!
@@ -26,7 +26,7 @@
 //!
 //! Files: this contract; [`memory`] ([`MemoryStore`]); [`sqlite`] (the durable outbox);
 //! [`fallback`] ([`fallback::Resilient`]: the memory fallback when the disk fails);
-//! [`policy`] (the drop rule both stores share).
+//! `policy` (the drop rule both stores share).
 
 pub mod fallback;
 pub mod memory;

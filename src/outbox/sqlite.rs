@@ -9,7 +9,7 @@
 //! - Pending events keep their queue and order (an autoincrement sequence), messages their
 //!   id: a message sent again after a restart carries the same message-id.
 //! - The cap (`maxLocalCacheSizeInBytes`) is on real disk use: the database file and its
-//!   WAL. The drop rule ([`super::policy`]) works on the stored JSON, so the JSON gets a
+//!   WAL. The drop rule (`super::policy`) works on the stored JSON, so the JSON gets a
 //!   share of the cap (`json_budget`) that leaves room for SQLite's pages, the empty
 //!   schema, the WAL and one transaction; the WAL is checkpointed automatically every
 //!   `cap / 16` bytes and truncated to that (`journal_size_limit`), and freed pages are returned

@@ -7,8 +7,8 @@
 //! 4.26, `Draft7Validator` + `FormatChecker` with rfc3339-validator) on the same messages;
 //! the verdicts must agree.
 //!
-//! Parts: [`json`] reads the text as Python's `json.loads` does, [`schema`] holds the rules
-//! as tables, [`check`] walks a message against them and [`formats`] checks `date-time`,
+//! Parts: `json` reads the text as Python's `json.loads` does, `schema` holds the rules
+//! as tables, `check` walks a message against them and `formats` checks `date-time`,
 //! `ipv4` and `ipv6` as python-jsonschema's `FormatChecker` does.
 
 use std::io::{self, BufRead, Write};

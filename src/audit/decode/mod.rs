@@ -1,8 +1,8 @@
 //! Decoding of the values the kernel encodes, one decoder per file: [`value`] (quoted or
-//! hex strings, lossy text), [`execve`] (argv across EXECVE records), [`proctitle`]
-//! (PROCTITLE) and [`sockaddr`] (SOCKADDR). Each works on parsed records
-//! ([`super::parse`]), allocates within stated bounds and never fails on hostile input: it
-//! says what was missing or why a value could not be decoded.
+//! hex strings, lossy text), [`execve`] (argv across EXECVE records),
+//! [`proctitle`](mod@proctitle) (PROCTITLE) and [`sockaddr`](mod@sockaddr) (SOCKADDR). Each
+//! works on parsed records ([`super::parse`]), allocates within stated bounds and never fails
+//! on hostile input: it says what was missing or why a value could not be decoded.
 
 pub mod execve;
 pub mod proctitle;
