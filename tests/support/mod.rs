@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod audit_feed;
+pub mod certs;
+pub mod inprocess_hub;
 pub mod standin;
 
 use std::io::Write;

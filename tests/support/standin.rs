@@ -1,8 +1,8 @@
 //! Stand-ins for IoT Edge, as child processes: the edgeHub stand-in (Qpid Proton,
 //! python-qpid-proton built with TLS into the repository's `.venv`), the workload API stand-in
-//! (Python standard library), test certificates (openssl), the official Node.js SDK as a
+//! (Python standard library), the official Node.js SDK as a
 //! reference client, and the module binary itself. Each stand-in records what it saw as JSON
-//! lines; the tests assert on those. A missing Python, Proton (or one without TLS), openssl
+//! lines; the tests assert on those. A missing Python, Proton (or one without TLS)
 //! or Node fails the test with what to run (never skips it). `scripts/install-test-deps.sh`
 //! installs them all.
 //!
@@ -50,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use super::certs::Certs;
 use super::root;
 
 /// The venv Python that has python-qpid-proton with TLS (`AZUREIOTSECURITY_PYTHON` overrides).
@@ -114,32 +115,6 @@ fn exited(pid: u32) -> bool {
             .map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
             .unwrap_or(false),
         Err(_) => true,
-    }
-}
-
-/// A test CA and a server certificate for `localhost` signed by it.
-pub struct Certs {
-    pub ca: PathBuf,
-    pub chain: PathBuf,
-    pub key: PathBuf,
-}
-
-impl Certs {
-    pub fn make(dir: &Path) -> Certs {
-        let st = Command::new("bash")
-            .arg(standin("make_certs.sh"))
-            .arg(dir)
-            .status()
-            .expect("run make_certs.sh (needs bash and openssl: run scripts/install-test-deps.sh)");
-        assert!(
-            st.success(),
-            "make_certs.sh failed (is openssl installed? run scripts/install-test-deps.sh)"
-        );
-        Certs {
-            ca: dir.join("ca.pem"),
-            chain: dir.join("server-chain.pem"),
-            key: dir.join("server.key"),
-        }
     }
 }
 
