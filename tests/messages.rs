@@ -337,3 +337,27 @@ fn bad_agent_settings_are_a_configuration_error_event() {
         "{err}"
     );
 }
+
+/// Moved here from agent_settings (quick tier, no Python): the messages with the
+/// ConfigurationError of a zero snapshot frequency are valid for both validators.
+#[test]
+fn a_zero_snapshot_frequency_gives_valid_messages() {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), "[agent]\nsnapshotFrequency = \"PT0S\"\n").unwrap();
+    let cap = support::root().join("tests/data/net_tcp.log");
+    let args = [
+        "replay",
+        "--messages",
+        "--config",
+        f.path().to_str().unwrap(),
+        cap.to_str().unwrap(),
+    ];
+    let (code, out, err) = run_env(&args, &[], b"");
+    assert_eq!(code, 0, "{err}");
+    let messages: Vec<String> = out.lines().map(str::to_string).collect();
+    assert!(
+        out.contains("\"ConfigurationName\":\"snapshotFrequency\""),
+        "the configuration error is in the messages: {out}"
+    );
+    assert_valid(&messages, "zero snapshot frequency");
+}

@@ -1,5 +1,6 @@
 //! The reference validator itself: pinned verdicts on the official samples, and the
-//! date-time check that python-jsonschema silently skips without rfc3339-validator.
+//! date-time check that python-jsonschema silently skips without rfc3339-validator; and its
+//! verdict on the committed golden events (the quick tier compares replays with them).
 
 mod support;
 
@@ -57,4 +58,29 @@ fn space_separated_timestamp_is_rejected() {
         "{}",
         v[0]
     );
+}
+
+/// Moved here from the golden test (quick tier, no Python): every committed golden event,
+/// wrapped in a message envelope, is valid for the reference validator.
+#[test]
+fn golden_events_pass_the_reference_validator() {
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(support::root().join("tests/data"))
+        .expect("tests/data")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".events.jsonl"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 6, "golden files missing: {files:?}");
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let events: Vec<&str> = text.lines().collect();
+        assert!(!events.is_empty(), "{}: no events", f.display());
+        let messages: Vec<String> = events
+            .iter()
+            .map(|e| support::envelope(&[serde_json::from_str(e).expect("event is JSON")]))
+            .collect();
+        for (e, verdict) in events.iter().zip(support::reference_validate(&messages)) {
+            assert_eq!(verdict, "ok", "{}: {e}", f.display());
+        }
+    }
 }
