@@ -1,7 +1,7 @@
 //! Bad audit input through the module binary (`replay`): records dated where no message can
 //! carry them, and control bytes in garbage lines.
 
-mod support;
+use crate::support;
 
 use support::run_bin;
 

@@ -4,7 +4,7 @@
 //! edgeHub that cannot be reached. Every wait is bounded: a regression fails, it does not
 //! hang the suite.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
