@@ -19,7 +19,7 @@
 //!     kept): header, typed values per its field dictionary, hex decoding, `msg='…'` split
 //!     into a map, values copied into the message's own arena.
 //!
-//!   `tests/parse_equivalence.rs` checks over every capture that both give the same type,
+//!   `tests/quick/parse_equivalence.rs` checks over every capture that both give the same type,
 //!   event id, field keys and decoded exe/comm/cwd/name/proctitle/aN; the setup here
 //!   re-checks type and id for every record before timing.
 //! - `pipeline`: lines to JSON.
@@ -102,7 +102,7 @@ static CAPTURE: LazyLock<Capture> = LazyLock::new(|| {
     }
     let cap = Capture { text, lines };
     // Equal work: both parsers read every record with the same type and event id (the
-    // full comparison, fields and decoded values, is tests/parse_equivalence.rs).
+    // full comparison, fields and decoded values, is tests/quick/parse_equivalence.rs).
     for line in cap.lines() {
         let ours = Record::parse(line).expect("ours parses the capture");
         let theirs = lap::parse(line, false).expect("linux-audit-parser parses the capture");
