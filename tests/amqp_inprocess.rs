@@ -2,9 +2,9 @@
 //! acceptor over real TLS): CBS put-token, the telemetry link and its messages, every outcome,
 //! reconnection and token renewal.
 //!
-//! The hub checks what edgeHub checks of the token and records what it saw; the tests assert on those records and on what
-//! the outbox was told. The interoperability with an independent implementation (Qpid
-//! Proton) and with the official Node SDK is in `tests/edgehub_interop.rs`.
+//! The hub checks what edgeHub checks of the token and records what it saw; the tests assert
+//! on those records and on what the outbox was told. The interoperability with an independent
+//! implementation (Qpid Proton) and with the official Node SDK is in `tests/edgehub_interop.rs`.
 
 mod support;
 
