@@ -18,7 +18,7 @@
 
 mod support;
 
-#[path = "live/harness.rs"]
+#[path = "support/live_harness.rs"]
 mod harness;
 
 use std::collections::{BTreeMap, BTreeSet};

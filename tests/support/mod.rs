@@ -1,4 +1,5 @@
-//! Shared helpers of the black-box tests.
+//! Shared helpers of the black-box tests. `live_harness.rs` (the real auditd) is included by
+//! `tests/live.rs` alone, with `#[path]`, so that no other crate compiles it.
 #![allow(dead_code)]
 
 pub mod audit_feed;
