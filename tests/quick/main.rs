@@ -9,6 +9,7 @@ mod support;
 
 mod agent_settings;
 mod bad_input;
+mod deployment_manifest;
 mod golden;
 mod lifecycle;
 mod parse_equivalence;

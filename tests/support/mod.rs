@@ -5,6 +5,7 @@
 pub mod audit_feed;
 pub mod certs;
 pub mod inprocess_hub;
+pub mod manifest;
 pub mod standin;
 
 use std::io::Write;
