@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 use crate::agent_config::{AgentConfig, Priority};
 use crate::aggregate::{AggregateConfig, Aggregator};
+use crate::edge::amqp::{Outbound, Outbox, OutboxError, Settled};
 use crate::events::operational::{
     Diagnostic, DiagnosticSeverity, DroppedEvents, MessageStatistics, QueueName,
 };
@@ -632,6 +633,45 @@ impl Outgoing {
     pub fn batch_stats(&self) -> &crate::message::BatchStats {
         self.batcher.stats()
     }
+}
+
+/// The telemetry link's view of the outgoing state, shared under a lock.
+impl Outbox for std::sync::Mutex<Outgoing> {
+    async fn next(&self) -> Result<Option<Outbound>, OutboxError> {
+        let m = lock(self)?.next_message().map_err(outbox_error)?;
+        Ok(m.map(|m| Outbound {
+            message_id: m.message_id,
+            body: m.body,
+            high_events: m.high_events,
+            low_events: m.low_events,
+        }))
+    }
+
+    async fn settled(&self, m: &Outbound, how: Settled) -> Result<(), OutboxError> {
+        let stored = StoredMessage {
+            message_id: m.message_id.clone(),
+            body: m.body.clone(),
+            high_events: m.high_events,
+            low_events: m.low_events,
+        };
+        let mut outgoing = lock(self)?;
+        match how {
+            Settled::Delivered => outgoing.sent(&stored),
+            Settled::Rejected => outgoing.rejected(&stored),
+        }
+        .map_err(outbox_error)
+    }
+}
+
+fn lock(
+    m: &std::sync::Mutex<Outgoing>,
+) -> Result<std::sync::MutexGuard<'_, Outgoing>, OutboxError> {
+    m.lock()
+        .map_err(|_| OutboxError("the outgoing state's lock is poisoned".into()))
+}
+
+fn outbox_error(e: StoreError) -> OutboxError {
+    OutboxError(e.to_string())
 }
 
 #[cfg(test)]

@@ -12,10 +12,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use azureiotsecurity::edge::amqp::{AmqpConfig, AmqpStats, Client, Control, Outbox};
+use azureiotsecurity::edge::amqp::{
+    AmqpConfig, AmqpStats, Client, Control, Outbound, Outbox, OutboxError, Settled,
+};
 use azureiotsecurity::edge::credentials::Credentials;
 use azureiotsecurity::edge::identity::Identity;
-use azureiotsecurity::outbox::{StoreError, StoredMessage};
 use support::certs::Certs;
 use support::inprocess_hub::{Action, HUB, Hub, KEY, Rec, script};
 use tokio::sync::{Notify, watch};
@@ -24,7 +25,7 @@ use tokio::sync::{Notify, watch};
 
 #[derive(Default)]
 struct TestOutbox {
-    pending: Mutex<VecDeque<StoredMessage>>,
+    pending: Mutex<VecDeque<Outbound>>,
     delivered: Mutex<Vec<String>>,
     rejected: Mutex<Vec<String>>,
 }
@@ -33,7 +34,7 @@ impl TestOutbox {
     fn with(ids: &[&str]) -> Arc<Self> {
         let o = TestOutbox::default();
         for id in ids {
-            o.pending.lock().unwrap().push_back(StoredMessage {
+            o.pending.lock().unwrap().push_back(Outbound {
                 message_id: id.to_string(),
                 body: format!(r#"{{"AgentId":"a","Events":["{id}"]}}"#),
                 high_events: 2,
@@ -56,17 +57,15 @@ impl TestOutbox {
 }
 
 impl Outbox for TestOutbox {
-    fn next(&self) -> Result<Option<StoredMessage>, StoreError> {
+    async fn next(&self) -> Result<Option<Outbound>, OutboxError> {
         Ok(self.pending.lock().unwrap().front().cloned())
     }
-    fn delivered(&self, m: &StoredMessage) -> Result<(), StoreError> {
+    async fn settled(&self, m: &Outbound, how: Settled) -> Result<(), OutboxError> {
         self.remove(&m.message_id);
-        self.delivered.lock().unwrap().push(m.message_id.clone());
-        Ok(())
-    }
-    fn rejected(&self, m: &StoredMessage) -> Result<(), StoreError> {
-        self.remove(&m.message_id);
-        self.rejected.lock().unwrap().push(m.message_id.clone());
+        match how {
+            Settled::Delivered => self.delivered.lock().unwrap().push(m.message_id.clone()),
+            Settled::Rejected => self.rejected.lock().unwrap().push(m.message_id.clone()),
+        }
         Ok(())
     }
 }
@@ -408,7 +407,7 @@ async fn a_failed_renewal_reconnects_instead_of_stalling() {
     );
     assert_eq!(get(&run.stats.connect_failures), 1);
     // Messages put after the reconnect still go out.
-    outbox.pending.lock().unwrap().push_back(StoredMessage {
+    outbox.pending.lock().unwrap().push_back(Outbound {
         message_id: "m2".into(),
         body: "{}".into(),
         high_events: 1,

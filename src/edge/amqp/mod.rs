@@ -48,7 +48,6 @@ use uuid::Uuid;
 
 use super::credentials::{Credentials, CredentialsError};
 use super::tls::{self, TlsError};
-use crate::outbox::{StoreError, StoredMessage};
 use crate::settings::EdgeHubSettings;
 use crate::stats::Snapshot;
 
@@ -95,32 +94,43 @@ impl Default for AmqpConfig {
     }
 }
 
-/// Where the sender takes its messages from: the store behind the delivery stage. A retry
-/// is a re-read: the sender holds no copy of its own beyond the message in flight.
-pub trait Outbox: Send + Sync {
+/// A message handed to the telemetry link by whoever owns the outgoing messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Stable across retries: a retry re-reads the same message with the same id.
+    pub message_id: String,
+    pub body: String,
+    /// How many of its events came from each queue (said when edgeHub rejects it).
+    pub high_events: u64,
+    pub low_events: u64,
+}
+
+/// How edgeHub settled a message for good (Released/Modified are not final: a retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Accepted: the message leaves the outbox, counted as sent.
+    Delivered,
+    /// Rejected: the message leaves the outbox, counted as failed, its events as dropped.
+    Rejected,
+}
+
+/// The outgoing side could not answer (its store failed, or it has stopped).
+#[derive(Debug, Error)]
+#[error("the outbox: {0}")]
+pub struct OutboxError(pub String);
+
+/// Where the telemetry link takes its messages from: the one interface through which `edge/`
+/// talks to the outgoing state, which it does not import. The sender holds no copy of its
+/// own beyond the message in flight.
+pub trait Outbox: Send + Sync + 'static {
     /// The oldest message waiting, if any.
-    fn next(&self) -> Result<Option<StoredMessage>, StoreError>;
-    /// edgeHub accepted it.
-    fn delivered(&self, m: &StoredMessage) -> Result<(), StoreError>;
-    /// edgeHub rejected it (final).
-    fn rejected(&self, m: &StoredMessage) -> Result<(), StoreError>;
-}
-
-impl Outbox for std::sync::Mutex<crate::delivery::Outgoing> {
-    fn next(&self) -> Result<Option<StoredMessage>, StoreError> {
-        lock(self)?.next_message()
-    }
-    fn delivered(&self, m: &StoredMessage) -> Result<(), StoreError> {
-        lock(self)?.sent(m)
-    }
-    fn rejected(&self, m: &StoredMessage) -> Result<(), StoreError> {
-        lock(self)?.rejected(m)
-    }
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>, StoreError> {
-    m.lock()
-        .map_err(|_| StoreError::Backend("the outgoing state's lock is poisoned".into()))
+    fn next(&self) -> impl Future<Output = Result<Option<Outbound>, OutboxError>> + Send;
+    /// edgeHub settled `m` for good.
+    fn settled(
+        &self,
+        m: &Outbound,
+        how: Settled,
+    ) -> impl Future<Output = Result<(), OutboxError>> + Send;
 }
 
 /// Counters of the connection, since start.
@@ -187,7 +197,7 @@ pub enum AmqpError {
     #[error("the connection ended: {0}")]
     Closed(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Outbox(#[from] OutboxError),
 }
 
 /// What the sender is asked to do; `Finish` = send what is ready until the deadline, then
@@ -207,10 +217,10 @@ fn finish_deadline(control: &watch::Receiver<Control>) -> Option<Instant> {
 }
 
 /// The sender task: connect, send, reconnect, until told to finish.
-pub struct Client {
+pub struct Client<O: Outbox> {
     pub credentials: Arc<Credentials>,
     pub config: AmqpConfig,
-    pub outbox: Arc<dyn Outbox>,
+    pub outbox: Arc<O>,
     /// Notified when a message may be waiting (the sender also looks every second).
     pub wake: Arc<Notify>,
     pub stats: Arc<AmqpStats>,
@@ -220,13 +230,13 @@ enum Ended {
     Finished,
 }
 
-impl Client {
+impl<O: Outbox> Client<O> {
     pub async fn run(self, mut control: watch::Receiver<Control>) {
         let mut backoff = Backoff::new(self.config.reconnect_min, self.config.reconnect_max);
         let mut last_error: Option<String> = None;
         loop {
             if let Some(d) = finish_deadline(&control) {
-                if Instant::now() >= d || matches!(self.outbox.next(), Ok(None)) {
+                if Instant::now() >= d || matches!(self.outbox.next().await, Ok(None)) {
                     return;
                 }
             }
@@ -459,7 +469,7 @@ impl Client {
     ) -> Result<Ended, AmqpError> {
         loop {
             let finishing = matches!(*control.borrow(), Control::Finish { .. });
-            let Some(m) = self.outbox.next()? else {
+            let Some(m) = self.outbox.next().await? else {
                 if finishing {
                     return Ok(Ended::Finished);
                 }
@@ -488,7 +498,7 @@ impl Client {
                 };
             match telemetry::settlement(&outcome) {
                 Settlement::Delivered => {
-                    self.outbox.delivered(&m)?;
+                    self.outbox.settled(&m, Settled::Delivered).await?;
                     AmqpStats::add(&self.stats.delivered, 1);
                     AmqpStats::add(&self.stats.delivered_bytes, m.body.len() as u64);
                     tracing::debug!(message_id = %m.message_id, bytes = m.body.len(), "message delivered");
@@ -506,7 +516,7 @@ impl Client {
                         low_events = m.low_events,
                         "edgeHub rejected a message: it is dropped and counted as failed"
                     );
-                    self.outbox.rejected(&m)?;
+                    self.outbox.settled(&m, Settled::Rejected).await?;
                     AmqpStats::add(&self.stats.rejected, 1);
                 }
                 Settlement::Retry { outcome } => {

@@ -20,8 +20,8 @@ use fe2o3_amqp::types::messaging::{
 };
 use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
 
+use super::Outbound;
 use crate::edge::sas::encode_component;
-use crate::outbox::StoredMessage;
 
 /// The message annotation that marks a security message.
 pub const INTERFACE_ID_KEY: &str = "iothub-interface-id";
@@ -61,7 +61,7 @@ pub fn message_id(id: &str) -> MessageId {
 
 /// The AMQP message for a stored security message. `to` is the link's address, as the Node
 /// SDK sets it on every telemetry message.
-pub fn security_message(m: &StoredMessage, to: &str) -> Message<Data> {
+pub fn security_message(m: &Outbound, to: &str) -> Message<Data> {
     let annotations = MessageAnnotations::builder()
         .insert(
             OwnedKey::Symbol(Symbol::from(INTERFACE_ID_KEY)),
@@ -131,8 +131,8 @@ mod tests {
     use fe2o3_amqp::types::definitions::{AmqpError, Error};
     use fe2o3_amqp::types::messaging::{Accepted, Modified, Rejected, Released};
 
-    fn stored() -> StoredMessage {
-        StoredMessage {
+    fn stored() -> Outbound {
+        Outbound {
             message_id: "3f1c-1".into(),
             body: r#"{"AgentId":"x"}"#.into(),
             high_events: 1,
