@@ -8,8 +8,8 @@
 use std::io::Read;
 
 use azureiotsecurity::app::{self, Mode};
+use azureiotsecurity::config::settings::Settings;
 use azureiotsecurity::message::{CHUNK, Envelope};
-use azureiotsecurity::settings::Settings;
 use uuid::Uuid;
 
 struct Cost {

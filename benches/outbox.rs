@@ -12,10 +12,10 @@
 //! fsync cost is that disk's.
 
 use azureiotsecurity::app::{self, Mode};
+use azureiotsecurity::config::settings::Settings;
 use azureiotsecurity::events::operational::QueueName;
 use azureiotsecurity::outbox::sqlite::SqliteStore;
 use azureiotsecurity::outbox::{MemoryStore, Pending, Store};
-use azureiotsecurity::settings::Settings;
 use divan::Bencher;
 use divan::counter::ItemsCount;
 

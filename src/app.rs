@@ -20,8 +20,9 @@ use tokio::sync::Notify;
 
 use uuid::Uuid;
 
-use crate::agent_config::{self, AgentConfig};
 use crate::audit::source::{self, Chunk, LineQueue, SocketConfig, SourceStats};
+use crate::config::agent::{self as agent_config, AgentConfig};
+use crate::config::settings::Settings;
 use crate::delivery::{Outgoing, UpstreamDrops, diagnostic_event};
 use crate::edge::amqp::{AmqpConfig, AmqpStats, Client, Control};
 use crate::edge::credentials::Credentials;
@@ -32,7 +33,6 @@ use crate::outbox::fallback::Resilient;
 use crate::outbox::sqlite::{self, Recovery};
 use crate::outbox::{MemoryStore, Store, StoreError};
 use crate::pipeline::{Pipeline, PipelineStats};
-use crate::settings::Settings;
 use crate::stats::{self, Snapshot};
 
 #[derive(Debug, Error)]

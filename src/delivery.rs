@@ -33,8 +33,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::agent_config::{AgentConfig, Priority};
 use crate::aggregate::{AggregateConfig, Aggregator};
+use crate::config::agent::{AgentConfig, Priority};
 use crate::edge::amqp::{Outbound, Outbox, OutboxError, Settled};
 use crate::events::operational::{
     Diagnostic, DiagnosticSeverity, DroppedEvents, MessageStatistics, QueueName,

@@ -48,20 +48,22 @@
 //!     [`edge::amqp::telemetry`] (the telemetry link), [`edge::amqp::backoff`] (schedules).
 //! - [`stats`]: one counters snapshot, filled by each stage, for the statistics line and
 //!   `/metrics`.
-//! - [`agent_config`]: the agent configuration (the security module twin's settings).
 //! - [`agent_id`]: the AgentId kept in the data directory.
 //! - [`rules`]: the audit rules the module needs.
-//! - [`settings`]: defaults < file < environment.
+//! - [`config`]: the configuration room.
+//!   - [`config::settings`]: defaults < file < environment, check-config's ranges.
+//!   - [`config::agent`]: the agent configuration (the security module twin's settings).
+//!   - [`config::duration`]: ISO 8601 durations.
 //! - [`app`]: wiring of `run` and `replay`: tasks, channels, shutdown.
 //!
 //! Each stage that does the work is a plain synchronous state machine with no I/O and no
 //! clock of its own: time comes in as an argument, so tests are deterministic.
 
-pub mod agent_config;
 pub mod agent_id;
 pub mod aggregate;
 pub mod app;
 pub mod audit;
+pub mod config;
 pub mod delivery;
 pub mod edge;
 pub mod events;
@@ -69,7 +71,6 @@ pub mod message;
 pub mod outbox;
 pub mod pipeline;
 pub mod rules;
-pub mod settings;
 pub mod stats;
 pub mod validate;
 

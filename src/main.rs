@@ -10,10 +10,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use azureiotsecurity::config::settings::{Settings, SettingsError};
 use azureiotsecurity::edge::amqp::AmqpConfig;
 use azureiotsecurity::edge::credentials::Credentials;
 use azureiotsecurity::edge::identity::{self, Identity};
-use azureiotsecurity::settings::{Settings, SettingsError};
 use azureiotsecurity::{app, rules};
 
 #[derive(Parser)]
@@ -141,7 +141,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::CheckConfig { file } => {
             let s = Settings::load(file.as_deref())?;
-            let (report, errors) = azureiotsecurity::agent_config::check_report(&s);
+            let (report, errors) = azureiotsecurity::config::agent::check_report(&s);
             println!("{}", serde_json::to_string_pretty(&report)?);
             for e in &errors {
                 eprintln!(

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::audit::coalesce::{AuditEvent, CoalesceStats, Coalescer};
 use crate::audit::parse::ParseError;
+use crate::config::settings::Settings;
 use crate::events::{DeriveStats, Deriver, SecurityEvent};
-use crate::settings::Settings;
 use crate::stats::Snapshot;
 
 /// The rule key the module's audit rules carry.

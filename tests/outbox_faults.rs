@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use azureiotsecurity::agent_config::{AgentConfig, Priority};
+use azureiotsecurity::config::agent::{AgentConfig, Priority};
 use azureiotsecurity::events::operational::QueueName;
 use azureiotsecurity::outbox::fallback::Resilient;
 use azureiotsecurity::outbox::sqlite::SqliteStore;

@@ -22,7 +22,7 @@ use crate::audit::decode::{self, Argv, SockAddr};
 use crate::audit::parse::{Record, Value};
 use crate::audit::syscalls::{self, Syscall};
 use crate::audit::types;
-use crate::settings::EventSettings;
+use crate::config::settings::EventSettings;
 
 /// Counters of the deriver.
 #[derive(Debug, Default, Clone, Serialize)]

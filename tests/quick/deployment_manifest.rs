@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use azureiotsecurity::agent_config::{self, AgentConfig, OBJECT_NAME};
+use azureiotsecurity::config::agent::{self as agent_config, AgentConfig, OBJECT_NAME};
+use azureiotsecurity::config::settings::{ENV_PREFIX, Settings};
 use azureiotsecurity::edge::amqp::telemetry::events_address;
-use azureiotsecurity::settings::{ENV_PREFIX, Settings};
 
 use crate::support::manifest::{
     LIMIT_KEYS, MODULE, agent_desired, at, create_options, limits, manifest, module,

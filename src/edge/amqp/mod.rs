@@ -48,7 +48,7 @@ use uuid::Uuid;
 
 use super::credentials::{Credentials, CredentialsError};
 use super::tls::{self, TlsError};
-use crate::settings::EdgeHubSettings;
+use crate::config::settings::EdgeHubSettings;
 use crate::stats::Snapshot;
 
 use backoff::Backoff;

@@ -15,7 +15,7 @@ use crate::audit::coalesce::CoalesceConfig;
 #[derive(Debug, Error)]
 pub enum SettingsError {
     #[error("settings: {0}")]
-    Load(#[from] config::ConfigError),
+    Load(#[from] ::config::ConfigError),
     #[error("settings file {0} does not exist")]
     MissingFile(PathBuf),
     #[error("setting {key}: {why}")]
@@ -36,7 +36,7 @@ pub struct Settings {
     /// `ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration` settings), as plain values
     /// (`highPriorityMessageFrequency = "PT7M"`) or `{ value = "PT7M" }` tables. Key names are
     /// matched ignoring case (the environment's are lowercased). Read by
-    /// [`crate::agent_config::agent_config_from_settings`].
+    /// [`crate::config::agent::agent_config_from_settings`].
     pub agent: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -181,7 +181,7 @@ pub struct DebugSettings {
     pub panic_task: String,
     pub panic_task_after_ms: u64,
     /// Accept agent frequencies and aggregation intervals under their minimums
-    /// (`agent_config::MIN_*`), for tests that need messages within seconds; never for
+    /// (`config::agent::MIN_*`), for tests that need messages within seconds; never for
     /// production.
     pub short_agent_intervals: bool,
 }
@@ -263,15 +263,15 @@ impl Settings {
         file: Option<&Path>,
         env: Option<std::collections::HashMap<String, String>>,
     ) -> Result<Settings, SettingsError> {
-        let defaults = config::Config::try_from(&Settings::default())?;
-        let mut b = config::Config::builder().add_source(defaults);
+        let defaults = ::config::Config::try_from(&Settings::default())?;
+        let mut b = ::config::Config::builder().add_source(defaults);
         if let Some(f) = file {
             if !f.exists() {
                 return Err(SettingsError::MissingFile(f.to_path_buf()));
             }
-            b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
+            b = b.add_source(::config::File::from(f).format(::config::FileFormat::Toml));
         }
-        let mut envsrc = config::Environment::with_prefix(ENV_PREFIX)
+        let mut envsrc = ::config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("_")
             .separator("__")
             .try_parsing(true);
