@@ -16,7 +16,7 @@
 use azureiotsecurity::audit::coalesce::{AuditEvent, CoalesceConfig, Coalescer};
 use azureiotsecurity::audit::parse::Record;
 use azureiotsecurity::pipeline::Pipeline;
-use azureiotsecurity::settings::Settings;
+use azureiotsecurity::config::settings::Settings;
 use libfuzzer_sys::fuzz_target;
 
 fn check_events(cfg: &CoalesceConfig, c: &mut Coalescer, out: &mut Vec<AuditEvent>) -> u64 {
