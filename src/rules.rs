@@ -1,66 +1,16 @@
-//! The audit rules the module needs, in `auditctl -R` format.
-//!
-//! `azureiotsecurity rules [--arch ARCH]` prints them; `scripts/setup-host.sh` loads them.
-//! The module itself never changes the host's rules.
-//!
-//! Every rule carries the key [`KEY`] (`-k azureiotsecurity`), so an operator (and the setup
-//! script) can list and remove exactly these rules with `auditctl -l -k azureiotsecurity` and
-//! `auditctl -D -k azureiotsecurity`. The text contains no `-D`, `-b` or `-e` line: loading it
-//! only adds rules and leaves the rest of the host's audit configuration alone.
-//!
-//! # What is watched and why
-//!
-//! * **ProcessCreate:** `execve` and `execveat` (the latter is what `fexecve()` uses), with
-//!   `success=1`. A failed exec (for example a `PATH` search hitting `ENOENT`) has no `EXECVE`
-//!   record and creates no process, so it is not worth the kernel's and auditd's time.
-//! * **ConnectionCreate:** `connect` with `success=1`, plus a second `connect` rule with
-//!   `exit=-EINPROGRESS`: a non-blocking connect returns `-EINPROGRESS` (-115) and would be
-//!   missed by `success=1` alone, although it is how most daemons connect. Other failures
-//!   (`ECONNREFUSED`, `ENETUNREACH` …) are not logged. `accept` and `accept4` with `success=1`
-//!   give the inbound side (their `SOCKADDR` is the peer's address).
-//! * **Protocol of a connect:** connect records carry no socket type, and every DNS lookup
-//!   connects a UDP socket. So successful `socket()` calls of the inet families (`a0=2`
-//!   AF_INET, `a0=10` AF_INET6; on i386 also `socketcall` with `a0=1`, whose family the
-//!   filter cannot see) are audited too, and the module remembers (pid, fd) → SOCK_STREAM or
-//!   SOCK_DGRAM to tell TCP from UDP.
-//! * **Login** needs no rule: PAM, sshd, su and login write `USER_AUTH`, `USER_LOGIN`,
-//!   `USER_START` … from user space, and the kernel's `LOGIN` record (the write to
-//!   `/proc/self/loginuid`) is always emitted.
-//!
-//! # One rule set per ABI
-//!
-//! Syscall numbers differ between ABIs, and a 64-bit kernel also runs 32-bit programs through
-//! a second syscall table, so every rule names its ABI with `-F arch=b64` or `-F arch=b32`
-//! (which libaudit resolves against the machine it runs on). A machine gets:
-//!
-//! | `uname -m` | ABIs | `b32` means |
-//! |---|---|---|
-//! | `x86_64` / `amd64` | b64, b32 | i386 |
-//! | `aarch64` / `arm64` | b64, b32 | arm EABI (compat) |
-//! | `i386` … `i686` | b32 | i386 |
-//! | `armv7l`, `armv6l`, `arm*` | b32 | arm EABI |
-//!
-//! # Quirks of the 32-bit ABIs
-//!
-//! * **i386 has no `accept` syscall.** It has `accept4` (since Linux 2.6.28) and the
-//!   multiplexer `socketcall`; libaudit rejects `-F arch=b32 -S accept` on x86, so the i386
-//!   rules list only `accept4`.
-//! * **i386 programs usually connect through `socketcall`** (syscall 102), not `connect`:
-//!   direct socket syscalls only appeared in Linux 4.3, and glibc (a static binary in
-//!   particular) still goes through `socketcall`. A `-S connect` rule does not see those, so
-//!   i386 also gets `socketcall` rules filtered on the first argument, the call number:
-//!   `a0=3` (`SYS_CONNECT`, again twice: `success=1` and `exit=-EINPROGRESS`), `a0=5`
-//!   (`SYS_ACCEPT`) and `a0=18` (`SYS_ACCEPT4`). The kernel adds a `SOCKETCALL` record to
-//!   those events, and the `SOCKADDR` record as for the direct syscalls.
-//! * **arm EABI has no `socketcall`.** Its number (102) is OABI-only (`ausyscall arm` still
-//!   lists it from the old table); EABI programs, and 32-bit programs on aarch64, call
-//!   `connect`, `accept` and `accept4` directly. So arm rules have `accept` (unlike i386) and
-//!   no `socketcall`.
-//! * **aarch64 has no `socketcall`** either; its native table has `accept` and `accept4`.
+//! The audit rules the module needs, in `auditctl -R` format (`azureiotsecurity rules [--arch
+//! ARCH]` prints them, `scripts/setup-host.sh` loads them; the module never changes the host's
+//! rules). One rule set per ABI of the machine, every rule tagged with [`KEY`]. The text has no
+//! `-D`, `-b` or `-e` line: loading it only adds rules and leaves the rest of the host's audit
+//! configuration alone. Login needs no rule: PAM, sshd, su and login write `USER_*` records
+//! from user space, and the kernel's `LOGIN` (the write to `/proc/self/loginuid`) is always
+//! emitted.
 
 use std::fmt::Write as _;
 
-/// The audit key on every rule (`-k azureiotsecurity`, shown as `-F key=azureiotsecurity`).
+/// The audit key on every rule (`-k azureiotsecurity`, shown as `-F key=azureiotsecurity`), so
+/// an operator (and the setup script) lists and removes exactly these rules with
+/// `auditctl -l -k azureiotsecurity` and `auditctl -D -k azureiotsecurity`.
 pub const KEY: &str = "azureiotsecurity";
 
 /// A machine architecture the rules are written for.
@@ -138,16 +88,24 @@ impl Rule {
     }
 }
 
+/// A failed exec (a `PATH` search hitting `ENOENT`) has no `EXECVE` record and creates no
+/// process, and a refused connect (`ECONNREFUSED`, `ENETUNREACH` …) no connection: not worth
+/// the kernel's and auditd's time.
 const SUCCESS: &[&str] = &["success=1"];
+/// A non-blocking connect returns `-EINPROGRESS` (-115), which `success=1` alone would miss,
+/// although it is how most daemons connect.
 const IN_PROGRESS: &[&str] = &["exit=-EINPROGRESS"];
 
-/// The rules of an ABI whose table has direct `connect`, `accept` and `accept4`
-/// (x86_64, aarch64, arm EABI).
+/// The rules of an ABI whose table has direct `connect`, `accept` and `accept4` (x86_64,
+/// aarch64, arm EABI). aarch64 and arm EABI have no `socketcall`: arm's number (102) is
+/// OABI-only (`ausyscall arm` still lists it from the old table), and EABI programs, 32-bit
+/// ones on aarch64 included, call `connect`, `accept` and `accept4` directly.
 fn direct(abi: Abi, table: Table) -> [Rule; 6] {
     [
         Rule {
             abi,
             table,
+            // execveat is what fexecve() uses.
             syscalls: &["execve", "execveat"],
             filters: SUCCESS,
         },
@@ -166,9 +124,13 @@ fn direct(abi: Abi, table: Table) -> [Rule; 6] {
         Rule {
             abi,
             table,
+            // The inbound side: their SOCKADDR is the peer's address.
             syscalls: &["accept", "accept4"],
             filters: SUCCESS,
         },
+        // Connect records carry no socket type, and every DNS lookup connects a UDP socket:
+        // the module remembers (pid, fd) → SOCK_STREAM/SOCK_DGRAM from the inet socket()
+        // calls (a0=2 AF_INET, a0=10 AF_INET6) to tell TCP from UDP.
         Rule {
             abi,
             table,
@@ -185,6 +147,12 @@ fn direct(abi: Abi, table: Table) -> [Rule; 6] {
 }
 
 /// The i386 rules (native on i386, the b32 ABI on x86_64): no `accept`, plus `socketcall`.
+///
+/// i386 programs usually connect through the multiplexer `socketcall` (102), not `connect`:
+/// direct socket syscalls only appeared in Linux 4.3, and glibc (a static binary in
+/// particular) still goes through `socketcall`, which a `-S connect` rule does not see. So the
+/// `socketcall` rules filter on its first argument, the call number. The kernel adds a
+/// `SOCKETCALL` record to those events, and the `SOCKADDR` record as for direct syscalls.
 fn i386() -> [Rule; 11] {
     let abi = Abi::B32;
     let table = Table::I386;
@@ -210,6 +178,8 @@ fn i386() -> [Rule; 11] {
         Rule {
             abi,
             table,
+            // i386 has no `accept` (only `accept4`, since 2.6.28, and `socketcall`): libaudit
+            // rejects `-F arch=b32 -S accept` on x86.
             syscalls: &["accept4"],
             filters: SUCCESS,
         },
@@ -217,6 +187,7 @@ fn i386() -> [Rule; 11] {
             abi,
             table,
             syscalls: &["socketcall"],
+            // SYS_CONNECT, twice as for `connect`: success and EINPROGRESS.
             filters: &["a0=3", "success=1"],
         },
         Rule {
@@ -229,6 +200,7 @@ fn i386() -> [Rule; 11] {
             abi,
             table,
             syscalls: &["socketcall"],
+            // SYS_ACCEPT, then SYS_ACCEPT4.
             filters: &["a0=5", "success=1"],
         },
         Rule {
@@ -253,6 +225,7 @@ fn i386() -> [Rule; 11] {
             abi,
             table,
             syscalls: &["socketcall"],
+            // SYS_SOCKET: a1 only points to the arguments, so the filter cannot see the family.
             filters: &["a0=1", "success=1"],
         },
     ]
@@ -270,7 +243,11 @@ impl Arch {
         }
     }
 
-    /// The ABIs (and their syscall tables) a machine of this architecture runs.
+    /// The ABIs (and their syscall tables) a machine of this architecture runs. Syscall
+    /// numbers differ between ABIs, and a 64-bit kernel also runs 32-bit programs through a
+    /// second table, so every rule names its ABI (`-F arch=b64|b32`, which libaudit resolves
+    /// against the machine it runs on): `b32` is i386 on x86_64 and arm EABI (compat) on
+    /// aarch64.
     pub fn abis(self) -> &'static [(Abi, Table)] {
         match self {
             Arch::X86_64 => &[(Abi::B64, Table::X86_64), (Abi::B32, Table::I386)],

@@ -1,73 +1,13 @@
 //! Records → audit events.
 //!
-//! The kernel writes one audit *event* as several *records* (SYSCALL, EXECVE, CWD, PATH…,
-//! PROCTITLE, EOE), one line each, that share the header `msg=audit(SEC.MSEC:SERIAL)`. The
-//! [`Coalescer`] groups lines back into events. It is a plain synchronous state machine: no
-//! I/O, no clock of its own (the caller passes a monotonic reading for the idle timeout), and
-//! every structure is bounded in entries and bytes. The quirks it handles, and how
-//! (facts from `shared/reference/auditd-here.md` A.2 and `audit-stream.md` 1.2, 1.5, 3.x):
-//!
-//! - **Key.** An event is identified by `(node, timestamp, serial)`: serials alone are not
-//!   unique (go-libaudit and go-audit key by serial only). `node=` appears with
-//!   `name_format != NONE` and on forwarded events; node names are interned into a small
-//!   bounded table of `u32` ids so a key is built without allocating. Past
-//!   [`CoalesceConfig::max_nodes`] names, further nodes share one overflow id (counted in
-//!   `node_overflow`); their events still carry their own `node=` text.
-//! - **EOE.** Every kernel event ends with an EOE record on the af_unix socket; the event
-//!   completes there and the EOE itself is not kept. audit.log has no EOE lines and forwarded
-//!   (au-remote) events have none either, so events also complete on a timeout.
-//! - **Single-record events.** User-space records (USER_*, CRED_*, …) and auditd's own DAEMON_*
-//!   records are whole events with no EOE ([`types::is_single_record`]): they are emitted at
-//!   once. LOGIN (1006) is the exception: it belongs to the SYSCALL event of the write to
-//!   `/proc/self/loginuid` and waits for that event's EOE. Records whose type name we do not
-//!   know (type number 0) are treated as kernel records and wait for EOE or a timeout.
-//! - **DAEMON_\* serials.** auditd stamps its DAEMON_* records with its *own* serial counter
-//!   (for example `DAEMON_END …:4282` while kernel serials were at 74,151), so a DAEMON record
-//!   is never joined to a kernel event with an equal key and never feeds the serial-gap
-//!   estimate. Any type in 1200–1299 or named `DAEMON_…` counts (the parser maps names it does
-//!   not know, such as DAEMON_ACCEPT, to 0).
-//! - **Interleaving and reordering.** Records of concurrent events interleave, and neither
-//!   timestamps nor serials arrive in order (15–90 inversions per capture). Events are held in
-//!   a hash map by key, so any interleaving works; records are kept in arrival order.
-//! - **Timeouts in record time.** An event without EOE completes once the node's record time
-//!   (the newest timestamp seen on that node) has moved more than
-//!   [`CoalesceConfig::record_timeout_ms`] past the record time *at which the event was first
-//!   seen*. This is not measured from the event's own timestamp, because the kernel stamps a
-//!   syscall event at syscall *entry* and writes it at exit: an `accept` that blocked for an
-//!   hour arrives with an hour-old timestamp among current records, and comparing its
-//!   timestamp with the newest record time (as auparse and laurel do) would cut it apart after
-//!   its first record. Record time is kept per node, because forwarded nodes have their own
-//!   clocks. Events of one node are first seen in non-decreasing record time, so a per-node
-//!   FIFO finds the expired ones from its front: no re-sort per event (go-libaudit) and no
-//!   scan of every event per record (auparse, go-audit).
-//! - **Idle timeout.** On a quiet host an event without EOE would wait for the next record
-//!   (auparse's issue #286, laurel). On the live socket the caller calls [`Coalescer::tick`]
-//!   with its monotonic clock, and events that received no record for
-//!   [`CoalesceConfig::idle_ms`] complete. Replay never ticks; it calls [`Coalescer::flush`].
-//! - **Late records and duplicates.** A record for an event that already completed is
-//!   recognised by a bounded set of recently completed keys, dropped and counted
-//!   (`late_records`; an EOE after its event timed out counts in `late_eoe`); a second EOE of
-//!   an event that completed on EOE counts as a duplicate.
-//!   An identical line repeated within an in-flight event is dropped (`duplicate_records`).
-//!   Single-record events are not remembered: they are emitted as they come.
-//! - **Bounds.** One execve can span hundreds of 7.5 KB EXECVE records. In-flight events are
-//!   bounded in number and in bytes (the oldest is emitted early, marked
-//!   [`Completion::Evicted`], and counted) and one event is bounded in bytes (further records
-//!   are dropped, counted in `truncated_records`, and the event is marked truncated). Nothing
-//!   is dropped without a counter.
-//! - **Estimated loss.** Kernel serials increase by one per event, so gaps in the serials seen
-//!   estimate events lost between the kernel and us (kernel backlog, auditd's plugin queue,
-//!   the af_unix plugin's queue, a disconnected reader). See [`CoalesceStats::estimated_lost`]
-//!   for why this is an estimate.
-//! - **Clock steps.** A forward step of the wall clock moves record time at once and
-//!   completes the events in flight on that node (on the live socket their EOE is usually
-//!   already there). After a backward step record time stands still until the clock catches
-//!   up: events without EOE then complete by idle time (live), by eviction or at flush
-//!   (replay). Nothing is lost either way.
-//!
-//! Allocation: a key needs none, a record is copied into its event's single buffer (amortised
-//! growth), and the buffers of emitted events can be handed back with
-//! [`Coalescer::recycle`] so that steady state allocates nothing.
+//! The kernel writes one audit *event* as several records (SYSCALL, EXECVE, CWD, PATH…,
+//! PROCTITLE, EOE), one line each, sharing `msg=audit(SEC.MSEC:SERIAL)`. The [`Coalescer`]
+//! groups the lines back into events, keyed by `(node, timestamp, serial)`, and emits each one
+//! once it is whole ([`Completion`] says how it knew). A synchronous state machine: no I/O, no
+//! clock of its own (the caller passes a monotonic reading for the idle timeout), every
+//! structure bounded in entries and bytes, and nothing dropped without a counter in
+//! [`CoalesceStats`]. Emitted buffers come back through [`Coalescer::recycle`], so the steady
+//! state allocates nothing. Quirks: `shared/reference/auditd-here.md` A.2, `audit-stream.md`.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
@@ -243,7 +183,9 @@ pub struct CoalesceStats {
     pub truncated_records: u64,
     /// Events emitted with records missing because of `max_event_bytes`.
     pub truncated_events: u64,
-    /// Kernel events estimated lost from gaps in the serials, per node, tolerating
+    /// Kernel events estimated lost (kernel backlog, auditd's plugin queue, the af_unix
+    /// plugin's queue, a disconnected reader) from gaps in the serials, which the kernel
+    /// increases by one per event; per node, tolerating
     /// reordering within a window of 4096 serials. An estimate: serials are consumed only by
     /// records the kernel actually emits (a syscall no rule matches takes none, so filtering
     /// leaves no gap), user-space messages consume kernel serials too (and they do arrive),
@@ -266,7 +208,8 @@ const SERIAL_MAX_JUMP: u64 = 1 << 31;
 
 /// Node id of records without `node=`.
 const NODE_NONE: u32 = 0;
-/// Node id shared by nodes beyond the table.
+/// Node id shared by nodes beyond the table (counted in `node_overflow`); their events still
+/// carry their own `node=` text.
 const NODE_OVERFLOW: u32 = 1;
 const FIRST_NAMED_NODE: usize = 2;
 
@@ -279,8 +222,10 @@ const EVENT_INITIAL_CAPACITY: usize = 2048;
 /// Preallocation cap for the hash maps (bounds the memory of a silly configuration).
 const PREALLOC_MAX: usize = 1 << 16;
 
-/// DAEMON_* records carry auditd's own serials (1200–1299, or a `DAEMON_` name the type
-/// table does not know).
+/// DAEMON_* records carry auditd's *own* serial counter (`DAEMON_END …:4282` while kernel
+/// serials were at 74,151): they are never joined to a kernel event with an equal key and never
+/// feed the serial-gap estimate. Any type in 1200–1299 counts, and any `DAEMON_` name, because
+/// the parser maps names it does not know (DAEMON_ACCEPT) to type 0.
 fn is_daemon(rec: &Record<'_>) -> bool {
     (types::DAEMON_START..=1299).contains(&rec.rtype) || rec.type_name.starts_with(b"DAEMON_")
 }
@@ -311,8 +256,12 @@ fn line_hash(line: &[u8]) -> u64 {
     h ^ (h >> 29)
 }
 
+/// Serials alone are not unique (go-libaudit and go-audit key by serial only): forwarded
+/// nodes have their own counters, so the node is part of the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
+    /// Interned `node=` name (present with `name_format != NONE` and on forwarded events), so a
+    /// key is built without allocating.
     node: u32,
     id: EventId,
 }
@@ -583,6 +532,10 @@ impl Coalescer {
         let key = Key { node, id: rec.id };
         self.advance_record_time(node, rec.id.millis(), out);
 
+        // User-space (USER_*, CRED_*, …) and DAEMON_* records are whole events with no EOE:
+        // emit them at once, and do not remember them. LOGIN (1006) is not one of them: it
+        // belongs to the SYSCALL event of the write to /proc/self/loginuid and waits for its
+        // EOE, like records of an unknown type (0).
         let daemon = is_daemon(&rec);
         if daemon || types::is_single_record(rec.rtype) {
             if !daemon {
@@ -592,10 +545,14 @@ impl Coalescer {
             return Ok(());
         }
 
+        // Every kernel event ends with an EOE on the af_unix socket; the EOE is not kept.
+        // audit.log and forwarded (au-remote) events have none: those complete on a timeout.
         if rec.rtype == types::EOE {
             if let Some(&slot) = self.inflight.get(&key) {
                 self.complete(slot, Completion::Eoe, out);
             } else if let Some(&eoe) = self.recent.get(&key) {
+                // A second EOE of an event that completed on EOE is a duplicate; an EOE after
+                // its event timed out or was evicted is late (nothing was lost).
                 if eoe {
                     self.stats.duplicate_records += 1;
                 } else {
@@ -607,11 +564,14 @@ impl Coalescer {
             return Ok(());
         }
 
+        // Records of concurrent events interleave, and neither timestamps nor serials arrive
+        // in order (15–90 inversions per capture): the map by key takes any interleaving.
         if let Some(&slot) = self.inflight.get(&key) {
             self.append(slot, line, now_ms);
             self.evict_for_bytes(out);
             return Ok(());
         }
+        // A record for an event already emitted (a bounded set of recent keys knows it).
         if self.recent.contains_key(&key) {
             self.stats.late_records += 1;
             return Ok(());
@@ -630,7 +590,9 @@ impl Coalescer {
         Ok(())
     }
 
-    /// Complete the events that received no record for `idle_ms` (live socket only; `now_ms`
+    /// Complete the events that received no record for `idle_ms`: on a quiet host an event
+    /// without EOE would otherwise wait for the next record (auparse's issue #286, laurel).
+    /// Live socket only (replay calls [`Coalescer::flush`] instead); `now_ms`
     /// on the same monotonic clock as [`Coalescer::push`]). Oldest first. Call it every
     /// `idle_ms / 2` or so; it looks at each event in flight (a handful, normally).
     /// Completed events are appended to `out`.
@@ -713,6 +675,15 @@ impl Coalescer {
     }
 
     /// Move the node's record time to `t` if newer, and complete its events that timed out.
+    ///
+    /// The timeout runs from the node's record time *when the event was first seen*, not from
+    /// the event's own timestamp: the kernel stamps a syscall at entry and writes it at exit, so
+    /// an `accept` that blocked for an hour arrives with an hour-old timestamp among current
+    /// records, and comparing that with the newest record time (auparse, laurel) would cut it
+    /// apart after its first record. Record time is per node (forwarded nodes have their own
+    /// clocks). A forward clock step completes the node's events at once (live, their EOE is
+    /// usually there already); after a backward step record time stands still until the clock
+    /// catches up, and events complete by idle time, eviction or flush instead.
     fn advance_record_time(&mut self, node: u32, t: u64, out: &mut Vec<AuditEvent>) {
         let Some(ns) = self.nodes.get_mut(node as usize) else {
             return;
@@ -722,6 +693,9 @@ impl Coalescer {
         }
         ns.newest_ms = t;
         let horizon = t.saturating_sub(self.cfg.record_timeout_ms);
+        // A node's events are first seen in non-decreasing record time, so the expired ones
+        // are at the front of its FIFO: no re-sort per event (go-libaudit), no scan of every
+        // event per record (auparse, go-audit).
         loop {
             let Some(ns) = self.nodes.get_mut(node as usize) else {
                 return;
@@ -878,6 +852,7 @@ impl Coalescer {
         s.last_ms = now_ms;
         let h = line_hash(line);
         let data = &s.data;
+        // An identical line repeated within an in-flight event is dropped and counted.
         let duplicate = s
             .spans
             .iter()
@@ -887,6 +862,8 @@ impl Coalescer {
             self.stats.duplicate_records += 1;
             return;
         }
+        // One execve can span hundreds of 7.5 KB EXECVE records: past `max_event_bytes` the
+        // event keeps what it has and is marked truncated.
         let stored = s.data.len().saturating_sub(s.node_len);
         if stored.saturating_add(line.len()) > self.cfg.max_event_bytes {
             s.truncated = true;

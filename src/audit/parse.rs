@@ -1,25 +1,10 @@
-//! Zero-copy parser for one auditd text record.
-//!
-//! A record as auditd writes it, to audit.log or to the af_unix plugin in `string` format:
+//! Zero-copy parser for one auditd text record, as auditd writes it to audit.log or to the
+//! af_unix plugin in `string` format (quirks: `shared/reference/auditd-here.md`,
+//! `audit-stream.md`):
 //!
 //! ```text
 //! [node=NAME ]type=NAME msg=audit(SEC.MSEC:SERIAL): FIELDS[\x1dENRICHED]
 //! ```
-//!
-//! Quirks handled here (see `shared/reference/auditd-here.md`, `audit-stream.md`):
-//!
-//! - `node=` appears only with `name_format != NONE` or for forwarded events; with it the EOE
-//!   line ends in a trailing space.
-//! - Unknown types are written `type=UNKNOWN[1329]`; a name missing from our table is kept as
-//!   text with type number 0, never an error.
-//! - With `log_format = ENRICHED` some records carry the byte 0x1d followed by `KEY="value"`
-//!   interpretations; `SADDR={ saddr_fam=inet laddr=… lport=… }` contains spaces and braces.
-//! - Values are `"quoted"` (printable ASCII without `"`, and no escapes: a backslash is a
-//!   literal), unquoted (numbers, names, or the upper-case hex of the raw bytes when the
-//!   kernel found a space, quote, control or non-ASCII byte), or `(null)` / `?`.
-//! - User-space records (USER_*, CRED_*, …) nest their content in `msg='…'`; the field
-//!   iterator walks into it so that `op`, `acct`, `res` … read like top-level fields.
-//! - EXECVE continuation records start with two spaces after the `):`.
 //!
 //! Nothing here allocates: a [`Record`] borrows the line, and fields are iterated lazily.
 
@@ -75,9 +60,11 @@ impl fmt::Display for EventId {
 /// One parsed record, borrowing its line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
-    /// `node=` value, when present.
+    /// `node=` value: present only with `name_format != NONE` or on forwarded events (the
+    /// EOE line then ends in a trailing space).
     pub node: Option<&'a [u8]>,
-    /// The record type number (0 when the name is not one we know and carries no number).
+    /// The record type number. Unknown types are written `type=UNKNOWN[1329]`; a name missing
+    /// from our table is kept as text with number 0, never an error.
     pub rtype: u16,
     /// The record type as written (`SYSCALL`, `UNKNOWN[1329]`, …).
     pub type_name: &'a [u8],
@@ -88,7 +75,8 @@ pub struct Record<'a> {
     pub enriched: Option<&'a [u8]>,
 }
 
-/// The enrichment separator auditd writes before the interpreted fields.
+/// The enrichment separator auditd writes before the interpreted fields (`KEY="value"`) of
+/// some records with `log_format = ENRICHED`.
 pub const ENRICH_SEP: u8 = 0x1d;
 
 impl<'a> Record<'a> {
@@ -131,7 +119,10 @@ impl<'a> Record<'a> {
         })
     }
 
-    /// The fields of the body, walking into a nested `msg='…'`.
+    /// The fields of the body, walking into a nested `msg='…'`: user-space records (USER_*,
+    /// CRED_*, …) nest their content there, so `op`, `acct`, `res` … read like top-level
+    /// fields. EXECVE continuation records start with two spaces after the `):`, which the
+    /// field walk skips like any separator.
     pub fn fields(&self) -> Fields<'a> {
         Fields::new(self.body)
     }
@@ -178,13 +169,16 @@ fn parse_id(s: &[u8]) -> Option<EventId> {
 /// A field value as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Value<'a> {
-    /// `"…"`: the bytes between the quotes, literal.
+    /// `"…"`: the bytes between the quotes, literal: the kernel quotes only printable ASCII
+    /// without `"`, with no escapes (a backslash is a literal).
     Quoted(&'a [u8]),
     /// `'…'` (other than the nested `msg='…'`, which is walked into).
     SingleQuoted(&'a [u8]),
-    /// `{ … }` in enriched fields (SADDR): the bytes between the braces, trimmed.
+    /// `{ … }` in enriched fields (`SADDR={ saddr_fam=inet laddr=… lport=… }`, spaces
+    /// inside): the bytes between the braces, trimmed.
     Braced(&'a [u8]),
-    /// An unquoted token: a number, a name, upper-case hex of raw bytes, `(null)` or `?`.
+    /// An unquoted token: a number, a name, `(null)` or `?`, or the upper-case hex of the raw
+    /// bytes when the kernel found a space, quote, control or non-ASCII byte in them.
     Bare(&'a [u8]),
 }
 

@@ -1,23 +1,9 @@
-//! Readers of the audit stream: auditd's af_unix socket (live) and audit.log text (replay).
-//!
-//! Quirks this handles (see `shared/reference/auditd-here.md` A.2 and A.4):
-//!
-//! - The plugin socket is a byte stream of `\n`-terminated records. auditd writes one record
-//!   per `write()`, but nothing promises that a `read()` ends on a newline, so partial lines
-//!   are carried over to the next read.
-//! - auditd re-creates the socket on every restart, and its 3.0 plugin serves one client at a
-//!   time: a second client is accepted by the kernel but gets no data until the first leaves.
-//!   The reader reconnects with capped exponential back-off and never gives up. A connection
-//!   that ends within [`STABLE_CONNECTION`] of being made counts as a failed attempt, so a
-//!   peer that accepts and closes at once (a wrong socket path, a broken auditd) is backed off
-//!   like one that refuses; only a connection that lasted resets the back-off.
-//! - auditd 3.0's dispatcher writes to the socket with a *blocking* `write()`: a reader that
-//!   stops draining stalls auditd, whose kernel backlog then stalls every audited syscall on
-//!   the host. So the socket is drained continuously into a [`LineQueue`] of our own that is
-//!   bounded in bytes; when the pipeline falls behind, whole chunks of lines are dropped *here*
-//!   and counted, never left in the socket.
-//! - Lines are bounded: an over-long line (no newline within `max_line_bytes`) is skipped to
-//!   its end and counted.
+//! Readers of the audit stream: auditd's af_unix socket (live, [`read_socket`]) and audit.log
+//! text (replay, [`read_lines`]). Both hand on whole `\n`-terminated lines, each bounded by
+//! `max_line_bytes`. The live reader never waits for the pipeline: it drains the socket into a
+//! byte-bounded [`LineQueue`] and drops (and counts) whole chunks there when the pipeline falls
+//! behind; it reconnects with capped back-off and never gives up (README, "Reading the stream
+//! without stalling the host"; `shared/reference/auditd-here.md` A.2, A.4).
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
@@ -71,7 +57,9 @@ impl SourceStats {
 /// Splits a byte stream into whole lines, bounding their length.
 ///
 /// `feed` appends data and returns the span of complete lines (ending with `\n`) that can be
-/// handed on; the partial tail is kept. A line longer than `max_line` is dropped to its end.
+/// handed on; the partial tail is kept: auditd writes one record per `write()`, but nothing
+/// promises that a `read()` ends on a newline. A line longer than `max_line` is dropped to its
+/// end and counted.
 #[derive(Debug)]
 pub struct LineSplitter {
     buf: Vec<u8>,
@@ -430,6 +418,9 @@ pub async fn read_socket(
             c = UnixStream::connect(&cfg.path) => c,
             _ = stop.notified() => return,
         };
+        // auditd re-creates the socket on every restart, and its 3.0 plugin serves one client
+        // at a time: a second client is accepted by the kernel but gets no data until the
+        // first leaves.
         let mut stream = match conn {
             Ok(s) => s,
             Err(e) => {
@@ -480,6 +471,10 @@ pub async fn read_socket(
                     if let Some(chunk) = splitter.take_ready() {
                         let nlines = memchr::memchr_iter(b'\n', &chunk).count() as u64;
                         SourceStats::add(&stats.lines_read, nlines);
+                        // auditd 3.0's dispatcher writes with a *blocking* `write()`: a reader
+                        // that stops draining stalls auditd, and through the kernel's backlog
+                        // every audited syscall. So a full queue drops the chunk here, never
+                        // leaving it in the socket.
                         if let Err(chunk) = queue.push(chunk) {
                             let first =
                                 stats.lines_dropped.fetch_add(nlines, Ordering::Relaxed) == 0;

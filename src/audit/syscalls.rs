@@ -1,42 +1,20 @@
 //! Audit architectures and the syscall numbers the module cares about.
 //!
-//! A SYSCALL record names its ABI with `arch=` (the kernel's `AUDIT_ARCH_*` constant, written
-//! in hex without `0x`) and the call with `syscall=` (decimal, that ABI's own number). The
-//! same call has a different number on every ABI, and a 64-bit kernel runs 32-bit processes
-//! with the 32-bit numbers, so a number means nothing without its arch.
-//!
-//! An `AUDIT_ARCH_*` constant is the ELF machine (`EM_*`) or-ed with two flags:
-//! `__AUDIT_ARCH_64BIT` (0x8000_0000) and `__AUDIT_ARCH_LE` (0x4000_0000, little-endian).
-//! The endianness bit matters for SOCKADDR: `sa_family` is host-endian (see
-//! [`super::decode::sockaddr_endian`]).
-//!
-//! Kernel quirks handled here:
-//!
-//! - **i386 has no `accept` syscall**, and its direct `socket`, `connect` and `accept4`
-//!   calls only appeared in Linux 4.3. Before that, and still today in static or old glibc,
-//!   every socket call goes through the multiplexer `socketcall(call, args)` (102), whose
-//!   first argument selects the operation (`SYS_SOCKET` 1, `SYS_CONNECT` 3, `SYS_ACCEPT` 5,
-//!   `SYS_ACCEPT4` 18). [`classify`] maps it to the native call by `a0`.
-//! - The SYSCALL record writes `a0`…`a3` in **hex without `0x`**: `a0=12` is 18
-//!   (`SYS_ACCEPT4`), not 12 (`SYS_RECVFROM`).
-//! - 32-bit ARM: `socketcall` (102) exists only in the old OABI; EABI has the direct calls
-//!   (and no number 102). Both report `arch=40000028`, so 102 is mapped the same way as on
-//!   i386, which is right for OABI and harmless for EABI.
-//! - auparse names both 32-bit ARM arches `armeb` (its machine table has one ARM entry, and
-//!   the enriched `ARCH=` shows `armeb` even on little-endian ARM); [`arch_name`] says `arm`
-//!   for the little-endian one.
-//! - x32 (`arch=c000003e` with syscall numbers having bit 0x4000_0000 set) is not mapped:
-//!   such numbers classify as [`Syscall::Other`].
-//!
-//! Every number below was checked with `ausyscall <arch> <name>` (auditd 3.0.9):
-//! `ausyscall x86_64 execve` → 59, `ausyscall i386 socketcall` → 102, and so on.
+//! A SYSCALL record names its ABI with `arch=` (the kernel's `AUDIT_ARCH_*`, hex without
+//! `0x`) and the call with `syscall=` (decimal, that ABI's own number). The same call has a
+//! different number on every ABI, and a 64-bit kernel runs 32-bit processes with the 32-bit
+//! numbers, so a number means nothing without its arch: [`classify`] takes both.
+
+// An `AUDIT_ARCH_*` constant is the ELF machine (`EM_*`) or-ed with these two flags.
 
 /// `__AUDIT_ARCH_64BIT`.
 pub const ARCH_64BIT: u32 = 0x8000_0000;
-/// `__AUDIT_ARCH_LE`: the ABI is little-endian.
+/// `__AUDIT_ARCH_LE`: the ABI is little-endian. It matters for SOCKADDR, whose `sa_family`
+/// is host-endian (see [`super::decode::sockaddr_endian`]).
 pub const ARCH_LE: u32 = 0x4000_0000;
 
-/// `AUDIT_ARCH_X86_64` (`EM_X86_64` 62 | 64BIT | LE).
+/// `AUDIT_ARCH_X86_64` (`EM_X86_64` 62 | 64BIT | LE). x32 shares it, with syscall numbers
+/// that have bit 0x4000_0000 set: not mapped, they classify as [`Syscall::Other`].
 pub const ARCH_X86_64: u32 = 0xc000_003e;
 /// `AUDIT_ARCH_I386` (`EM_386` 3 | LE).
 pub const ARCH_I386: u32 = 0x4000_0003;
@@ -47,7 +25,11 @@ pub const ARCH_ARM: u32 = 0x4000_0028;
 /// `AUDIT_ARCH_ARMEB` (`EM_ARM` 40, big-endian).
 pub const ARCH_ARMEB: u32 = 0x0000_0028;
 
-/// i386 and ARM OABI `socketcall`.
+/// i386 and ARM OABI `socketcall(call, args)`, whose first argument selects the operation.
+/// i386 has no `accept`, and its direct `socket`, `connect` and `accept4` only appeared in
+/// Linux 4.3: before that, and still in static or old glibc, every socket call goes through
+/// it. 32-bit ARM EABI has no 102 (only OABI does), but both report `arch=40000028`, so 102 is
+/// mapped as on i386: right for OABI, harmless for EABI.
 pub const NR_SOCKETCALL_32: u64 = 102;
 
 /// `socketcall` operation numbers (`include/uapi/linux/net.h`).
@@ -107,7 +89,8 @@ struct Table {
     socketcall: Option<u64>,
 }
 
-/// From `ausyscall <arch> <name>` (auditd 3.0.9).
+/// Every number checked with `ausyscall <arch> <name>` (auditd 3.0.9): `ausyscall x86_64
+/// execve` → 59, `ausyscall i386 socketcall` → 102, and so on.
 const TABLES: &[Table] = &[
     Table {
         arch: ARCH_X86_64,
@@ -144,6 +127,8 @@ const TABLES: &[Table] = &[
     },
     Table {
         arch: ARCH_ARM,
+        // auparse names both 32-bit ARM arches `armeb` (its machine table has one ARM entry,
+        // and the enriched `ARCH=` shows `armeb` even on little-endian ARM): we say `arm`.
         name: "arm",
         execve: 11,
         execveat: 387,
@@ -225,6 +210,8 @@ pub fn classify(arch_hex: &[u8], syscall_no: u64, a0: Option<&[u8]>) -> Syscall 
     } else if n == t.socket {
         Syscall::Socket
     } else if t.socketcall == Some(n) {
+        // The SYSCALL record writes a0…a3 in hex without `0x`: `a0=12` is 18 (SYS_ACCEPT4),
+        // not 12 (SYS_RECVFROM).
         match a0.and_then(parse_hex_u64) {
             Some(SYS_SOCKET) => Syscall::Socket,
             Some(SYS_CONNECT) => Syscall::Connect,

@@ -1,23 +1,10 @@
-//! The IoT Edge workload API client: HTTP/1.1 over the module's unix socket (or over TCP
-//! for an `http://host:port` workload URI), with hyper.
-//!
-//! Two calls (edgelet's workload API, version 2018-06-28 and later):
-//! - `POST /modules/{module}/genid/{generation}/sign?api-version=…` with
-//!   `{"keyId":"primary","algo":"HMACSHA256","data":"<base64 of the string to sign>"}`;
-//!   the answer `{"digest":"<base64 HMAC-SHA256>"}` is the SAS signature, made with the
-//!   module's key, which the module never sees. The ids are percent-encoded as path
-//!   segments: edgelet's routes match `[^/]+` and percent-decode the capture.
-//! - `GET /trust-bundle?api-version=…` → `{"certificate":"<PEM>"}`: the CAs that issued
-//!   edgeHub's server certificate.
-//!
-//! One connection per request, closed as soon as the answer is read or the request gives
-//! up (a timed-out request must not keep its connection): edgelet closes connections
-//! beyond 10 per module socket without an answer, which hyper reports as an incomplete
-//! message. edgelet checks that the caller's PID belongs to the module's container, so a
-//! 403 means the module is not running as that module.
-//!
-//! The digest is a secret: it never goes into an error or a log. Logs are `debug` events
-//! with the path, status and elapsed time, never a body.
+//! The IoT Edge workload API client (edgelet's API, version 2018-06-28 and later): HTTP/1.1
+//! over the module's unix socket (or TCP for an `http://host:port` workload URI), with hyper.
+//! Two calls: [`WorkloadClient::sign`] (the SAS signature, made with the module's key, which
+//! the module never sees) and [`WorkloadClient::trust_bundle`] (the CAs that issued edgeHub's
+//! server certificate). One connection per request, bounded in time and size. The digest is a
+//! secret: it never goes into an error or a log; logs are `debug` events with the path,
+//! status and elapsed time, never a body.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -93,6 +80,7 @@ fn connect_hint(kind: io::ErrorKind) -> &'static str {
 
 fn status_hint(status: u16) -> &'static str {
     match status {
+        // edgelet checks that the caller's PID belongs to the module's container.
         403 => " (the caller is not this module's container)",
         _ => "",
     }
@@ -146,7 +134,10 @@ impl WorkloadClient {
         self
     }
 
-    /// base64(HMAC-SHA256(module key, data)), checked to be 32 bytes of base64.
+    /// base64(HMAC-SHA256(module key, data)), checked to be 32 bytes of base64:
+    /// `POST /modules/{module}/genid/{generation}/sign` with
+    /// `{"keyId":"primary","algo":"HMACSHA256","data":"<base64 of data>"}` →
+    /// `{"digest":"<base64>"}`.
     pub async fn sign(
         &self,
         module_id: &str,
@@ -154,6 +145,8 @@ impl WorkloadClient {
         data: &str,
     ) -> Result<String, WorkloadError> {
         const WHAT: &str = "sign";
+        // Percent-encoded as path segments: edgelet's routes match `[^/]+` and percent-decode
+        // the capture.
         let path = format!(
             "/modules/{}/genid/{}/sign?api-version={}",
             encode_component(module_id),
@@ -173,7 +166,8 @@ impl WorkloadClient {
         Ok(r.digest)
     }
 
-    /// The PEM bundle of the CAs to trust for edgeHub.
+    /// The PEM bundle of the CAs to trust for edgeHub: `GET /trust-bundle` →
+    /// `{"certificate":"<PEM>"}`.
     pub async fn trust_bundle(&self) -> Result<String, WorkloadError> {
         const WHAT: &str = "trust-bundle";
         let path = format!(
@@ -311,7 +305,9 @@ impl WorkloadClient {
 
 /// One HTTP/1.1 connection: the request sender and the task driving the socket. Dropping
 /// it (done, or given up on by the timeout) aborts the task, which closes the socket, so
-/// an unanswered request never keeps one of edgelet's 10 connection slots. (hyper's task
+/// an unanswered request never keeps one of edgelet's 10 connection slots (edgelet closes
+/// connections beyond 10 per module socket without an answer, which hyper reports as an
+/// incomplete message). (hyper's task
 /// also ends once the sender is gone; the abort makes that not depend on hyper.)
 struct Connection {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,

@@ -1,29 +1,8 @@
-//! Login events from PAM's and sshd's user-space audit records.
-//!
-//! What the records look like on this kind of machine (`auditd-here.md` A.2, "Logins"):
-//!
-//! - A password check writes `USER_AUTH op=PAM:authentication acct=… res=success|failed`.
-//!   sudo writes one too on every use; sudo is not a login, so USER_AUTH from sudo is ignored.
-//! - A terminal login writes `USER_LOGIN op=login id=UID … res=…` (sshd with a tty, login).
-//! - A failed password through sshd writes USER_AUTH res=failed and then USER_LOGIN
-//!   res=failed from the same pid. An invalid user writes USER_LOGIN res=failed with
-//!   `acct=(invalid user)` several times (seen here: twice before and once after the
-//!   USER_AUTH res=failed of the password try), or USER_LOGIN and then
-//!   `USER_ERR op=PAM:bad_ident`. So USER_AUTH is the attempt (each one counts: three password
-//!   tries are three), and a failed USER_LOGIN or USER_ERR only summarizes it: it is held for
-//!   a few seconds, dropped when its pid writes a USER_AUTH failure, and otherwise emitted
-//!   once per pid.
-//! - A password login writes USER_AUTH res=success, then USER_START (and USER_LOGIN with a
-//!   tty) from the same pid: one Login, the USER_AUTH.
-//! - A key-based ssh login without a tty writes neither USER_AUTH nor USER_LOGIN: its only
-//!   trace is `USER_START op=PAM:session_open` from sshd. So USER_START from sshd or login
-//!   becomes a successful Login unless that pid writes a USER_LOGIN soon after (with a tty,
-//!   USER_LOGIN follows USER_START). It is therefore held until the pid's USER_LOGIN (dropped),
-//!   its USER_END, or a few seconds of record time (emitted).
-//! - `USER_LOGOUT` is a Login with Operation `logout`.
-//! - User-space records carry their content in a nested `msg='…'`: `acct` is hex when it
-//!   has spaces or non-ASCII (`28696E76616C6964207573657229` = "(invalid user)"); `addr` is
-//!   `?` or a host name when there is no IP.
+//! Login events from PAM's and sshd's user-space audit records (`auditd-here.md` A.2,
+//! "Logins"): one Login per attempt. USER_AUTH is the attempt (three password tries are
+//! three); a failed USER_LOGIN or USER_ERR only summarizes it, and a USER_START from sshd or
+//! login stands for a login that wrote nothing else. Both are held for a few seconds of record
+//! time per pid ([`LoginTracker`]) until the pid says more; the state is bounded.
 
 use std::collections::HashMap;
 
@@ -226,6 +205,7 @@ impl LoginTracker {
                     return;
                 }
             }
+            // sudo writes a USER_AUTH on every use; sudo is not a login.
             types::USER_AUTH if basename(&exe) == "sudo" => return,
             _ => {}
         }
@@ -272,6 +252,11 @@ impl LoginTracker {
             key,
         };
         match (rtype, result) {
+            // `USER_AUTH op=PAM:authentication acct=… res=success|failed`: a password check.
+            // Through sshd a failed one is followed by USER_LOGIN res=failed from the same pid;
+            // an invalid user writes USER_LOGIN res=failed `acct=(invalid user)` several times
+            // (seen: twice before and once after the USER_AUTH), or USER_LOGIN then
+            // `USER_ERR op=PAM:bad_ident`.
             (types::USER_AUTH, _) => {
                 st.auth = Some((time, result == LoginResult::Success));
                 let mut held = held;
@@ -289,8 +274,14 @@ impl LoginTracker {
                 }
                 out.push((held.key, held.login));
             }
+            // A key-based ssh login without a tty writes neither USER_AUTH nor USER_LOGIN: its
+            // only trace is `USER_START op=PAM:session_open`. With a tty, USER_LOGIN follows
+            // USER_START. So it is held until the pid's USER_LOGIN (dropped), its USER_END or
+            // HOLD_MS of record time (emitted).
             (types::USER_START, _) => {
-                // After a successful password check this session is that login.
+                // After a successful password check (USER_AUTH res=success, then USER_START
+                // and USER_LOGIN with a tty) this session is that login: one Login, the
+                // USER_AUTH.
                 if recent_auth != Some(true) {
                     st.held = Some(held);
                 }
@@ -307,6 +298,8 @@ impl LoginTracker {
                     out.push((held.key, held.login));
                 }
             }
+            // A summary: held, dropped when its pid writes a USER_AUTH failure, otherwise
+            // emitted once per pid.
             (types::USER_LOGIN | types::USER_ERR, LoginResult::Fail) => {
                 if recent_auth == Some(false) || st.summarized || st.held.is_some() {
                     // A summary of an attempt already reported or held.
@@ -315,6 +308,7 @@ impl LoginTracker {
                 st.held = Some(held);
                 st.summarized = true;
             }
+            // USER_LOGOUT (Operation `logout`), and a USER_LOGIN `op=login id=UID` with a tty.
             _ => out.push((held.key, held.login)),
         }
     }
@@ -384,6 +378,9 @@ fn build(
     if let Some(auid) = user_id(r.get(b"auid")) {
         extra.insert("AuditUserId", auid);
     }
+    // User-space records carry their content in a nested `msg='…'`. `addr` is `?` or a host
+    // name when there is no IP; `acct` is hex when it has spaces or non-ASCII
+    // (`28696E76616C6964207573657229` = "(invalid user)"), which `text` decodes.
     let addr = text(r.get(b"addr")).filter(|a| is_ip(a));
     let user_name = text(r.get(b"acct"));
     let user_id = user_id(r.get(b"id")).or_else(|| {

@@ -1,32 +1,15 @@
 //! Where events wait: the store of pending events (by priority) and of built messages.
 //!
-//! The contract (DESIGN.md): events leaving aggregation enter the store with their priority.
-//! When a priority is due, or a message is full, a message is built from pending events,
-//! stored with its message-id, and those events are removed, in one step
-//! ([`Store::build_message`]). Sending takes stored messages ([`Store::next_message`]) and
-//! acknowledges ([`Store::ack`]) or rejects ([`Store::reject`]) them, so a retry is a
-//! re-read, never a copy held by the sender.
-//!
-//! The store is bounded in bytes (`maxLocalCacheSizeInBytes`): when an event does not fit,
-//! the oldest pending Low events are dropped first, then the oldest High ones, and the drops
-//! are counted per queue (`policy`, one rule for both stores). Built messages count against
-//! the same budget; the batcher builds a message only when none is waiting, so while edgeHub
-//! is away the events stay pending, where the rule can choose among them.
-//!
-//! Statistics events (MessageStatistics, DroppedEventsStatistics) are never dropped to make
-//! room: they carry the count of what was dropped, and a report of drops lost to the drops it
-//! reports would make the statistics lie. The delivery stage holds the next snapshot back
-//! while one is still pending (its period simply grows), so at most one pair waits.
-//!
-//! The counts of the statistics period in progress ([`Counters`]) belong to the delivery
-//! stage; a durable store commits the last ones it was given with every transaction, so a
-//! count is on disk exactly when what it counts is (see `delivery` for why a kill then
-//! neither loses nor repeats one), and hands back at open those a killed run left.
-//!
+//! The contract (DESIGN.md): events leaving aggregation enter the store with their priority; a
+//! message is built from pending events, stored with its message-id, and those events removed,
+//! in one step ([`Store::build_message`]). Sending takes stored messages
+//! ([`Store::next_message`]) and acknowledges ([`Store::ack`]) or rejects ([`Store::reject`])
+//! them, so a retry is a re-read, never a copy held by the sender. The store is bounded in
+//! bytes (`maxLocalCacheSizeInBytes`), built messages included; what goes when it is full is
+//! `policy`'s one rule for both stores, and every drop is counted per queue.
 //!
 //! Files: this contract; [`memory`] ([`MemoryStore`]); [`sqlite`] (the durable outbox);
-//! [`fallback`] ([`fallback::Resilient`]: the memory fallback when the disk fails);
-//! `policy` (the drop rule both stores share).
+//! [`fallback`] ([`fallback::Resilient`]: the memory fallback when the disk fails).
 
 pub mod fallback;
 pub mod memory;
@@ -59,7 +42,10 @@ pub enum StoreError {
 pub struct Pending {
     pub queue: QueueName,
     pub json: String,
-    /// A statistics event: never dropped to make room (see the module docs).
+    /// A statistics event (MessageStatistics, DroppedEventsStatistics): never dropped to make
+    /// room. It carries the count of what was dropped, and a report of drops lost to the drops
+    /// it reports would make the statistics lie. The delivery stage holds the next snapshot
+    /// back while one is pending (its period grows), so at most one pair waits.
     pub statistics: bool,
 }
 
@@ -103,7 +89,10 @@ impl Dropped {
 
 /// What the statistics period in progress has counted so far: what its MessageStatistics and
 /// DroppedEventsStatistics events will report. The delivery stage counts; the store only
-/// keeps a copy ([`Store::stage_counters`]).
+/// keeps a copy ([`Store::stage_counters`]). A durable store commits the last ones it was
+/// given with every transaction, so a count is on disk exactly when what it counts is (see
+/// `delivery` for why a kill then neither loses nor repeats one), and hands back at open
+/// those a killed run left ([`Store::take_restored_counters`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Counters {
@@ -125,6 +114,9 @@ pub trait Store {
     fn set_max_bytes(&mut self, max_bytes: usize) -> Result<Dropped, StoreError>;
     /// Bytes of pending events of a queue.
     fn pending_bytes(&self, q: QueueName) -> usize;
+    /// When a priority is due, or a message is full; the batcher builds one only when none is
+    /// waiting, so while edgeHub is away the events stay pending, where the drop rule can
+    /// choose among them.
     /// In one step: take the first `high` pending High events and the first `low` pending Low
     /// events, store the message `build` makes of them (in the order given: `first` queue
     /// first) under `message_id`, and remove them. Returns whether a message was stored (no

@@ -2,7 +2,7 @@
 //!
 //! - The oldest pending Low event goes first, then the oldest pending High one, until the new
 //!   event fits. Built messages are never dropped (one waits at a time, see the batcher).
-//! - Statistics events are never chosen: they report the drops (see the outbox docs).
+//! - Statistics events are never chosen: they report the drops ([`super::Pending::statistics`]).
 //! - An event that does not fit after that (larger than the whole budget, or only messages
 //!   and statistics left) is dropped itself and counted in its queue; a statistics event is
 //!   stored anyway, going over the budget by that one event, for the same reason as above.

@@ -1,56 +1,11 @@
-//! The durable outbox: the [`Store`] in SQLite, in the module's data directory (a volume in
-//! the deployment manifest), so that what the module committed survives a restart, an update
-//! or a kill.
-//!
-//! - WAL with `synchronous=FULL`: a commit is on disk when it returns. Writes are grouped in
-//!   one transaction until [`Store::commit`] (the delivery stage calls it every tick) or until
-//!   a message is built or read for sending: nothing is sent that is not committed, and an
-//!   event costs no fsync of its own.
-//! - Pending events keep their queue and order (an autoincrement sequence), messages their
-//!   id: a message sent again after a restart carries the same message-id.
-//! - The cap (`maxLocalCacheSizeInBytes`) is on real disk use: the database file and its
-//!   WAL. The drop rule (`super::policy`) works on the stored JSON, so the JSON gets a
-//!   share of the cap (`json_budget`) that leaves room for SQLite's pages, the empty
-//!   schema, the WAL and one transaction; the WAL is checkpointed automatically every
-//!   `cap / 16` bytes and truncated to that (`journal_size_limit`), and freed pages are returned
-//!   (`auto_vacuum=INCREMENTAL`) every [`MAINTAIN_EVERY`] commits and whenever the store
-//!   empties, so the file shrinks back. Each commit measures the files; when they are over
-//!   the cap anyway (rows larger or smaller than the estimate), the JSON share is lowered to
-//!   what the measure says and events are dropped by the same rule, counted.
-//! - `locking_mode=EXCLUSIVE`: one process owns the outbox (a second module on the same data
-//!   directory is refused, not let to share or to move the file aside), and the WAL needs no
-//!   `-shm` file.
-//! - The statistics period's counters ([`Counters`]) are one row (`counters`, JSON) that
-//!   every transaction rewrites, just before it commits, with the last ones the delivery
-//!   stage gave and the drops this store made itself and has not reported yet: a count is
-//!   committed with what it counts. Opening reads the row back (a killed run's counts) and
-//!   leaves it: the next commit replaces it with the merged counts.
-//! - Opening runs `quick_check`; [`open_or_recover`] moves a corrupt file aside and starts
-//!   empty, and says what it did so the caller can log it.
-//! - A file the module did not make (an operator's `.recover`/`.dump` rebuild after
-//!   E-OUTBOX-CORRUPT, a file with an extra table) is read for what it is, not trusted:
-//!   - Its tables must have the module's columns (names, declared types, `seq` the integer
-//!     key; any other column nullable or defaulted); one that does not is not an outbox of
-//!     this module and is moved aside like a corrupt one. Tables the module does not know are
-//!     left alone (they count against the cap; the operator may drop them).
-//!   - A file without `auto_vacuum=INCREMENTAL` or with another page size is converted in
-//!     place (`VACUUM`), not moved aside: such a file is most likely the operator's rebuild
-//!     of an outbox, and its rows are what they wanted sent. `PRAGMA auto_vacuum` alone does
-//!     nothing on a file that has tables. A conversion that fails (no room for the copy
-//!     `VACUUM` makes) leaves the file as it is: it does not shrink (W-OUTBOX-VACUUM).
-//!   - Every row is decoded before anything is sent: a row of the wrong type, NULL, not one
-//!     JSON object (an event, a message body) or of an unknown queue is deleted and counted
-//!     ([`Quarantined`]): the caller logs it once
-//!     (E-OUTBOX-ROW-BAD) and reports an event as dropped in its queue (Low when the queue
-//!     is unknown) and a message as failed (its events are unknown). Deleted rather than
-//!     kept in a table: the cap is on the file, and rows kept there would escape the drop
-//!     rule.
-//! - The maintenance loop stops when a step frees no page (said once, W-OUTBOX-VACUUM): it
-//!   never spins.
-//! - The file is the owner's only (0600: it holds command lines, which can hold passwords):
-//!   created so before SQLite opens it, tightened when found looser; SQLite gives its WAL
-//!   the file's mode. A symlink or anything but a regular file there is moved aside, never
-//!   followed.
+//! The durable outbox: the [`Store`] in SQLite (`outbox.sqlite` in the data directory), so
+//! that what the module committed survives a restart, an update or a kill. A commit is on
+//! disk when it returns; writes are grouped in one transaction until [`Store::commit`] or until
+//! a message is built, so nothing is sent that is not committed and an event costs no fsync
+//! of its own. Real disk use (file + WAL) stays under the cap. A file the module did not make
+//! is read for what it is, not trusted: [`open_or_recover`] moves a corrupt or foreign one
+//! aside, converts a rebuild, and deletes the rows that do not decode ([`Quarantined`]).
+//! Operator-facing behaviour: README, "Nothing lost: the outbox".
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -61,7 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{Counters, Dropped, Pending, Store, StoreError, StoredMessage, policy};
 use crate::events::operational::QueueName;
 
-/// Checkpoint and vacuum after this many commits.
+/// Checkpoint and vacuum after this many commits, and whenever the store empties, so the file
+/// shrinks back.
 pub const MAINTAIN_EVERY: u64 = 64;
 const PAGE: usize = 4096;
 /// The empty outbox (schema pages) and what rounding to pages costs at least.
@@ -79,7 +35,8 @@ fn transaction_room(cap: usize) -> usize {
     (cap / 8).max(16 * PAGE)
 }
 
-/// The share of the cap the stored JSON may take: what is left after the empty schema, the
+/// The share of the cap the stored JSON may take (the drop rule, `super::policy`, works on the
+/// stored JSON): what is left after the empty schema, the
 /// WAL and one transaction, times what rows in pages keep of their JSON (measured with real
 /// events of a few hundred bytes, free pages not yet vacuumed included: about 72 %).
 fn estimated_share(cap: usize) -> usize {
@@ -210,7 +167,7 @@ fn open_err(e: rusqlite::Error) -> StoreError {
 }
 
 /// The outbox file's mode: the owner's only (it holds command lines, which can hold
-/// passwords).
+/// passwords). SQLite gives its WAL the file's mode.
 const FILE_MODE: u32 = 0o600;
 
 /// `path` and its side files (`-wal`, `-shm`).
@@ -301,8 +258,10 @@ const COLUMNS: [TableShape; 4] = [
 
 /// What is wrong with the module's tables in a file, if anything (absent tables are fine:
 /// they are created). Every column the module writes must be there with its type, `seq` the
-/// integer key (the insertion order; `id` for the one counters row), and any other column must take a default (the module
-/// does not write it).
+/// integer key (the insertion order; `id` for the one counters row), and any other column
+/// must take a default (the module does not write it). A file that fails this is not an
+/// outbox of this module and is moved aside like a corrupt one; tables the module does not
+/// know are left alone (they count against the cap; the operator may drop them).
 fn check_schema(conn: &Connection) -> rusqlite::Result<Option<String>> {
     for (table, key_column, needed) in COLUMNS {
         let kind: Option<String> = conn
@@ -371,7 +330,9 @@ fn check_schema(conn: &Connection) -> rusqlite::Result<Option<String>> {
 /// Bring the file to the form the module needs: incremental auto-vacuum (freed pages go
 /// back) and the page size the cap's estimates are made for. A new file has them from the
 /// pragmas set before its first table; a file made elsewhere gets them by `VACUUM`, which
-/// rewrites it (the page size only changes outside WAL mode). Returns whether it was
+/// rewrites it (the page size only changes outside WAL mode). Converted in place, not moved
+/// aside: such a file is most likely the operator's `.recover`/`.dump` rebuild after
+/// E-OUTBOX-CORRUPT, and its rows are what they wanted sent. Returns whether it was
 /// converted.
 fn conform(conn: &Connection) -> rusqlite::Result<bool> {
     let auto_vacuum: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
@@ -395,7 +356,7 @@ fn conform(conn: &Connection) -> rusqlite::Result<bool> {
     Ok(true)
 }
 
-/// Rows removed at open because they did not decode (see the module docs).
+/// Rows removed at open because they did not decode (see `quarantine`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Quarantined {
     /// Pending events and window entries, per queue (an unknown queue counts as Low).
@@ -479,7 +440,9 @@ fn decode_message(r: &rusqlite::Row<'_>) -> Result<(), String> {
     Ok(())
 }
 
-/// Delete the rows that do not decode (one transaction) and count them.
+/// Delete the rows that do not decode (one transaction) and count them: every row is decoded
+/// before anything is sent. Deleted rather than kept in a table: the cap is on the file, and
+/// rows kept there would escape the drop rule.
 fn quarantine(conn: &Connection) -> rusqlite::Result<Quarantined> {
     let mut q = Quarantined::default();
     let tx = conn.unchecked_transaction()?;
@@ -584,6 +547,8 @@ impl SqliteStore {
         let conn = Connection::open(path).map_err(open_err)?;
         // The WAL's bounds first: what opening writes counts already.
         configure_wal(&conn, wal)?;
+        // One process owns the outbox: a second module on the same data directory is refused,
+        // not let to share the file or to move it aside as corrupt.
         // Exclusive before WAL (no -shm file); auto_vacuum before the first table exists
         // (on a file that has tables it does nothing: see `conform`).
         conn.execute_batch(
@@ -618,6 +583,11 @@ impl SqliteStore {
         )
         .map_err(open_err)?;
         conn.execute_batch(
+            // Pending events keep their queue and order (`seq`, the insertion order); messages
+            // keep their id, so one sent again after a restart carries the same message-id.
+            // `counters` is the statistics period's counts, one JSON row that every
+            // transaction rewrites just before it commits: a count is committed with what it
+            // counts.
             "BEGIN;
              CREATE TABLE IF NOT EXISTS pending (
                  seq INTEGER PRIMARY KEY,

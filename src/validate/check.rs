@@ -254,8 +254,11 @@ impl Report {
             None => None,
         };
 
-        // The oneOf over Category, IsEmpty and the payload's length. When one of the three is
-        // missing or of the wrong type the event is already invalid and said so above.
+        // The oneOf over Category, IsEmpty and the payload's length: `Periodic` with
+        // `IsEmpty: true` and any payload (even a non-empty one), `Periodic` with
+        // `IsEmpty: false` and at least one item, or `Triggered` with `IsEmpty: false` and at
+        // least one item. When one of the three is missing or of the wrong type the event is
+        // already invalid and said so above.
         if let (Some(c), Some(empty), Some(items)) = (category, is_empty, payload) {
             match (c, empty, items.is_empty()) {
                 ("Periodic", true, _) | (_, false, false) => {}
@@ -275,7 +278,8 @@ impl Report {
             }
         }
 
-        // The oneOf over the typed schemas, selected by Name.
+        // The oneOf over the typed schemas, selected by Name: a name that is not one of them
+        // matches none, so the event is invalid.
         let name = match get(members, "Name") {
             Some(Json::Str(s)) => s,
             _ => return,

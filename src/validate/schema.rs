@@ -1,36 +1,20 @@
-//! The rules of the published schemas as tables: the envelope, the event and the 14 typed
-//! events.
-//!
-//! - The message is an object with exactly `AgentVersion` (string), `AgentId` (a string of
-//!   exactly 36 characters: the schema's `guid` is a length, not a format),
-//!   `MessageSchemaVersion` (`"1.0"`) and `Events` (an array of at least one event).
-//! - An event is an object with exactly the 9 keys `Id` (36 characters), `TimestampLocal`,
-//!   `TimestampUTC` (RFC 3339 date-times, see [`super::formats`]), `Category` (`Periodic`|`Triggered`),
-//!   `Name` (string), `EventType` (`Security`|`Operational`|`Diagnostic`), `IsEmpty`
-//!   (boolean), `PayloadSchemaVersion` (string) and `Payload` (array).
-//! - Category, IsEmpty and Payload go together (a `oneOf` of three): `Periodic` with
-//!   `IsEmpty: true` and any payload (even a non-empty one), `Periodic` with `IsEmpty: false`
-//!   and at least one item, or `Triggered` with `IsEmpty: false` and at least one item.
-//! - `Name` selects one of the 14 typed event schemas (a `oneOf`: a name that is not one of
-//!   them matches none, so the event is invalid). The typed schema fixes `Category`,
-//!   `EventType` and `PayloadSchemaVersion` (`"1.0"`), and each payload item's keys (no
-//!   others), their types and the required ones. Its `"IsEmpty": {"boolean": ["false"]}` is
-//!   not a JSON Schema keyword and constrains nothing.
-//! - Payload item types: strings (ports and user ids are strings too), integers (any size,
-//!   negative too), booleans, enums, `ip` (IPv4 or IPv6, see [`super::formats`]) and `ExtraDetails` (an
-//!   object whose values are strings).
+//! The rules of the published schemas (`shared/schemas`) as tables: the envelope
+//! ([`ENVELOPE`]), the event ([`EVENT`], exactly these keys) and the 14 typed events
+//! ([`TYPED`]). `super::check` walks a message against them.
 
 /// What a value must be.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Ty {
+    /// Ports and user ids are strings too.
     Str,
+    /// Any size, negative too.
     Int,
     Bool,
-    /// The schema's `guid`: a string of exactly 36 characters.
+    /// The schema's `guid`: a string of exactly 36 characters (a length, not a format).
     Guid,
-    /// The schema's `datetime`: a string in RFC 3339 date-time format.
+    /// The schema's `datetime`: a string in RFC 3339 date-time format ([`super::formats`]).
     DateTime,
-    /// The schema's `ip`: an IPv4 or an IPv6 address.
+    /// The schema's `ip`: an IPv4 or an IPv6 address ([`super::formats`]).
     Ip,
     /// One of these strings.
     OneOf(&'static [&'static str]),
@@ -74,8 +58,10 @@ pub(super) const EVENT_KEYS: &[&str] = &[
     "Payload",
 ];
 
-/// One of the typed event schemas: what it fixes in the event and the shape of its payload
-/// items.
+/// One of the typed event schemas: what it fixes in the event (`Category`, `EventType`;
+/// `PayloadSchemaVersion` is `"1.0"` in all) and the shape of its payload items (these keys
+/// and no others). Its `"IsEmpty": {"boolean": ["false"]}` is not a JSON Schema keyword and
+/// constrains nothing.
 pub(super) struct TypedEvent {
     pub(super) name: &'static str,
     pub(super) category: &'static str,

@@ -1,36 +1,18 @@
 //! EXECVE: argv ([`Argv`]).
 //!
 //! `audit_log_execve_info` writes the arguments of an execve into one or more EXECVE records
-//! of the same event. Quirks, all handled:
-//!
-//! - `argc=N` is in the first record only. Each record holds at most
-//!   `MAX_EXECVE_AUDIT_LEN` (7500) bytes of argument text; further arguments go into
-//!   continuation records that have no `argc` and begin with two spaces (`):  a376=…`).
-//! - An argument is `aN="text"` or `aN=HEX` (hex of the raw bytes; `aN=""` is empty).
-//! - An argument that does not fit in what is left of a record is written
-//!   `aN_len=L aN[0]=… aN[1]=…`, its chunks possibly in later records. Each chunk is quoted or
-//!   hex like a whole argument, and a hex chunk always holds whole bytes. An argument longer
-//!   than the kernel's 7500-byte fetch buffer is **forced to hex** and `L` then counts hex
-//!   characters (twice the bytes); otherwise `L` counts the characters of the argument as
-//!   written (bytes when quoted, hex characters when hex).
-//! - Records of one event can reach us in any order, so arguments and chunks are placed by
-//!   their index, never by arrival.
-//! - `argc` can exceed the arguments present (older kernels skipped empty arguments; records
-//!   can be lost), and `argc=0` exists with an `a0` present (an execve with an empty argv,
-//!   which the kernel fills in). Absent arguments read as empty and are counted in
-//!   [`ArgvResult::missing`]; the command line leaves them out (`argc=1000000 a0="x"` is
-//!   `x`, not `x` and a million spaces) and the event says how many were missing.
-//!
-//! Unlike the classic tools we keep every argument across records, in index order, and say
-//! what was missing; hostile input (`a4294967295=`, `argc=99999999`, the same record twice,
-//! a huge argv) costs memory bounded by [`ArgvLimits`], never by the numbers it claims.
+//! of the same event. [`Argv`] keeps every argument across records, in index order, whatever
+//! order the records arrive in, and says what was missing ([`ArgvResult::missing`]); hostile
+//! input (`a4294967295=`, `argc=99999999`, the same record twice, a huge argv) costs memory
+//! bounded by [`ArgvLimits`], never by the numbers it claims.
 
 use crate::audit::parse::{Record, Value, parse_u64};
 use crate::audit::types;
 
 use super::value::{hex_into, is_hex, push_lossy, truncate_at_char};
 
-/// The kernel's `MAX_EXECVE_AUDIT_LEN`: argument text per EXECVE record.
+/// The kernel's `MAX_EXECVE_AUDIT_LEN`: argument text per EXECVE record. Further arguments go
+/// into continuation records that have no `argc` and begin with two spaces (`):  a376=…`).
 pub const MAX_EXECVE_AUDIT_LEN: usize = 7500;
 
 /// Chunk indexes at or above this are bogus: an argument is at most `MAX_ARG_STRLEN`
@@ -164,6 +146,9 @@ impl Argv {
     /// keys are ignored).
     pub fn add_field(&mut self, key: &[u8], value: Value<'_>) {
         match execve_key(key) {
+            // `argc=N` is in the first record only. It can exceed the arguments present (older
+            // kernels skipped empty arguments; records can be lost), and `argc=0` exists with
+            // an `a0` (an empty argv, which the kernel fills in).
             Key::Argc => match value.as_u64() {
                 Some(n) if self.argc.is_none() => {
                     self.argc = Some(n);
@@ -179,6 +164,8 @@ impl Argv {
                     self.push_piece(i, WHOLE, value);
                 }
             }
+            // An argument that does not fit in what is left of a record is written
+            // `aN_len=L aN[0]=… aN[1]=…`, its chunks possibly in later records.
             Key::Chunk(n, k) => {
                 if k >= MAX_CHUNK {
                     self.malformed += 1;
@@ -239,6 +226,8 @@ impl Argv {
         // The unit for this entry is taken by the +1.
         let room = self.limits.max_bytes.saturating_sub(self.used() + 1);
         let start = self.buf.len();
+        // `aN="text"` or `aN=HEX` (hex of the raw bytes; `aN=""` is empty). A chunk is quoted
+        // or hex like a whole argument, and a hex chunk always holds whole bytes.
         let (full, hex) = match value {
             Value::Bare(b) if b.len() % 2 == 0 => {
                 let take = (b.len() / 2).min(room);
@@ -347,6 +336,9 @@ impl Argv {
                 }
                 _ => None,
             };
+            // `aN_len` counts the characters as written (bytes when quoted, hex characters when
+            // hex); an argument longer than the kernel's 7500-byte fetch buffer is forced to
+            // hex, so there it counts twice the bytes.
             if first.kind != WHOLE {
                 let got = u64::from(end.saturating_sub(first.start));
                 let short =
@@ -390,6 +382,8 @@ impl Argv {
                 want.max(present)
             }
         };
+        // Absent arguments read as empty and are counted; the command line leaves them out
+        // (`argc=1000000 a0="x"` is `x`, not `x` and a million spaces).
         let missing = len.saturating_sub(pieces.len());
         if buf.len() + pieces.len().saturating_sub(1) > limits.max_bytes {
             // The arguments present and their separators do not fit in the command line.
