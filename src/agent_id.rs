@@ -1,18 +1,9 @@
-//! The AgentId: a GUID created once and kept in the data directory, so that every message
-//! of this device carries the same AgentId across restarts and updates of the module (the
-//! data directory is a volume in the deployment manifest).
-//!
-//! Contract of [`load_or_create`]:
-//! - A file holding a GUID (surrounding whitespace allowed) is the AgentId.
-//! - A file that is no GUID (not UTF-8, over [`MAX_FILE_BYTES`], a symlink, any other text)
-//!   is logged once as E-AGENTID-BAD and replaced by a new AgentId, which is kept from then
-//!   on. Only a data directory that cannot be read or written is an error (E-DATADIR in
-//!   main).
-//! - What it creates is private: the data directory 0700, the AgentId file 0600; an
-//!   existing directory or file that grants more (an earlier version's 0755/0644) is
-//!   tightened to that. The file is written to a temporary file
-//!   created exclusively (`O_CREAT|O_EXCL`, which never follows a symlink) and renamed over
-//!   the old one (rename replaces a symlink, it does not write through it).
+//! The AgentId: a GUID created once and kept in the data directory (a volume in the
+//! deployment manifest), so that every message of this device carries the same AgentId across
+//! restarts and updates of the module. [`load_or_create`] never fails on the file's content
+//! (a bad one is replaced, logged as E-AGENTID-BAD), only on a data directory it cannot read
+//! or write (E-DATADIR in main). What it creates is private (directory 0700, file 0600) and
+//! never written through a symlink.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -57,8 +48,11 @@ enum Found {
     Bad(String),
 }
 
-/// The AgentId kept in `dir`, created (a random GUID) when there is none. A file that does
-/// not hold a GUID is replaced, and the replacement is logged. See the module contract.
+/// The AgentId kept in `dir`, created (a random GUID) when there is none. A file holding a
+/// GUID (surrounding whitespace allowed) is the AgentId; one that is no GUID (not UTF-8, over
+/// [`MAX_FILE_BYTES`], a symlink, any other text) is logged once as E-AGENTID-BAD and replaced
+/// by a new AgentId, kept from then on. An existing directory or file that grants more than
+/// 0700/0600 (an earlier version's 0755/0644) is tightened to that.
 pub fn load_or_create(dir: &Path) -> Result<Uuid, AgentIdError> {
     let path = dir.join(FILE);
     match read(&path).map_err(|source| AgentIdError::Read {

@@ -1,20 +1,9 @@
-//! Who the module is and how it authenticates, from the environment.
-//!
-//! Two sources, in the order the Azure IoT SDKs try them (Node
-//! `ModuleClient.fromEnvironment`, C# `EdgeModuleClientFactory`, C
-//! `IoTHubClientCore_LL_CreateFromEnvironment`):
-//!
-//! 1. A connection string in `EdgeHubConnectionString` (or `IotHubConnectionString`), with
-//!    the CA certificate of edgeHub in the file `EdgeModuleCACertificateFile`: local
-//!    debugging, against a real edgeHub or straight to IoT Hub.
-//! 2. The `IOTEDGE_*` variables edgeAgent sets for every module: signing goes through
-//!    the workload API, the module never sees a key.
-//!
-//! With neither, [`Identity::from_env`] returns `Ok(None)`: the caller prints the messages
-//! to stdout instead of sending them. The environment is passed in as a map so tests do
-//! not touch the process environment; [`process_env`] collects the real one.
-//!
-//! No key ever appears in `Debug` output or in an error message.
+//! Who the module is and how it authenticates, from the environment ([`Identity::from_env`]):
+//! a connection string (local debugging) or the `IOTEDGE_*` variables edgeAgent sets (signing
+//! through the workload API, no key in the module). With neither, `Ok(None)`: the caller
+//! prints the messages instead of sending them. The environment is passed in as a map so
+//! tests do not touch the process's ([`process_env`] collects the real one). No key ever
+//! appears in `Debug` output or in an error message.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -164,7 +153,12 @@ pub enum Identity {
 
 impl Identity {
     /// Reads the identity from `env`; `Ok(None)` when there is no IoT Edge environment and
-    /// no connection string. A connection string wins over `IOTEDGE_*`, as in the SDKs.
+    /// no connection string. Two sources, in the order the Azure IoT SDKs try them (Node
+    /// `ModuleClient.fromEnvironment`, C# `EdgeModuleClientFactory`, C
+    /// `IoTHubClientCore_LL_CreateFromEnvironment`): a connection string in
+    /// `EdgeHubConnectionString` (or `IotHubConnectionString`), with edgeHub's CA in the file
+    /// `EdgeModuleCACertificateFile` (against a real edgeHub or straight to IoT Hub), wins
+    /// over the `IOTEDGE_*` variables edgeAgent sets for every module.
     pub fn from_env(env: &HashMap<String, String>) -> Result<Option<Self>, IdentityError> {
         for variable in [EDGEHUB_CONNECTION_STRING, IOTHUB_CONNECTION_STRING] {
             if let Some(cs) = non_empty(env, variable) {

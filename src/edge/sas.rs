@@ -5,17 +5,8 @@
 //! SharedAccessSignature sr={enc(audience)}&sig={enc(base64(hmac_sha256(key, enc(audience) + "\n" + expiry)))}[&skn={enc(policy)}]&se={expiry}
 //! ```
 //!
-//! - `enc` is JavaScript's `encodeURIComponent` made strict: only `A-Z a-z 0-9 - _ . ~`
-//!   stay as they are, every other UTF-8 byte becomes `%XX` with upper-case hex, except
-//!   `!'()*`, which the SDK re-encodes itself with lower-case hex (only `*` → `%2a` shows it).
-//! - The string to sign is the *encoded* audience, a line feed, and the expiry in Unix
-//!   seconds. The key is the base64-decoded `SharedAccessKey`.
-//! - Fields in the order `sr`, `sig`, `skn` (only with a policy name), `se`.
-//!
-//! Under IoT Edge the module has no key: the workload API's `sign` returns the base64
-//! digest of [`string_to_sign`], and [`Token::from_digest`] wraps it.
-//!
-//! Nothing here reads the clock: pass the expiry (see [`expiry_after`]).
+//! signed with a local key ([`Token::with_key`]) or wrapping the workload API's digest
+//! ([`Token::from_digest`]). Nothing here reads the clock: pass the expiry ([`expiry_after`]).
 
 use std::fmt;
 
@@ -61,7 +52,10 @@ pub enum SasError {
     },
 }
 
-/// URL-encodes one component as the Node SDK's `encodeUriComponentStrict` does.
+/// URL-encodes one component as the Node SDK's `encodeUriComponentStrict` does: JavaScript's
+/// `encodeURIComponent` made strict, so only `A-Z a-z 0-9 - _ . ~` stay as they are, every
+/// other UTF-8 byte becomes `%XX` with upper-case hex, except `!'()*`, which the SDK
+/// re-encodes itself with lower-case hex (only `*` → `%2a` shows it).
 pub fn encode_component(s: &str) -> String {
     // The set above encodes `*` with upper-case hex; the SDK writes `%2a`. No other `%2A`
     // can appear in the output, since a literal `%` is itself encoded as `%25`.
@@ -82,7 +76,8 @@ pub fn device_audience(hub_host: &str, device_id: &str) -> String {
 }
 
 /// The string whose HMAC-SHA256 is the signature: `enc(audience) + "\n" + expiry`.
-/// This is what the workload API's `sign` gets (base64-encoded, as its `data`).
+/// The expiry is in Unix seconds. This is what the workload API's `sign` gets (base64-encoded,
+/// as its `data`): under IoT Edge the module has no key.
 pub fn string_to_sign(audience: &str, expiry: u64) -> String {
     format!("{}\n{expiry}", encode_component(audience))
 }
@@ -190,6 +185,7 @@ impl Token {
         self.render(&self.signature)
     }
 
+    /// Fields in the order `sr`, `sig`, `skn` (only with a policy name), `se`.
     fn render(&self, signature: &str) -> String {
         let mut s = format!("SharedAccessSignature sr={}&sig={signature}", self.resource);
         if let Some(skn) = &self.key_name {

@@ -1,22 +1,13 @@
-//! Formats, as python-jsonschema's `FormatChecker` checks them.
-//!
-//! - `date-time` is rfc3339-validator's regular expression applied to the upper-cased string:
-//!   `YYYY-MM-DDTHH:MM:SS[.digits](Z|±HH:MM)`, `T` and `Z` in either case, hour 00–23
-//!   (no 24:00), minute and second 00–59 (no leap second 60), offset hours 00–23, any
-//!   number of fraction digits, year 0000 refused, the day within its month (Gregorian
-//!   leap years). Python's `$` also matches before one final newline, so a single trailing
-//!   `"\n"` is accepted. A space instead of `T` is refused.
-//! - `ipv4` is Python's `ipaddress.IPv4Address`: four decimal octets 0–255 of 1–3 ASCII
-//!   digits, no leading zeros (`01.2.3.4` is refused), no `/`.
-//! - `ipv6` is `ipaddress.IPv6Address` without a zone: up to 8 hextets of 1–4 hex digits, one
-//!   `::`, an optional dotted IPv4 tail (`::ffff:1.2.3.4`, whose octets follow the IPv4
-//!   rules); jsonschema refuses any `%zone`. No string is both, so the schema's
-//!   `oneOf [ipv4, ipv6]` means "either".
+//! Formats, as python-jsonschema's `FormatChecker` checks them: `date-time` (rfc3339-validator),
+//! `ipv4` and `ipv6` (Python's `ipaddress`). The schema's `ip` is `oneOf [ipv4, ipv6]`; no
+//! string is both, so it means "either".
 
 /// RFC 3339 `date-time` as rfc3339-validator 0.1.4 checks `instance.upper()`:
 /// `^\d{4}-(0[1-9]|1[0-2])-\d{2}T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d+)?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$`
 /// (ASCII digits; `$` also matches before a final newline), then year ≥ 1 and the day
-/// within the month.
+/// within the month (Gregorian leap years). So `T` and `Z` in either case, no 24:00, no leap
+/// second 60, any number of fraction digits, one trailing `"\n"` accepted, a space instead of
+/// `T` refused.
 pub(super) fn date_time(s: &str) -> Result<(), String> {
     let s = s.strip_suffix('\n').unwrap_or(s);
     let b = s.as_bytes();
@@ -144,7 +135,8 @@ pub(super) fn ip(s: &str) -> Result<(), String> {
     }
 }
 
-/// Python's `ipaddress.IPv4Address(s)`.
+/// Python's `ipaddress.IPv4Address(s)`: four decimal octets 0–255 of 1–3 ASCII digits, no
+/// leading zeros (`01.2.3.4` is refused), no `/`.
 pub(super) fn ipv4(s: &str) -> Result<u32, String> {
     if s.is_empty() {
         return Err("empty".into());
@@ -179,7 +171,9 @@ pub(super) fn ipv4(s: &str) -> Result<u32, String> {
     Ok(addr)
 }
 
-/// Python's `ipaddress.IPv6Address(s)` with jsonschema's refusal of a zone (`%eth0`).
+/// Python's `ipaddress.IPv6Address(s)` with jsonschema's refusal of a zone (`%eth0`): up to 8
+/// hextets of 1–4 hex digits, one `::`, an optional dotted IPv4 tail (`::ffff:1.2.3.4`, whose
+/// octets follow the IPv4 rules).
 pub(super) fn ipv6(s: &str) -> Result<(), String> {
     if s.contains('/') {
         return Err("unexpected '/'".into());

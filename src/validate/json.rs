@@ -1,15 +1,8 @@
-//! JSON, read as Python's `json.loads` reads it (the reference validator's reader).
-//!
-//! JSON text is read the way Python's `json.loads` reads it: duplicate keys keep the last
-//! value; `\uD800`-style lone surrogate escapes are accepted (a character each); integer
-//! literals of more than 4300 digits are refused (Python's int conversion limit, a
-//! `ValueError` the reference reports as "not JSON"). `NaN`/`Infinity`, which Python also
-//! reads, are refused as not JSON here: no place in the schema accepts them either way.
-//!
-//! `integer` is a JSON integer or a number with a zero fraction: `1.0`, `1e2` and `-0.0`
-//! are integers, `1.5` is not, and neither is `1e400` (Python reads it as infinity). A
-//! number with a fraction or exponent is rounded to the nearest double first, as Python
-//! does: `4503599627370496.5` is an integer.
+//! JSON, read as Python's `json.loads` reads it (the reference validator's reader): duplicate
+//! keys keep the last value, lone surrogate escapes are accepted, integers of more than 4300
+//! digits are refused, and "integer" is python-jsonschema's (an int or an integral float).
+//! `NaN`/`Infinity`, which Python also reads, are refused as not JSON here: no place in the
+//! schema accepts them either way.
 
 use std::collections::HashMap;
 
@@ -36,7 +29,8 @@ impl JStr {
 #[derive(Debug, Clone)]
 pub(super) struct Num {
     pub(super) text: String,
-    /// python-jsonschema's "integer": an int, or a float whose value is integral.
+    /// python-jsonschema's "integer": an int, or a float whose value is integral (`1.0`, `1e2`
+    /// and `-0.0` are, `1.5` is not, nor `1e400`, which Python reads as infinity).
     pub(super) integral: bool,
 }
 
@@ -51,7 +45,8 @@ pub(super) enum Json {
     Obj(Vec<(JStr, Json)>),
 }
 
-/// Python's `sys.int_info.default_max_str_digits`.
+/// Python's `sys.int_info.default_max_str_digits`: a longer integer literal is a
+/// `ValueError` the reference reports as "not JSON".
 pub(super) const PY_MAX_INT_DIGITS: usize = 4300;
 /// Deeper nesting is refused (a valid message nests 6 levels; Python stops near 1000).
 pub(super) const MAX_DEPTH: usize = 256;
@@ -258,7 +253,8 @@ impl<'a> Parser<'a> {
         }
         let text = &self.text[start..self.pos];
         let integral = if float {
-            // Python: float(text), correctly rounded like Rust's parser; 1e400 is inf.
+            // Python: float(text), correctly rounded like Rust's parser, so the nearest
+            // double decides (`4503599627370496.5` is an integer); 1e400 is inf.
             text.parse::<f64>()
                 .is_ok_and(|f| f.is_finite() && f.fract() == 0.0)
         } else if int_digits > PY_MAX_INT_DIGITS {

@@ -1,14 +1,7 @@
-//! SOCKADDR ([`sockaddr`]).
-//!
-//! `saddr=` is the hex of the `struct sockaddr` exactly as user space passed it (at most
-//! `sizeof(struct sockaddr_storage)` = 128 bytes), logged before the protocol checks it.
-//! `sa_family` is **host-endian**: little-endian on all our targets (x86_64, i386, aarch64,
-//! arm), big-endian on s390x, ppc64, armeb. Ports, IPv4 addresses and the IPv6 flow label
-//! are network order; the IPv6 scope id and netlink pid/groups are host order. AF_UNIX
-//! addresses come in every length: the 2-byte family alone (an unnamed socket, seen on the
-//! accept side), just the path and its NUL (46 bytes for `/var/run/nscd/socket`), or padded
-//! to the full 110 bytes. An abstract unix name starts with a NUL byte and is delimited by the
-//! length, not by a NUL.
+//! SOCKADDR ([`sockaddr`]): `saddr=` is the hex of the `struct sockaddr` exactly as user space
+//! passed it (at most `sizeof(struct sockaddr_storage)` = 128 bytes), logged before the
+//! protocol checks it, so it is decoded without allocating and never trusted to be well
+//! formed.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
@@ -190,6 +183,9 @@ pub fn sockaddr_bytes(raw: &[u8], endian: Endian) -> Result<SockAddr, SockAddrEr
     let &[f0, f1, ref rest @ ..] = raw else {
         return Err(SockAddrError::NoFamily { len });
     };
+    // `sa_family` is host-endian: little-endian on all our targets (x86_64, i386, aarch64,
+    // arm), big-endian on s390x, ppc64, armeb. Ports, IPv4 addresses and the IPv6 flow label
+    // are network order; the IPv6 scope id and netlink pid/groups are host order.
     let family = match endian {
         Endian::Little => u16::from_le_bytes([f0, f1]),
         Endian::Big => u16::from_be_bytes([f0, f1]),
@@ -221,8 +217,12 @@ pub fn sockaddr_bytes(raw: &[u8], endian: Endian) -> Result<SockAddr, SockAddrEr
                 v4_mapped: ip.to_ipv4_mapped(),
             })
         }
+        // AF_UNIX addresses come in every length: the 2-byte family alone (an unnamed socket,
+        // seen on the accept side), just the path and its NUL (46 bytes for
+        // `/var/run/nscd/socket`), or padded to the full 110 bytes.
         AF_UNIX => Ok(SockAddr::Unix(match rest {
             [] => UnixAddr::Unnamed,
+            // An abstract name starts with a NUL and is delimited by the length, not a NUL.
             [0, name @ ..] => {
                 let end = name.iter().rposition(|&b| b != 0).map_or(0, |p| p + 1);
                 UnixAddr::Abstract(UnixName::new(&name[..end]))
