@@ -39,7 +39,7 @@ use crate::edge::amqp::{Outbound, Outbox, OutboxError, Settled};
 use crate::events::operational::{
     Diagnostic, DiagnosticSeverity, DroppedEvents, MessageStatistics, QueueName,
 };
-use crate::events::{ExtraDetails, Payload, SecurityEvent};
+use crate::events::{EventKind, ExtraDetails, Payload, SecurityEvent};
 use crate::message::{BatchConfig, Batcher, CHUNK, Envelope, FitError, serialize_fitting};
 use crate::outbox::{Counters, Pending, Store, StoreError, StoredMessage};
 use crate::stats::Snapshot;
@@ -177,8 +177,8 @@ pub fn batch_config(c: &AgentConfig, app_properties_bytes: usize) -> BatchConfig
 fn aggregate_config(c: &AgentConfig, max_entries: usize) -> AggregateConfig {
     let max_bytes = usize::try_from(c.max_local_cache_size_in_bytes).unwrap_or(usize::MAX);
     AggregateConfig {
-        process_create: c.aggregation("ProcessCreate").map(ms),
-        connection_create: c.aggregation("ConnectionCreate").map(ms),
+        process_create: c.aggregation(EventKind::ProcessCreate).map(ms),
+        connection_create: c.aggregation(EventKind::ConnectionCreate).map(ms),
         max_entries,
         max_bytes,
     }
@@ -277,7 +277,7 @@ impl Outgoing {
     /// A security event from the deriver (or an operational one).
     pub fn push(&mut self, ev: SecurityEvent, now_ms: u64) {
         self.now_ms = now_ms;
-        if self.config.priority(ev.payload.name()) == Priority::Off {
+        if self.config.priority(ev.payload.kind()) == Priority::Off {
             return;
         }
         let mut out = Vec::new();
@@ -288,7 +288,7 @@ impl Outgoing {
     }
 
     fn enqueue(&mut self, mut ev: SecurityEvent) {
-        let queue = match self.config.priority(ev.payload.name()) {
+        let queue = match self.config.priority(ev.payload.kind()) {
             Priority::Off => return,
             Priority::High => QueueName::High,
             Priority::Low => QueueName::Low,
@@ -359,7 +359,7 @@ impl Outgoing {
         let limit = self.batcher.config().body_limit();
         let mut pending = Vec::new();
         for mut ev in self.aggregator.open_events() {
-            let queue = match self.config.priority(ev.payload.name()) {
+            let queue = match self.config.priority(ev.payload.kind()) {
                 Priority::Off => continue,
                 Priority::High => QueueName::High,
                 Priority::Low => QueueName::Low,
@@ -528,7 +528,7 @@ impl Outgoing {
         };
         // Straight into the queues: statistics are not aggregated.
         for ev in [stats, dropped] {
-            if self.config.priority(ev.payload.name()) != Priority::Off {
+            if self.config.priority(ev.payload.kind()) != Priority::Off {
                 self.enqueue(ev);
             }
         }

@@ -21,6 +21,8 @@
 //!   - [`audit::coalesce`]: records into events (EOE, single-record types, timeouts, bounds).
 //!   - [`audit::source`]: readers of the socket (reconnecting) and of audit.log text.
 //! - [`events`]: the security events and how they are derived.
+//!   - [`events::kind`]: [`events::EventKind`], every event the schema names (shared with the
+//!     agent configuration).
 //!   - [`events::derive`]: audit events into security events (the deriver state machine).
 //!   - [`events::process_create`], [`events::connection_create`], [`events::login`]: the
 //!     payloads.

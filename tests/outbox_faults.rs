@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use azureiotsecurity::config::agent::{AgentConfig, Priority};
+use azureiotsecurity::events::EventKind;
 use azureiotsecurity::events::operational::QueueName;
 use azureiotsecurity::outbox::fallback::Resilient;
 use azureiotsecurity::outbox::sqlite::SqliteStore;
@@ -706,8 +707,8 @@ fn edgehub_down_for_a_minute_under_steady_load_then_back_loses_nothing() {
 
 /// The queue each event goes to under `config`.
 fn queue_of(config: &AgentConfig, name: &str) -> QueueName {
-    match config.priority(name) {
-        Priority::High => QueueName::High,
+    match EventKind::from_name(name).map(|k| config.priority(k)) {
+        Some(Priority::High) => QueueName::High,
         _ => QueueName::Low,
     }
 }
@@ -812,8 +813,8 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
         NO_AGGREGATION[1],
     ];
     let mut config = AgentConfig::default();
-    assert!(config.set_priority("ProcessCreate", Priority::High));
-    assert!(config.set_priority("ConnectionCreate", Priority::Low));
+    config.set_priority(EventKind::ProcessCreate, Priority::High);
+    config.set_priority(EventKind::ConnectionCreate, Priority::Low);
     let feed = AuditFeed::paced(dir.path(), capture("activity.log"), Duration::from_secs(6));
     let mut m = Module::start(
         dir.path(),
@@ -1018,8 +1019,8 @@ fn drop_counts_survive_sigkills_during_an_outage() {
         NO_AGGREGATION[1],
     ];
     let mut config = AgentConfig::default();
-    assert!(config.set_priority("ProcessCreate", Priority::High));
-    assert!(config.set_priority("ConnectionCreate", Priority::Low));
+    config.set_priority(EventKind::ProcessCreate, Priority::High);
+    config.set_priority(EventKind::ConnectionCreate, Priority::Low);
     let load = load_capture();
     // What the capture derives, replayed meanwhile (it takes a while in a debug build).
     let unzipped = dir.path().join("load.log");

@@ -1,67 +1,14 @@
-//! The agent configuration: the settings of the module twin object
-//! `ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration` (message frequencies, sizes,
-//! event priorities, aggregation), read by batching, priorities and aggregation.
+//! The agent configuration: the module twin object [`OBJECT_NAME`] (message frequencies,
+//! sizes, event priorities, aggregation), described by one table of keys ([`KEYS`]: name,
+//! kind of value, default) that parsing, checking, the defaults and the reported form read.
 //!
-//! One function, [`apply`], turns the object's content into an [`AgentConfig`], whatever
-//! feeds it: the settings file and the environment ([`agent_config_from_settings`]) today,
-//! the module twin's desired properties later. Its contract is the published twin schema
-//! (`shared/schemas/azureiotsecurity_schema.json`, `…_definitions.json`,
-//! `azureiotsecurity_default.json`) and DESIGN.md's "Configuration":
-//!
-//! - Every setting is wrapped: `{"highPriorityMessageFrequency": {"value": "PT7M"}, …}`.
-//! - **The update is the whole configuration.** A key that is missing means its *default*,
-//!   not the previous value, as in the classic agents: the desired properties hold the
-//!   complete configuration, so removing a key from the twin returns it to the default.
-//!   A key whose value is `null`, `{}` or `{"value": null}` is missing too: in a twin patch
-//!   `null` deletes a property, so after `{"k": {"value": null}}` the twin holds `{"k": {}}`.
-//!   An object with members but no `value` (`{"valu": "Off"}`, a typo) is a type error, not
-//!   an unset key. In the settings file and environment `{}` is a type error too (no twin
-//!   patch makes it there; `k = {}` is a mistake).
-//!   `update` itself being `null` (no object in the twin) means all defaults.
-//! - **A type error rejects the whole update**: a setting that is not `{"value": …}`, a
-//!   value of the wrong JSON type, a bad duration, an unknown priority, an integer outside
-//!   the range the schema's descriptions give (`maxMessageSizeInBytes` 8192..=262144,
-//!   `maxLocalCacheSizeInBytes` ≥ 8192; the classic agents never enforced these). The
-//!   previous configuration stays and each bad key gets one `TypeMismatch`
-//!   [`ConfigurationError`] naming the key, saying what is wrong and what was expected, with
-//!   the value still in force as `UsedConfiguration`.
-//! - **Unknown keys are ignored without an error**: the schema does not forbid additional
-//!   properties (no `additionalProperties: false`), and twins written for the classic agents
-//!   carry keys we do not implement (`hubResourceId`, `baselineCustomChecksEnabled`,
-//!   `eventPriorityOperational`). They are listed in [`Applied::ignored`] for a log line.
-//!   Extra members beside `"value"` inside a setting are ignored likewise. The settings
-//!   file is stricter (`deny_unknown_fields` everywhere else): there an unknown key is a
-//!   `TypeMismatch` error, but it does not reject the rest.
-//! - **Key names match ignoring ASCII case**, as the classic C# agent (Json.NET) did, and
-//!   because the `config` crate lowercases environment variable names
-//!   (`AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY` arrives as
-//!   `highprioritymessagefrequency`). One key given twice in different cases is a type error.
-//!   Priorities match ignoring case too (the C agent compared `high|low|off`); reported
-//!   properties use the schema's casing `High|Low|Off`.
-//! - Integers may be written `8192.0`: JSON Schema (draft 6 and later) counts a number with
-//!   no fraction as an integer.
-//! - **Checks after a successful parse** apply the update and report each problem as one
-//!   [`ConfigurationError`]:
-//!   - `maxLocalCacheSizeInBytes` < `maxMessageSizeInBytes` → `Conflict` on the cache size;
-//!     the cache takes its default (2560000, larger than any allowed message size).
-//!   - `maxMessageSizeInBytes` not a multiple of 4096 → `NotOptimal`; the value is kept.
-//!   - `highPriorityMessageFrequency` > `lowPriorityMessageFrequency` → `Conflict` on the
-//!     high frequency; it takes its default (PT7M), or the low frequency when that is
-//!     shorter still, so high-priority events never wait longer than low-priority ones.
-//!
-//!   - A frequency or aggregation interval under its minimum → `NotOptimal`; the minimum
-//!     is used: [`MIN_MESSAGE_FREQUENCY`] (10 s) for both message frequencies,
-//!     [`MIN_SNAPSHOT_FREQUENCY`] (1 min) for `snapshotFrequency`,
-//!     [`MIN_AGGREGATION_INTERVAL`] (10 s) for the aggregation intervals. The schema allows
-//!     `PT0S`, but a zero frequency means a message (or a statistics report, or a checkpoint
-//!     of closed windows) at every tick of the module: about 860,000 a day, each billed.
-//!     This check runs before the high/low conflict check, so both see the values in force.
-//!     Only the settings' `debug.short_agent_intervals` (tests) lifts it.
-//!
-//!   The default rather than the previous value is used because the previous value may
-//!   conflict with the new settings as well; the default (capped as said) never does.
-//!
-//! Durations are ISO 8601 ([`super::duration`]).
+//! Contract (the published twin schema and DESIGN.md's "Configuration"): [`apply`] is pure
+//! and turns an update `{"key": {"value": …}, …}` into the [`AgentConfig`] in force plus one
+//! [`ConfigurationError`] per problem, with the same rules whatever feeds it (the settings
+//! file and environment through [`agent_config_from_settings`], the twin next). The update
+//! is the whole configuration (a missing key is its default); a type error rejects all of it
+//! (the previous configuration stays); the checks between settings fix what they report.
+//! [`AgentConfig::to_twin_json`] is the reported form, and `apply` of it gives it back.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -73,8 +20,8 @@ use thiserror::Error;
 
 use super::duration::{format_duration, parse_duration};
 use super::settings::Settings;
-use crate::events::ExtraDetails;
 use crate::events::operational::{ConfigurationError, ConfigurationErrorType};
+use crate::events::{EventKind, ExtraDetails};
 
 /// The module twin's desired (and reported) property object holding the settings.
 pub const OBJECT_NAME: &str = "ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration";
@@ -112,65 +59,12 @@ const _: () = assert!(DEFAULT_HIGH_FREQUENCY.as_secs() >= MIN_MESSAGE_FREQUENCY.
 const _: () = assert!(DEFAULT_SNAPSHOT_FREQUENCY.as_secs() >= MIN_SNAPSHOT_FREQUENCY.as_secs());
 const _: () = assert!(DEFAULT_AGGREGATION.interval.as_secs() >= MIN_AGGREGATION_INTERVAL.as_secs());
 
-/// The events that have a priority setting (`eventPriority<Name>`), in schema order.
-/// [`AgentConfig::event_priorities`] is indexed like this.
-pub const EVENT_NAMES: [&str; 14] = [
-    "ConnectedHardware",
-    "ListeningPorts",
-    "ProcessCreate",
-    "ProcessTerminate",
-    "SystemInformation",
-    "LocalUsers",
-    "Login",
-    "ConnectionCreate",
-    "FirewallConfiguration",
-    "OSBaseline",
-    "Diagnostic",
-    "ConfigurationError",
-    "DroppedEventsStatistics",
-    "MessageStatistics",
-];
-
-const PRIORITY_KEYS: [&str; 14] = [
-    "eventPriorityConnectedHardware",
-    "eventPriorityListeningPorts",
-    "eventPriorityProcessCreate",
-    "eventPriorityProcessTerminate",
-    "eventPrioritySystemInformation",
-    "eventPriorityLocalUsers",
-    "eventPriorityLogin",
-    "eventPriorityConnectionCreate",
-    "eventPriorityFirewallConfiguration",
-    "eventPriorityOSBaseline",
-    "eventPriorityDiagnostic",
-    "eventPriorityConfigurationError",
-    "eventPriorityDroppedEventsStatistics",
-    "eventPriorityMessageStatistics",
-];
-
-/// `azureiotsecurity_default.json`: High for ListeningPorts, LocalUsers and Login, Low for
-/// the rest (Diagnostic too, although the documentation's table says Off).
-const DEFAULT_PRIORITIES: [Priority; 14] = {
-    use Priority::{High, Low};
-    [
-        Low, High, Low, Low, Low, High, High, Low, Low, Low, Low, Low, Low, Low,
-    ]
-};
-
 /// The events that can be aggregated, in schema order. [`AgentConfig::aggregations`] is
 /// indexed like this.
-pub const AGGREGATED_EVENTS: [&str; 3] = ["ProcessCreate", "ConnectionCreate", "ProcessTerminate"];
-
-const AGGREGATION_ENABLED_KEYS: [&str; 3] = [
-    "aggregationEnabledProcessCreate",
-    "aggregationEnabledConnectionCreate",
-    "aggregationEnabledProcessTerminate",
-];
-
-const AGGREGATION_INTERVAL_KEYS: [&str; 3] = [
-    "aggregationIntervalProcessCreate",
-    "aggregationIntervalConnectionCreate",
-    "aggregationIntervalProcessTerminate",
+pub const AGGREGATED_EVENTS: [EventKind; 3] = [
+    EventKind::ProcessCreate,
+    EventKind::ConnectionCreate,
+    EventKind::ProcessTerminate,
 ];
 
 /// The queue an event goes to; `Off` drops it (and turns its collector off).
@@ -236,60 +130,47 @@ pub struct AgentConfig {
     pub max_local_cache_size_in_bytes: u64,
     /// Largest message.
     pub max_message_size_in_bytes: u64,
-    /// One per [`EVENT_NAMES`] entry, same order; read with [`AgentConfig::priority`].
-    pub event_priorities: [Priority; 14],
+    /// Indexed by [`EventKind::index`]; read with [`AgentConfig::priority`].
+    pub event_priorities: [Priority; EventKind::ALL.len()],
     /// One per [`AGGREGATED_EVENTS`] entry, same order; read with
     /// [`AgentConfig::aggregation`].
-    pub aggregations: [Aggregation; 3],
+    pub aggregations: [Aggregation; AGGREGATED_EVENTS.len()],
 }
 
 impl Default for AgentConfig {
+    /// The defaults of [`KEYS`].
     fn default() -> Self {
-        AgentConfig {
-            high_priority_message_frequency: DEFAULT_HIGH_FREQUENCY,
-            low_priority_message_frequency: DEFAULT_LOW_FREQUENCY,
-            snapshot_frequency: DEFAULT_SNAPSHOT_FREQUENCY,
-            max_local_cache_size_in_bytes: DEFAULT_CACHE_SIZE,
-            max_message_size_in_bytes: DEFAULT_MESSAGE_SIZE,
-            event_priorities: DEFAULT_PRIORITIES,
-            aggregations: [DEFAULT_AGGREGATION; 3],
+        let mut c = AgentConfig {
+            high_priority_message_frequency: Duration::ZERO,
+            low_priority_message_frequency: Duration::ZERO,
+            snapshot_frequency: Duration::ZERO,
+            max_local_cache_size_in_bytes: 0,
+            max_message_size_in_bytes: 0,
+            event_priorities: [Priority::Low; EventKind::ALL.len()],
+            aggregations: [DEFAULT_AGGREGATION; AGGREGATED_EVENTS.len()],
+        };
+        for spec in &KEYS {
+            spec.key.set(&mut c, spec.default);
         }
+        c
     }
 }
 
 impl AgentConfig {
-    /// The priority of the event named `event_name` (the event's `Name`, exact case).
-    /// An event the schema has no setting for is `Low`, the schema's usual default.
-    pub fn priority(&self, event_name: &str) -> Priority {
-        EVENT_NAMES
-            .iter()
-            .position(|n| *n == event_name)
-            .and_then(|i| self.event_priorities.get(i).copied())
-            .unwrap_or(Priority::Low)
+    /// The priority of events of `kind`.
+    pub fn priority(&self, kind: EventKind) -> Priority {
+        self.event_priorities[kind.index()]
     }
 
-    /// Sets the priority of `event_name`; false (and no change) when the schema has no such
-    /// event.
-    pub fn set_priority(&mut self, event_name: &str, priority: Priority) -> bool {
-        match EVENT_NAMES.iter().position(|n| *n == event_name) {
-            Some(i) => match self.event_priorities.get_mut(i) {
-                Some(p) => {
-                    *p = priority;
-                    true
-                }
-                None => false,
-            },
-            None => false,
-        }
+    /// Sets the priority of events of `kind`.
+    pub fn set_priority(&mut self, kind: EventKind, priority: Priority) {
+        self.event_priorities[kind.index()] = priority;
     }
 
-    /// The aggregation window of `event_name`, or `None` when its aggregation is disabled
-    /// or it is not one of [`AGGREGATED_EVENTS`].
-    pub fn aggregation(&self, event_name: &str) -> Option<Duration> {
-        AGGREGATED_EVENTS
-            .iter()
-            .position(|n| *n == event_name)
-            .and_then(|i| self.aggregations.get(i))
+    /// The aggregation window of `kind`, or `None` when its aggregation is disabled or it is
+    /// not one of [`AGGREGATED_EVENTS`].
+    pub fn aggregation(&self, kind: EventKind) -> Option<Duration> {
+        aggregation_of(&self.aggregations, kind)
             .filter(|a| a.enabled)
             .map(|a| a.interval)
     }
@@ -299,10 +180,10 @@ impl AgentConfig {
     /// [`apply`] of it gives this configuration back.
     pub fn to_twin_json(&self) -> Value {
         let mut m = Map::new();
-        for key in KEYS {
+        for spec in &KEYS {
             let mut v = Map::new();
-            v.insert("value".to_string(), key.get(self).to_json());
-            m.insert(key.name().to_string(), Value::Object(v));
+            v.insert("value".to_string(), spec.key.get(self).to_json());
+            m.insert(spec.name.to_string(), Value::Object(v));
         }
         Value::Object(m)
     }
@@ -326,20 +207,13 @@ pub struct Applied {
 /// value; `previous` is kept whole when the update has a type error. See the module
 /// documentation for every rule.
 pub fn apply(previous: &AgentConfig, update: &Value) -> Applied {
-    apply_with(previous, update, Source::Twin)
+    apply_with(previous, update, true)
 }
 
-/// Where an update comes from: the few rules that differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    /// The module twin: `{}` is a key unset by a twin patch.
-    Twin,
-    /// The settings file and environment: `{}` is a type error; `minimums` false only with
-    /// `debug.short_agent_intervals` (tests).
-    Settings { minimums: bool },
-}
-
-fn apply_with(previous: &AgentConfig, update: &Value, source: Source) -> Applied {
+/// [`apply`], with the minimums lifted when `minimums` is false (only the settings'
+/// `debug.short_agent_intervals`, for tests). Every other rule is the same whatever the
+/// update comes from (twin, settings file or environment).
+fn apply_with(previous: &AgentConfig, update: &Value, minimums: bool) -> Applied {
     let empty = Map::new();
     let object = match update {
         Value::Null => &empty,
@@ -362,20 +236,25 @@ fn apply_with(previous: &AgentConfig, update: &Value, source: Source) -> Applied
         }
     };
 
+    // The update is the whole configuration: a missing key means its default, not its
+    // previous value, as in the classic agents (removing a key from the twin's desired
+    // properties returns it to the default).
     let mut next = AgentConfig::default();
     let mut errors: Vec<(usize, ConfigurationError)> = Vec::new();
     let mut ignored = Vec::new();
     // The spelling each key was given with.
     let mut given: [Option<&str>; KEYS.len()] = [None; KEYS.len()];
     for (name, value) in object {
-        let Some(index) = KEYS
-            .iter()
-            .position(|k| k.name().eq_ignore_ascii_case(name))
-        else {
+        // Key names match ignoring ASCII case, as the classic C# agent (Json.NET) did, and
+        // because the `config` crate lowercases environment variable names. Unknown keys are
+        // ignored without an error: the schema has no `additionalProperties: false`, and
+        // twins written for the classic agents carry keys we do not implement
+        // (`hubResourceId`, `baselineCustomChecksEnabled`, `eventPriorityOperational`).
+        let Some(index) = KEYS.iter().position(|k| k.name.eq_ignore_ascii_case(name)) else {
             ignored.push(name.clone());
             continue;
         };
-        let Some(key) = KEYS.get(index).copied() else {
+        let Some(key) = KEYS.get(index).map(|s| s.key) else {
             continue;
         };
         let Some(slot) = given.get_mut(index) else {
@@ -399,13 +278,16 @@ fn apply_with(previous: &AgentConfig, update: &Value, source: Source) -> Applied
             continue;
         }
         *slot = Some(name.as_str());
-        match parse_entry(key, value, source) {
+        match parse_entry(key, value) {
             Ok(Some(setting)) => key.set(&mut next, setting),
             Ok(None) => {}
             Err(why) => errors.push((index, type_mismatch(key, previous, why))),
         }
     }
 
+    // A type error (not `{"value": …}`, a wrong JSON type, a bad duration or priority, an
+    // integer outside the schema descriptions' range) rejects the whole update: the previous
+    // configuration stays and each bad key gets one TypeMismatch, in key order.
     if !errors.is_empty() {
         errors.sort_by_key(|(i, _)| *i);
         return Applied {
@@ -416,7 +298,6 @@ fn apply_with(previous: &AgentConfig, update: &Value, source: Source) -> Applied
         };
     }
 
-    let minimums = !matches!(source, Source::Settings { minimums: false });
     let errors = check(&mut next, minimums);
     Applied {
         config: next,
@@ -426,7 +307,13 @@ fn apply_with(previous: &AgentConfig, update: &Value, source: Source) -> Applied
     }
 }
 
-/// The checks between settings, on a parsed configuration; fixes `c` as documented.
+/// The checks between settings, on a parsed configuration; fixes `c` and reports each fix:
+/// the minimums first (so the high/low check sees the values in force), then the cache
+/// smaller than a message (`Conflict`: the default cache, larger than any message), a message
+/// size that is not a whole number of billing chunks (`NotOptimal`, kept), and a high
+/// frequency longer than the low one (`Conflict`: the default, or the low frequency when that
+/// is shorter still). A fix takes the default rather than the previous value because the
+/// previous value may conflict with the new settings as well; the default never does.
 fn check(c: &mut AgentConfig, minimums: bool) -> Vec<ConfigurationError> {
     let mut errors = Vec::new();
     if minimums {
@@ -492,9 +379,11 @@ fn check(c: &mut AgentConfig, minimums: bool) -> Vec<ConfigurationError> {
 }
 
 /// Frequencies and intervals under their minimums are raised to them, each with a
-/// `NotOptimal` error (in key order).
+/// `NotOptimal` error (in key order). The schema allows `PT0S`, but a zero frequency means a
+/// message (or a statistics report, or a checkpoint of closed windows) at every tick of the
+/// module: about 860,000 a day, each billed.
 fn raise_to_minimums(c: &mut AgentConfig, errors: &mut Vec<ConfigurationError>) {
-    for key in KEYS {
+    for key in KEYS.map(|s| s.key) {
         let min = match key {
             Key::HighFrequency | Key::LowFrequency => MIN_MESSAGE_FREQUENCY,
             Key::SnapshotFrequency => MIN_SNAPSHOT_FREQUENCY,
@@ -563,10 +452,8 @@ pub fn agent_config_from_settings(s: &Settings) -> Applied {
             update.insert(name.clone(), wrapped);
         }
     }
-    let source = Source::Settings {
-        minimums: !s.debug.short_agent_intervals,
-    };
-    let mut applied = apply_with(&AgentConfig::default(), &Value::Object(update), source);
+    let minimums = !s.debug.short_agent_intervals;
+    let mut applied = apply_with(&AgentConfig::default(), &Value::Object(update), minimums);
     for name in &applied.ignored {
         applied.errors.push(configuration_error(
             name,
@@ -614,40 +501,186 @@ enum Key {
     SnapshotFrequency,
     CacheSize,
     MessageSize,
-    /// Index into [`EVENT_NAMES`].
-    Priority(usize),
-    /// Index into [`AGGREGATED_EVENTS`].
-    AggregationEnabled(usize),
-    AggregationInterval(usize),
+    Priority(EventKind),
+    /// One of [`AGGREGATED_EVENTS`].
+    AggregationEnabled(EventKind),
+    AggregationInterval(EventKind),
 }
 
-/// Every setting, in the schema's order.
-const KEYS: [Key; 25] = [
-    Key::HighFrequency,
-    Key::LowFrequency,
-    Key::SnapshotFrequency,
-    Key::CacheSize,
-    Key::MessageSize,
-    Key::Priority(0),
-    Key::Priority(1),
-    Key::Priority(2),
-    Key::Priority(3),
-    Key::Priority(4),
-    Key::Priority(5),
-    Key::Priority(6),
-    Key::Priority(7),
-    Key::Priority(8),
-    Key::Priority(9),
-    Key::Priority(10),
-    Key::Priority(11),
-    Key::Priority(12),
-    Key::Priority(13),
-    Key::AggregationEnabled(0),
-    Key::AggregationInterval(0),
-    Key::AggregationEnabled(1),
-    Key::AggregationInterval(1),
-    Key::AggregationEnabled(2),
-    Key::AggregationInterval(2),
+/// One row of [`KEYS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeySpec {
+    key: Key,
+    /// The name in the twin schema.
+    name: &'static str,
+    kind: Kind,
+    default: Setting,
+}
+
+const fn spec(key: Key, name: &'static str, kind: Kind, default: Setting) -> KeySpec {
+    KeySpec {
+        key,
+        name,
+        kind,
+        default,
+    }
+}
+
+const fn priority(event: EventKind, name: &'static str, default: Priority) -> KeySpec {
+    spec(
+        Key::Priority(event),
+        name,
+        Kind::Priority,
+        Setting::Priority(default),
+    )
+}
+
+const DURATION: Kind = Kind::Duration;
+
+/// Every setting, in the schema's order: its name in the twin schema, what its value is
+/// (with the range) and its default (`azureiotsecurity_default.json`; a test compares this
+/// table with the schema files). Parsing, the checks, [`AgentConfig::default`] and the
+/// reported form all read this one table.
+const KEYS: [KeySpec; 25] = [
+    spec(
+        Key::HighFrequency,
+        "highPriorityMessageFrequency",
+        DURATION,
+        Setting::Duration(DEFAULT_HIGH_FREQUENCY),
+    ),
+    spec(
+        Key::LowFrequency,
+        "lowPriorityMessageFrequency",
+        DURATION,
+        Setting::Duration(DEFAULT_LOW_FREQUENCY),
+    ),
+    spec(
+        Key::SnapshotFrequency,
+        "snapshotFrequency",
+        DURATION,
+        Setting::Duration(DEFAULT_SNAPSHOT_FREQUENCY),
+    ),
+    spec(
+        Key::CacheSize,
+        "maxLocalCacheSizeInBytes",
+        Kind::Integer {
+            min: MIN_CACHE_SIZE,
+            max: u64::MAX,
+        },
+        Setting::Integer(DEFAULT_CACHE_SIZE),
+    ),
+    spec(
+        Key::MessageSize,
+        "maxMessageSizeInBytes",
+        Kind::Integer {
+            min: MIN_MESSAGE_SIZE,
+            max: MAX_MESSAGE_SIZE,
+        },
+        Setting::Integer(DEFAULT_MESSAGE_SIZE),
+    ),
+    priority(
+        EventKind::ConnectedHardware,
+        "eventPriorityConnectedHardware",
+        Priority::Low,
+    ),
+    priority(
+        EventKind::ListeningPorts,
+        "eventPriorityListeningPorts",
+        Priority::High,
+    ),
+    priority(
+        EventKind::ProcessCreate,
+        "eventPriorityProcessCreate",
+        Priority::Low,
+    ),
+    priority(
+        EventKind::ProcessTerminate,
+        "eventPriorityProcessTerminate",
+        Priority::Low,
+    ),
+    priority(
+        EventKind::SystemInformation,
+        "eventPrioritySystemInformation",
+        Priority::Low,
+    ),
+    priority(
+        EventKind::LocalUsers,
+        "eventPriorityLocalUsers",
+        Priority::High,
+    ),
+    priority(EventKind::Login, "eventPriorityLogin", Priority::High),
+    priority(
+        EventKind::ConnectionCreate,
+        "eventPriorityConnectionCreate",
+        Priority::Low,
+    ),
+    priority(
+        EventKind::FirewallConfiguration,
+        "eventPriorityFirewallConfiguration",
+        Priority::Low,
+    ),
+    priority(
+        EventKind::OSBaseline,
+        "eventPriorityOSBaseline",
+        Priority::Low,
+    ),
+    // Low as azureiotsecurity_default.json has it, although the documentation's table says Off.
+    priority(
+        EventKind::Diagnostic,
+        "eventPriorityDiagnostic",
+        Priority::Low,
+    ),
+    priority(
+        EventKind::ConfigurationError,
+        "eventPriorityConfigurationError",
+        Priority::Low,
+    ),
+    priority(
+        EventKind::DroppedEventsStatistics,
+        "eventPriorityDroppedEventsStatistics",
+        Priority::Low,
+    ),
+    priority(
+        EventKind::MessageStatistics,
+        "eventPriorityMessageStatistics",
+        Priority::Low,
+    ),
+    spec(
+        Key::AggregationEnabled(EventKind::ProcessCreate),
+        "aggregationEnabledProcessCreate",
+        Kind::Bool,
+        Setting::Bool(DEFAULT_AGGREGATION.enabled),
+    ),
+    spec(
+        Key::AggregationInterval(EventKind::ProcessCreate),
+        "aggregationIntervalProcessCreate",
+        DURATION,
+        Setting::Duration(DEFAULT_AGGREGATION.interval),
+    ),
+    spec(
+        Key::AggregationEnabled(EventKind::ConnectionCreate),
+        "aggregationEnabledConnectionCreate",
+        Kind::Bool,
+        Setting::Bool(DEFAULT_AGGREGATION.enabled),
+    ),
+    spec(
+        Key::AggregationInterval(EventKind::ConnectionCreate),
+        "aggregationIntervalConnectionCreate",
+        DURATION,
+        Setting::Duration(DEFAULT_AGGREGATION.interval),
+    ),
+    spec(
+        Key::AggregationEnabled(EventKind::ProcessTerminate),
+        "aggregationEnabledProcessTerminate",
+        Kind::Bool,
+        Setting::Bool(DEFAULT_AGGREGATION.enabled),
+    ),
+    spec(
+        Key::AggregationInterval(EventKind::ProcessTerminate),
+        "aggregationIntervalProcessTerminate",
+        DURATION,
+        Setting::Duration(DEFAULT_AGGREGATION.interval),
+    ),
 ];
 
 /// What a setting's value is.
@@ -669,41 +702,17 @@ enum Setting {
 }
 
 impl Key {
+    /// This key's row of [`KEYS`].
+    fn spec(self) -> Option<&'static KeySpec> {
+        KEYS.iter().find(|s| s.key == self)
+    }
+
     fn name(self) -> &'static str {
-        match self {
-            Key::HighFrequency => "highPriorityMessageFrequency",
-            Key::LowFrequency => "lowPriorityMessageFrequency",
-            Key::SnapshotFrequency => "snapshotFrequency",
-            Key::CacheSize => "maxLocalCacheSizeInBytes",
-            Key::MessageSize => "maxMessageSizeInBytes",
-            Key::Priority(i) => PRIORITY_KEYS.get(i).copied().unwrap_or_default(),
-            Key::AggregationEnabled(i) => {
-                AGGREGATION_ENABLED_KEYS.get(i).copied().unwrap_or_default()
-            }
-            Key::AggregationInterval(i) => AGGREGATION_INTERVAL_KEYS
-                .get(i)
-                .copied()
-                .unwrap_or_default(),
-        }
+        self.spec().map_or("", |s| s.name)
     }
 
     fn kind(self) -> Kind {
-        match self {
-            Key::HighFrequency
-            | Key::LowFrequency
-            | Key::SnapshotFrequency
-            | Key::AggregationInterval(_) => Kind::Duration,
-            Key::CacheSize => Kind::Integer {
-                min: MIN_CACHE_SIZE,
-                max: u64::MAX,
-            },
-            Key::MessageSize => Kind::Integer {
-                min: MIN_MESSAGE_SIZE,
-                max: MAX_MESSAGE_SIZE,
-            },
-            Key::Priority(_) => Kind::Priority,
-            Key::AggregationEnabled(_) => Kind::Bool,
-        }
+        self.spec().map_or(Kind::Bool, |s| s.kind)
     }
 
     fn get(self, c: &AgentConfig) -> Setting {
@@ -713,17 +722,13 @@ impl Key {
             Key::SnapshotFrequency => Setting::Duration(c.snapshot_frequency),
             Key::CacheSize => Setting::Integer(c.max_local_cache_size_in_bytes),
             Key::MessageSize => Setting::Integer(c.max_message_size_in_bytes),
-            Key::Priority(i) => {
-                Setting::Priority(c.event_priorities.get(i).copied().unwrap_or(Priority::Low))
-            }
-            Key::AggregationEnabled(i) => Setting::Bool(
-                c.aggregations
-                    .get(i)
+            Key::Priority(k) => Setting::Priority(c.priority(k)),
+            Key::AggregationEnabled(k) => Setting::Bool(
+                aggregation_of(&c.aggregations, k)
                     .map_or(DEFAULT_AGGREGATION.enabled, |a| a.enabled),
             ),
-            Key::AggregationInterval(i) => Setting::Duration(
-                c.aggregations
-                    .get(i)
+            Key::AggregationInterval(k) => Setting::Duration(
+                aggregation_of(&c.aggregations, k)
                     .map_or(DEFAULT_AGGREGATION.interval, |a| a.interval),
             ),
         }
@@ -738,24 +743,34 @@ impl Key {
             (Key::SnapshotFrequency, Setting::Duration(d)) => c.snapshot_frequency = d,
             (Key::CacheSize, Setting::Integer(n)) => c.max_local_cache_size_in_bytes = n,
             (Key::MessageSize, Setting::Integer(n)) => c.max_message_size_in_bytes = n,
-            (Key::Priority(i), Setting::Priority(p)) => {
-                if let Some(slot) = c.event_priorities.get_mut(i) {
-                    *slot = p;
-                }
-            }
-            (Key::AggregationEnabled(i), Setting::Bool(b)) => {
-                if let Some(a) = c.aggregations.get_mut(i) {
+            (Key::Priority(k), Setting::Priority(p)) => c.set_priority(k, p),
+            (Key::AggregationEnabled(k), Setting::Bool(b)) => {
+                if let Some(a) = aggregation_of_mut(&mut c.aggregations, k) {
                     a.enabled = b;
                 }
             }
-            (Key::AggregationInterval(i), Setting::Duration(d)) => {
-                if let Some(a) = c.aggregations.get_mut(i) {
+            (Key::AggregationInterval(k), Setting::Duration(d)) => {
+                if let Some(a) = aggregation_of_mut(&mut c.aggregations, k) {
                     a.interval = d;
                 }
             }
             _ => {}
         }
     }
+}
+
+/// The aggregation of `kind` in an [`AgentConfig::aggregations`] array.
+fn aggregation_of(aggregations: &[Aggregation], kind: EventKind) -> Option<&Aggregation> {
+    let i = AGGREGATED_EVENTS.iter().position(|a| *a == kind)?;
+    aggregations.get(i)
+}
+
+fn aggregation_of_mut(
+    aggregations: &mut [Aggregation],
+    kind: EventKind,
+) -> Option<&mut Aggregation> {
+    let i = AGGREGATED_EVENTS.iter().position(|a| *a == kind)?;
+    aggregations.get_mut(i)
 }
 
 impl Setting {
@@ -796,24 +811,24 @@ impl Kind {
 
 /// One setting's JSON: `Ok(None)` when it is unset (takes the default), `Err(why)` on a
 /// type error.
-fn parse_entry(key: Key, value: &Value, source: Source) -> Result<Option<Setting>, String> {
+fn parse_entry(key: Key, value: &Value) -> Result<Option<Setting>, String> {
     let kind = key.kind();
     let inner = match value {
         Value::Null => return Ok(None),
         Value::Object(m) => match m.get("value") {
             Some(Value::Null) => return Ok(None),
-            // What a twin patch `{"value": null}` leaves behind.
-            None if m.is_empty() && source == Source::Twin => return Ok(None),
+            // The one rule for `{}`, wherever the update comes from: unset, like
+            // `{"value": null}`. It is what a twin patch `{"k": {"value": null}}` leaves
+            // behind; the settings file's `k = {}` (no patch makes that) is read the same way
+            // rather than by a rule of its own.
+            None if m.is_empty() => return Ok(None),
             None => {
+                // Members but no "value" (`{"valu": "Off"}`, a typo): not an unset key.
                 let members: Vec<String> = m.keys().take(4).map(|k| quote(k)).collect();
-                let found = if members.is_empty() {
-                    "an empty object".to_string()
-                } else {
-                    format!(
-                        "an object without \"value\" (members: {})",
-                        members.join(", ")
-                    )
-                };
+                let found = format!(
+                    "an object without \"value\" (members: {})",
+                    members.join(", ")
+                );
                 return Err(format!(
                     "expected {{\"value\": …}} holding {}, found {found}",
                     kind.expected()
@@ -856,6 +871,8 @@ fn parse_entry(key: Key, value: &Value, source: Source) -> Result<Option<Setting
                 None // negative
             } else {
                 match n.as_f64() {
+                    // `8192.0` is an integer: JSON Schema (draft 6 and later) counts a number
+                    // with no fraction as one.
                     Some(f) if f.is_finite() && f.fract() == 0.0 => {
                         // Saturating cast; a negative one is out of range.
                         (f >= 0.0).then_some(f as u64)
@@ -1036,23 +1053,54 @@ mod tests {
 
     #[test]
     fn tables_are_consistent() {
-        for (i, name) in EVENT_NAMES.iter().enumerate() {
-            assert_eq!(PRIORITY_KEYS[i], format!("eventPriority{name}"));
-        }
-        for (i, name) in AGGREGATED_EVENTS.iter().enumerate() {
+        // Each key once, each event's settings named after the event.
+        for (i, s) in KEYS.iter().enumerate() {
             assert_eq!(
-                AGGREGATION_ENABLED_KEYS[i],
-                format!("aggregationEnabled{name}")
+                KEYS.iter().position(|o| o.key == s.key),
+                Some(i),
+                "{}",
+                s.name
             );
             assert_eq!(
-                AGGREGATION_INTERVAL_KEYS[i],
-                format!("aggregationInterval{name}")
+                KEYS.iter().position(|o| o.name == s.name),
+                Some(i),
+                "{}",
+                s.name
             );
+            assert_eq!(s.key.name(), s.name);
+            assert_eq!(s.key.kind(), s.kind);
+            let want = match s.key {
+                Key::Priority(k) => format!("eventPriority{k}"),
+                Key::AggregationEnabled(k) => format!("aggregationEnabled{k}"),
+                Key::AggregationInterval(k) => format!("aggregationInterval{k}"),
+                _ => s.name.to_string(),
+            };
+            assert_eq!(s.name, want);
+            // The default is of the key's kind.
+            let same_kind = matches!(
+                (s.kind, s.default),
+                (Kind::Duration, Setting::Duration(_))
+                    | (Kind::Integer { .. }, Setting::Integer(_))
+                    | (Kind::Priority, Setting::Priority(_))
+                    | (Kind::Bool, Setting::Bool(_))
+            );
+            assert!(same_kind, "{}", s.name);
         }
-        for (i, k) in KEYS.iter().enumerate() {
-            assert!(!k.name().is_empty());
-            assert_eq!(KEYS.iter().position(|o| o == k), Some(i));
+        // Every event has a priority, in the order of EventKind::ALL; the aggregated ones
+        // have both aggregation settings.
+        let priorities: Vec<EventKind> = KEYS
+            .iter()
+            .filter_map(|s| match s.key {
+                Key::Priority(k) => Some(k),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(priorities, EventKind::ALL);
+        for k in AGGREGATED_EVENTS {
+            assert!(Key::AggregationEnabled(k).spec().is_some(), "{k}");
+            assert!(Key::AggregationInterval(k).spec().is_some(), "{k}");
         }
+        assert_eq!(Key::AggregationEnabled(EventKind::Login).spec(), None);
     }
 
     #[test]
@@ -1078,30 +1126,32 @@ mod tests {
             ("ConfigurationError", Priority::Low),
             ("DroppedEventsStatistics", Priority::Low),
             ("MessageStatistics", Priority::Low),
-            // Not in the schema: Low; names are exact.
-            ("SBoM", Priority::Low),
-            ("login", Priority::Low),
         ] {
-            assert_eq!(c.priority(name), want, "{name}");
+            let kind = EventKind::from_name(name).unwrap();
+            assert_eq!(c.priority(kind), want, "{name}");
         }
+        // A name the schema does not have is no kind (it was a Low priority when priorities
+        // were looked up by name; an event of this module always has a kind now).
+        assert_eq!(EventKind::from_name("SBoM"), None);
+        assert_eq!(EventKind::from_name("login"), None);
         for name in AGGREGATED_EVENTS {
             assert_eq!(c.aggregation(name), Some(secs(3600)), "{name}");
         }
-        assert_eq!(c.aggregation("Login"), None);
+        assert_eq!(c.aggregation(EventKind::Login), None);
     }
 
     #[test]
     fn accessors() {
         let mut c = AgentConfig::default();
-        assert!(c.set_priority("Login", Priority::Off));
-        assert!(!c.set_priority("Nope", Priority::High));
-        assert_eq!(c.priority("Login"), Priority::Off);
+        c.set_priority(EventKind::Login, Priority::Off);
+        assert_eq!(c.priority(EventKind::Login), Priority::Off);
         assert_eq!(c.event_priorities[6], Priority::Off);
+        assert_eq!(c.priority(EventKind::LocalUsers), Priority::High);
         c.aggregations[1].enabled = false;
         c.aggregations[2].interval = secs(60);
-        assert_eq!(c.aggregation("ProcessCreate"), Some(secs(3600)));
-        assert_eq!(c.aggregation("ConnectionCreate"), None);
-        assert_eq!(c.aggregation("ProcessTerminate"), Some(secs(60)));
+        assert_eq!(c.aggregation(EventKind::ProcessCreate), Some(secs(3600)));
+        assert_eq!(c.aggregation(EventKind::ConnectionCreate), None);
+        assert_eq!(c.aggregation(EventKind::ProcessTerminate), Some(secs(60)));
     }
 
     #[test]
@@ -1222,33 +1272,49 @@ mod tests {
 
     #[test]
     fn an_agent_setting_without_value_in_the_settings_file_is_a_type_mismatch() {
-        // Synthetic: `{ valu = "Off" }` (a typo) and `{}` in the settings file. Only the twin
-        // can leave `{}` behind (a patch that set "value" to null), so here it is an error.
-        for (text, found) in [
-            (
-                "[agent]\neventPriorityLogin = { valu = \"Off\" }\n",
-                "an object without \"value\" (members: \"valu\")",
-            ),
-            ("[agent]\neventPriorityLogin = {}\n", "an empty object"),
-        ] {
-            let f = settings_file(text);
-            let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
-            let applied = agent_config_from_settings(&s);
+        // Synthetic: `{ valu = "Off" }` (a typo) in the settings file.
+        let text = "[agent]\neventPriorityLogin = { valu = \"Off\" }\n";
+        let f = settings_file(text);
+        let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        let applied = agent_config_from_settings(&s);
+        assert_eq!(
+            applied.errors,
+            vec![error(
+                "eventPriorityLogin",
+                ConfigurationErrorType::TypeMismatch,
+                "High",
+                "expected {\"value\": …} holding one of \"High\", \"Low\" or \"Off\", found an object without \"value\" (members: \"valu\")",
+            )],
+        );
+        assert!(applied.rejected);
+        assert_eq!(applied.config.priority(EventKind::Login), Priority::High);
+    }
+
+    /// One rule for `{}` whatever the source: unset, the default, no error. (The settings
+    /// file's `k = {}` was a TypeMismatch of its own before; the twin's `{}`, what a patch
+    /// setting "value" to null leaves, always meant the default.)
+    #[test]
+    fn an_empty_agent_setting_means_the_default_in_the_settings_file_as_in_the_twin() {
+        // Synthetic: `{}` for Login (default High) beside a real change.
+        let f = settings_file(
+            "[agent]\neventPriorityLogin = {}\neventPriorityListeningPorts = \"Low\"\n",
+        );
+        let s = Settings::load_from(Some(f.path()), env(&[])).unwrap();
+        let from_file = agent_config_from_settings(&s);
+        let from_twin = apply(
+            &custom(),
+            &json!({"eventPriorityLogin": {}, "eventPriorityListeningPorts": {"value": "Low"}}),
+        );
+        for applied in [&from_file, &from_twin] {
+            assert_eq!(applied.errors, Vec::new());
+            assert!(!applied.rejected);
+            assert_eq!(applied.config.priority(EventKind::Login), Priority::High);
             assert_eq!(
-                applied.errors,
-                vec![error(
-                    "eventPriorityLogin",
-                    ConfigurationErrorType::TypeMismatch,
-                    "High",
-                    &format!(
-                        "expected {{\"value\": …}} holding one of \"High\", \"Low\" or \"Off\", found {found}"
-                    ),
-                )],
-                "{text}"
+                applied.config.priority(EventKind::ListeningPorts),
+                Priority::Low
             );
-            assert!(applied.rejected, "{text}");
-            assert_eq!(applied.config.priority("Login"), Priority::High, "{text}");
         }
+        assert_eq!(from_file.config, from_twin.config);
     }
 
     #[test]
@@ -1369,7 +1435,7 @@ mod tests {
         );
         ok(&applied);
         let mut want = AgentConfig::default();
-        want.set_priority("Login", Priority::Off);
+        want.set_priority(EventKind::Login, Priority::Off);
         assert_eq!(applied.config, want);
         assert_eq!(
             applied.ignored,
@@ -1393,8 +1459,11 @@ mod tests {
         );
         ok(&applied);
         assert_eq!(applied.config.high_priority_message_frequency, secs(60));
-        assert_eq!(applied.config.priority("Login"), Priority::Off);
-        assert_eq!(applied.config.priority("ProcessCreate"), Priority::High);
+        assert_eq!(applied.config.priority(EventKind::Login), Priority::Off);
+        assert_eq!(
+            applied.config.priority(EventKind::ProcessCreate),
+            Priority::High
+        );
         assert_eq!(
             applied.config.to_twin_json()["eventPriorityProcessCreate"],
             json!({"value": "High"})
@@ -1881,7 +1950,7 @@ mod tests {
             max_local_cache_size_in_bytes: 1_000_000,
             ..AgentConfig::default()
         };
-        want.set_priority("Login", Priority::Off);
+        want.set_priority(EventKind::Login, Priority::Off);
         want.aggregations[0].enabled = false;
         want.aggregations[1].interval = secs(300);
         assert_eq!(applied.config, want);
@@ -1920,7 +1989,7 @@ mod tests {
             ..AgentConfig::default()
         };
         want.aggregations[1].enabled = false;
-        want.set_priority("ProcessCreate", Priority::High);
+        want.set_priority(EventKind::ProcessCreate, Priority::High);
         assert_eq!(applied.config, want);
     }
 

@@ -10,6 +10,7 @@
 
 pub mod connection_create;
 pub mod derive;
+pub mod kind;
 pub mod login;
 pub mod operational;
 pub mod process_create;
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 pub use connection_create::ConnectionCreate;
 pub use derive::{DeriveStats, Deriver};
+pub use kind::EventKind;
 pub use login::Login;
 pub use operational::{ConfigurationError, Diagnostic, DroppedEvents, MessageStatistics};
 pub use process_create::ProcessCreate;
@@ -44,17 +46,22 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// The event's kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Payload::ProcessCreate(_) => EventKind::ProcessCreate,
+            Payload::ConnectionCreate(_) => EventKind::ConnectionCreate,
+            Payload::Login(_) => EventKind::Login,
+            Payload::ConfigurationError(_) => EventKind::ConfigurationError,
+            Payload::MessageStatistics(_) => EventKind::MessageStatistics,
+            Payload::DroppedEventsStatistics(_) => EventKind::DroppedEventsStatistics,
+            Payload::Diagnostic(_) => EventKind::Diagnostic,
+        }
+    }
+
     /// The event's `Name`.
     pub fn name(&self) -> &'static str {
-        match self {
-            Payload::ProcessCreate(_) => "ProcessCreate",
-            Payload::ConnectionCreate(_) => "ConnectionCreate",
-            Payload::Login(_) => "Login",
-            Payload::ConfigurationError(_) => "ConfigurationError",
-            Payload::MessageStatistics(_) => "MessageStatistics",
-            Payload::DroppedEventsStatistics(_) => "DroppedEventsStatistics",
-            Payload::Diagnostic(_) => "Diagnostic",
-        }
+        self.kind().name()
     }
 
     /// The event's `EventType`.
