@@ -9,7 +9,7 @@ use std::io::Read;
 
 use azureiotsecurity::app::{self, Mode};
 use azureiotsecurity::config::settings::Settings;
-use azureiotsecurity::message::{CHUNK, Envelope};
+use azureiotsecurity::outgoing::batch::{CHUNK, Envelope};
 use uuid::Uuid;
 
 struct Cost {

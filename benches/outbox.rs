@@ -1,6 +1,6 @@
 //! What the durable outbox costs per event: the real events of `tests/data/activity.log`
 //! (258 ProcessCreate and ConnectionCreate events, without aggregation, 145 KB of JSON) go
-//! into the store the way the delivery stage puts them there, committed per tick.
+//! into the store the way the outgoing state puts them there, committed per tick.
 //!
 //! - `tick`: 100 events added and one commit (on disk: one fsync, `synchronous=FULL`), the
 //!   SQLite outbox in a temporary directory beside the in-memory store.

@@ -23,15 +23,15 @@ use uuid::Uuid;
 use crate::audit::source::{self, Chunk, LineQueue, SocketConfig, SourceStats};
 use crate::config::agent::{self as agent_config, AgentConfig};
 use crate::config::settings::Settings;
-use crate::delivery::{Outgoing, UpstreamDrops, diagnostic_event};
 use crate::edge::amqp::{AmqpConfig, AmqpStats, Client, Control};
 use crate::edge::credentials::Credentials;
 use crate::events::operational::DiagnosticSeverity;
 use crate::events::{ConfigurationError, Payload, SecurityEvent};
-use crate::message::Envelope;
 use crate::outbox::fallback::Resilient;
 use crate::outbox::sqlite::{self, Recovery};
 use crate::outbox::{MemoryStore, Store, StoreError};
+use crate::outgoing::batch::Envelope;
+use crate::outgoing::{Outgoing, UpstreamDrops, diagnostic_event};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::stats::{self, Snapshot};
 

@@ -28,15 +28,15 @@
 //!     payloads.
 //!   - [`events::operational`]: ConfigurationError and the statistics events.
 //! - [`pipeline`]: lines → records → audit events → security events, shared by run and replay.
-//! - [`aggregate`]: identical events within a window become one with a hit count.
-//! - [`delivery`]: security events to stored messages (aggregation, priorities, batching,
-//!   statistics).
+//! - [`outgoing`]: the outgoing state, security events to stored messages.
+//!   - [`outgoing::aggregate`]: identical events within a window become one with a hit count.
+//!   - [`outgoing::state`]: priorities, the store, statistics ([`outgoing::Outgoing`]).
+//!   - [`outgoing::batch`]: the message envelope and batching events into messages.
 //! - [`outbox`]: where events wait; the [`outbox::Store`] contract.
 //!   - [`outbox::memory`]: the store in memory.
 //!   - [`outbox::sqlite`]: the durable store in SQLite.
 //!   - [`outbox::fallback`]: the durable store falling back to memory when the disk fails.
 //!   - `outbox::policy`: the drop rule both stores share.
-//! - [`message`]: the message envelope and batching events into messages.
 //! - [`validate`]: the module's own schema check of messages, in parts: `validate::json`
 //!   (the reader), `validate::schema` (the tables), `validate::check` (the checker),
 //!   `validate::formats` (date-time, IPv4, IPv6).
@@ -62,15 +62,13 @@
 //! clock of its own: time comes in as an argument, so tests are deterministic.
 
 pub mod agent_id;
-pub mod aggregate;
 pub mod app;
 pub mod audit;
 pub mod config;
-pub mod delivery;
 pub mod edge;
 pub mod events;
-pub mod message;
 pub mod outbox;
+pub mod outgoing;
 pub mod pipeline;
 pub mod rules;
 pub mod stats;

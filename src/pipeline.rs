@@ -168,9 +168,9 @@ impl Pipeline {
     }
 
     /// Drops upstream of the outgoing queues (the socket queue's are added by `run`).
-    pub fn upstream_drops(&self) -> crate::delivery::UpstreamDrops {
+    pub fn upstream_drops(&self) -> crate::outgoing::UpstreamDrops {
         let c = self.coalescer.stats();
-        crate::delivery::UpstreamDrops {
+        crate::outgoing::UpstreamDrops {
             socket_queue_lines: 0,
             coalescer_evicted: c.evicted,
             estimated_kernel_loss: c.estimated_lost,

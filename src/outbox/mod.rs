@@ -21,8 +21,8 @@ pub use memory::MemoryStore;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::delivery::{PeriodStats, UpstreamDrops};
 use crate::events::operational::QueueName;
+use crate::outgoing::{PeriodStats, UpstreamDrops};
 
 /// Why the store could not do something.
 #[derive(Debug, Error)]
@@ -44,7 +44,7 @@ pub struct Pending {
     pub json: String,
     /// A statistics event (MessageStatistics, DroppedEventsStatistics): never dropped to make
     /// room. It carries the count of what was dropped, and a report of drops lost to the drops
-    /// it reports would make the statistics lie. The delivery stage holds the next snapshot
+    /// it reports would make the statistics lie. The outgoing state holds the next snapshot
     /// back while one is pending (its period grows), so at most one pair waits.
     pub statistics: bool,
 }
@@ -88,10 +88,10 @@ impl Dropped {
 }
 
 /// What the statistics period in progress has counted so far: what its MessageStatistics and
-/// DroppedEventsStatistics events will report. The delivery stage counts; the store only
+/// DroppedEventsStatistics events will report. The outgoing state counts; the store only
 /// keeps a copy ([`Store::stage_counters`]). A durable store commits the last ones it was
 /// given with every transaction, so a count is on disk exactly when what it counts is (see
-/// `delivery` for why a kill then neither loses nor repeats one), and hands back at open
+/// `outgoing::state` for why a kill then neither loses nor repeats one), and hands back at open
 /// those a killed run left ([`Store::take_restored_counters`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

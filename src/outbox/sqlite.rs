@@ -111,7 +111,7 @@ pub struct SqliteStore {
     counters: Counters,
     /// What the `counters` row holds now (None: unknown, the next commit writes it).
     counters_written: Option<Counters>,
-    /// The row a previous run left, until the delivery stage takes it.
+    /// The row a previous run left, until the outgoing state takes it.
     restored_counters: Option<Counters>,
     /// Rows that did not decode, removed at open.
     quarantined: Quarantined,
@@ -674,7 +674,7 @@ impl SqliteStore {
     }
 
     /// The counters row a previous run committed last: the store starts from it (so a commit
-    /// before the delivery stage took it keeps it) and hands it back once. A row that does
+    /// before the outgoing state took it keeps it) and hands it back once. A row that does
     /// not decode is reported (W-OUTBOX-COUNTERS) and replaced by the next commit.
     fn read_counters(&mut self) -> Result<(), StoreError> {
         let row: Option<Result<Counters, String>> = self
@@ -1497,13 +1497,13 @@ mod tests {
 
     fn counters(dropped_low: u64) -> Counters {
         Counters {
-            period: crate::delivery::PeriodStats {
+            period: crate::outgoing::PeriodStats {
                 collected_low: dropped_low + 5,
                 dropped_low,
                 messages_sent: 2,
                 ..Default::default()
             },
-            upstream: crate::delivery::UpstreamDrops {
+            upstream: crate::outgoing::UpstreamDrops {
                 socket_queue_lines: 7,
                 ..Default::default()
             },
@@ -1876,7 +1876,7 @@ mod tests {
             "{q:?}"
         );
         // Their count was committed with their removal: it is in the counters handed to
-        // the delivery stage, which reports it in the first statistics.
+        // the outgoing state, which reports it in the first statistics.
         let dropped_and_failed = |c: Option<Counters>| {
             c.map(|c| {
                 (

@@ -1,5 +1,6 @@
-//! From security events to stored messages: aggregation, priorities, the store, batching,
-//! and the per-period statistics events (MessageStatistics, DroppedEventsStatistics).
+//! The outgoing state ([`Outgoing`]): security events through aggregation and priorities
+//! into the store, batched into messages, and the per-period statistics events
+//! (MessageStatistics, DroppedEventsStatistics).
 //!
 //! A synchronous state machine like the other stages. It takes two clocks from its caller:
 //! `now_ms`, a monotonic clock for windows and frequencies (a device's wall clock jumps at
@@ -33,14 +34,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::aggregate::{AggregateConfig, Aggregator};
+use super::aggregate::{AggregateConfig, Aggregator};
+use super::batch::{BatchConfig, Batcher, CHUNK, Envelope, FitError, serialize_fitting};
 use crate::config::agent::{AgentConfig, Priority};
 use crate::edge::amqp::{Outbound, Outbox, OutboxError, Settled};
 use crate::events::operational::{
     Diagnostic, DiagnosticSeverity, DroppedEvents, MessageStatistics, QueueName,
 };
 use crate::events::{EventKind, ExtraDetails, Payload, SecurityEvent};
-use crate::message::{BatchConfig, Batcher, CHUNK, Envelope, FitError, serialize_fitting};
 use crate::outbox::{Counters, Pending, Store, StoreError, StoredMessage};
 use crate::stats::Snapshot;
 
@@ -630,7 +631,7 @@ impl Outgoing {
         s.queued_bytes = bytes as u64;
     }
 
-    pub fn batch_stats(&self) -> &crate::message::BatchStats {
+    pub fn batch_stats(&self) -> &crate::outgoing::batch::BatchStats {
         self.batcher.stats()
     }
 }
