@@ -58,7 +58,7 @@ import urllib.parse
 import uuid
 
 import proton
-from proton import Condition, Data, Delivery, Message, SSL, int32, symbol
+from proton import Condition, Data, Delivery, Link, Message, SSL, int32, symbol
 from proton.handlers import IncomingMessageHandler, MessagingHandler
 from proton.reactor import Container
 
@@ -102,11 +102,21 @@ def parse_args():
     p.add_argument("--clock-skew-secs", type=int, default=0,
                    help="a token is expired when se + this < now")
     p.add_argument("--record", required=True, help="JSON-lines file to append to")
+    p.add_argument("--twin-desired", default="{}",
+                   help="the module twin's initial desired properties, JSON (\"$version\" "
+                        "optional, default 1)")
+    p.add_argument("--control", help="JSON-lines file of test commands, polled (see the doc)")
     args = p.parse_args()
     args.outcomes = [o.strip() for o in args.outcomes.split(",") if o.strip()]
     for o in args.outcomes:
         if o not in OUTCOMES:
             p.error("unknown outcome %r (known: %s)" % (o, ", ".join(OUTCOMES)))
+    try:
+        args.twin_desired = json.loads(args.twin_desired)
+    except ValueError as e:
+        p.error("--twin-desired is not JSON: %s" % e)
+    if not isinstance(args.twin_desired, dict):
+        p.error("--twin-desired is not a JSON object")
     return args
 
 
@@ -191,6 +201,55 @@ def sections_of(raw):
     return out
 
 
+def describe(msg, raw):
+    """The record fields of a message as it came (see tests/support/standin.rs)."""
+    sections = sections_of(raw)
+    body_sections = [BODY_KIND[x] for x in sections if x in BODY_KIND]
+    body = msg.body
+    if body_sections == ["data"] and isinstance(body, (bytes, memoryview)):
+        body_text = bytes(body).decode("utf-8", "replace")
+    else:
+        body_text = plain(body)
+    props = {
+        "message_id": plain(msg.id),
+        "user_id": plain(msg.user_id) or None,
+        "to": msg.address,
+        "subject": msg.subject,
+        "reply_to": msg.reply_to,
+        "correlation_id": plain(msg.correlation_id),
+        "content_type": none_if_absent(msg.content_type),
+        "content_encoding": none_if_absent(msg.content_encoding),
+        "absolute_expiry_time": msg.expiry_time or None,
+        "creation_time": msg.creation_time or None,
+        "group_id": msg.group_id,
+    }
+    return dict(
+        sections=sections,
+        message_id=props["message_id"],
+        message_id_type=type_name(msg.id),
+        correlation_id=props["correlation_id"],
+        correlation_id_type=type_name(msg.correlation_id),
+        to=props["to"],
+        content_type=props["content_type"],
+        content_encoding=props["content_encoding"],
+        message_properties={k: v for k, v in props.items() if v is not None},
+        header={"durable": msg.durable, "priority": msg.priority, "ttl": msg.ttl,
+                "first_acquirer": msg.first_acquirer,
+                "delivery_count": msg.delivery_count} if "header" in sections else None,
+        annotations=typed_map(msg.annotations),
+        delivery_annotations=typed_map(msg.instructions),
+        application_properties={str(k): plain(v) for k, v in (msg.properties or {}).items()},
+        application_property_types={
+            str(k): {"key_type": type_name(k), "value_type": type_name(v)}
+            for k, v in (msg.properties or {}).items()
+        },
+        body_sections=",".join(body_sections),
+        body_section=body_sections[0] if len(body_sections) == 1 else ",".join(body_sections),
+        body=body_text,
+        size=len(raw),
+    )
+
+
 # ------------------------------------------------------------------ SAS tokens
 
 
@@ -231,6 +290,84 @@ def parse_token(token, key):
     return out
 
 
+
+# ------------------------------------------------------------------ the module twin
+
+TWIN_RESOURCE_DESIRED = "/notifications/twin/properties/desired"
+TWIN_RESOURCE_REPORTED = "/properties/reported"
+TWIN_OPERATIONS = ("GET", "PATCH", "PUT", "DELETE")
+# ReportedPropertiesValidator.cs (Edge.Hub.Core/twin), "taken from IoTHub".
+REPORTED_MAX_DEPTH = 10
+REPORTED_VALUE_MAX = 4096
+REPORTED_NAME_MAX = 1024
+REPORTED_INT_RANGE = (-(2 ** 52), 2 ** 52 - 1)
+REPORTED_DOC_MAX = 32 * 1024
+
+
+def merge_patch(doc, patch):
+    """A twin patch applied to `doc` in place: objects merge, null removes, others replace."""
+    for k, v in patch.items():
+        if v is None:
+            doc.pop(k, None)
+        elif isinstance(v, dict):
+            cur = doc.get(k)
+            if not isinstance(cur, dict):
+                cur = doc[k] = {}
+            merge_patch(cur, v)
+        else:
+            doc[k] = v
+
+
+def reported_error(patch, text):
+    """Why edgeHub would refuse a reported-properties patch (-> 400), or None."""
+    if not isinstance(patch, dict):
+        return "the reported properties are not a JSON object"
+    if len(text.encode("utf-8")) > REPORTED_DOC_MAX:
+        return "Twin properties size %d exceeds maximum %d" % (len(text.encode()), REPORTED_DOC_MAX)
+
+    def name_error(name):
+        if len(name.encode("utf-8")) > REPORTED_NAME_MAX:
+            return "Length of property name %s.. exceeds maximum length" % name[:10]
+        for ch in name:
+            if ch in ".$#" or ch.isspace() or ord(ch) < 32 or 127 <= ord(ch) < 160:
+                return "Property name %s contains invalid character %r" % (name, ch)
+        return None
+
+    def check(name, v, depth, in_array):
+        e = name_error(name)
+        if e:
+            return e
+        if isinstance(v, dict):
+            if depth > REPORTED_MAX_DEPTH:
+                return "Nested depth of twin property exceeds %d" % REPORTED_MAX_DEPTH
+            for k, x in v.items():
+                e = check(k, x, depth + 1, in_array)
+                if e:
+                    return e
+        elif isinstance(v, list):
+            if depth > REPORTED_MAX_DEPTH:
+                return "Nested depth of twin property exceeds %d" % REPORTED_MAX_DEPTH
+            for x in v:
+                if x is None:
+                    return "Arrays cannot contain 'null' as value"
+                e = check("", x, depth + 1, True)
+                if e:
+                    return e
+        elif v is None:
+            if in_array:
+                return "Property %s of an object in an array cannot be 'null'" % name
+        elif isinstance(v, bool):
+            pass
+        elif isinstance(v, int):
+            if not REPORTED_INT_RANGE[0] <= v <= REPORTED_INT_RANGE[1]:
+                return "Property %s has an out of bound value" % name
+        elif len(str(v).encode("utf-8")) > REPORTED_VALUE_MAX:
+            return "Value associated with property name %s exceeds maximum length" % name
+        return None
+
+    return check("", patch, 0, False)
+
+
 # ------------------------------------------------------------------ the stand-in
 
 
@@ -249,6 +386,12 @@ class EdgeHub(MessagingHandler):
         self.refused_links = set()  # names of refused links, per connection id
         self.next_conn = 0
         self.port = None
+        # The module twin (one identity is served): as IoT Hub keeps it, across connections.
+        self.desired = dict(args.twin_desired)
+        self.desired.setdefault("$version", 1)
+        self.reported = {"$version": 1}
+        self.twin_failures = []  # [{"operation", "status" (None: never answer), "count"}]
+        self.control_offset = 0
 
     # -------------------------------------------------------------- plumbing
 
@@ -261,7 +404,8 @@ class EdgeHub(MessagingHandler):
         s = self.conns.get(connection)
         if s is None:
             self.next_conn += 1
-            s = {"id": self.next_conn, "token": None, "cbs_senders": [], "client_closed": None}
+            s = {"id": self.next_conn, "token": None, "cbs_senders": [], "client_closed": None,
+                 "twin_senders": [], "twin_subscribed": False}
             self.conns[connection] = s
         return s
 
@@ -269,6 +413,8 @@ class EdgeHub(MessagingHandler):
         event.container.ssl.server.set_credentials(self.args.cert, self.args.key, None)
         acceptor = event.container.listen("amqps://127.0.0.1:%d" % self.args.port)
         self.port = acceptor._selectable._delegate.getsockname()[1]
+        if self.args.control:
+            event.container.schedule(0.05, ControlPoller(self))
         print("READY %d" % self.port, flush=True)
 
     def on_connection_opening(self, event):
@@ -345,12 +491,14 @@ class EdgeHub(MessagingHandler):
             return urllib.parse.urlparse(address).path
         return address
 
-    def events_identity(self, address):
-        """(device, module) when the address is a module's events node, else None."""
+    def module_node(self, address):
+        """(device, module, "events"|"twin") for a module's events or twin node, else None."""
         parts = self.path_of(address).split("/")
-        if (len(parts) == 7 and parts[0] == "" and parts[1] == "devices"
-                and parts[3] == "modules" and parts[5:] == ["messages", "events"]):
-            return urllib.parse.unquote(parts[2]), urllib.parse.unquote(parts[4])
+        if (len(parts) >= 6 and parts[0] == "" and parts[1] == "devices"
+                and parts[3] == "modules"):
+            node = {("messages", "events"): "events", ("twin",): "twin"}.get(tuple(parts[5:]))
+            if node:
+                return urllib.parse.unquote(parts[2]), urllib.parse.unquote(parts[4]), node
         return None
 
     def on_link_opening(self, event):
@@ -359,15 +507,20 @@ class EdgeHub(MessagingHandler):
         address = self.address_of(link)
         path = self.path_of(address)
         refused = None
+        node = self.module_node(address)
         if path in ("$cbs", "/$cbs"):
             if link.is_sender:
                 s["cbs_senders"].append(link)
-        elif link.is_receiver:
-            ids = self.events_identity(address)
-            if ids is None:
-                refused = ("amqp:not-found", "the stand-in serves no node %s" % address)
-                warn("refused a sender link to an unknown node %r" % address)
-            elif (self.args.device and ids[0] != self.args.device) or (
+        elif link.is_receiver and node is None:
+            refused = ("amqp:not-found", "the stand-in serves no node %s" % address)
+            warn("refused a sender link to an unknown node %r" % address)
+        elif link.is_sender and (node is None or node[2] != "twin"):
+            refused = ("amqp:not-implemented", "the stand-in serves no receiver links but $cbs "
+                       "and the module twin (asked for %s)" % address)
+            warn("refused a receiver link from %r" % address)
+        else:
+            ids = node[:2]
+            if (self.args.device and ids[0] != self.args.device) or (
                     self.args.module and ids[1] != self.args.module):
                 refused = ("amqp:unauthorized-access",
                            "identity %s/%s is not served by this edgeHub" % ids)
@@ -376,12 +529,9 @@ class EdgeHub(MessagingHandler):
                 reason = self.check_token(s["token"], ids)
                 if reason:
                     refused = ("amqp:unauthorized-access",
-                               "Unable to open Events link as the connection could not be "
-                               "authenticated: " + reason)
-        else:
-            refused = ("amqp:not-implemented",
-                       "the stand-in serves no receiver links but $cbs (asked for %s)" % address)
-            warn("refused a receiver link from %r" % address)
+                               "Unable to open %s link as the connection could not be "
+                               "authenticated: %s" % ("Twin" if node[2] == "twin" else "Events",
+                                                      reason))
         self.record(
             kind="attach",
             conn=s["id"],
@@ -407,6 +557,17 @@ class EdgeHub(MessagingHandler):
         # Echo the client's termini, as edgeHub does.
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
+        if node is not None and node[2] == "twin":
+            # Twin{Sending,Receiving}LinkHandler: QualityOfService.AtMostOnce, i.e. edgeHub
+            # sends settled and receives with settle mode first.
+            if link.is_sender:
+                link.snd_settle_mode = Link.SND_SETTLED
+                s["twin_senders"].append(link)
+                # TwinSendingLinkHandler.OnOpenAsync subscribes the client to desired
+                # property updates as soon as its twin receiver link opens.
+                s["twin_subscribed"] = True
+            else:
+                link.rcv_settle_mode = Link.RCV_FIRST
 
     def on_link_opened(self, event):
         refused = self.refusals.pop(event.link, None)
@@ -429,6 +590,8 @@ class EdgeHub(MessagingHandler):
             )
             if link in s["cbs_senders"]:
                 s["cbs_senders"].remove(link)
+            if link in s["twin_senders"]:
+                s["twin_senders"].remove(link)
 
     def on_link_error(self, event):
         pass  # recorded as detach
@@ -545,64 +708,26 @@ class EdgeHub(MessagingHandler):
             self.record(kind="ignored", conn=s["id"], link=link.name,
                         reason="transfer on a refused link")
             return
-        ids = self.events_identity(self.address_of(link))
-        bad = self.check_token(s["token"], ids)
+        node = self.module_node(self.address_of(link))
+        bad = self.check_token(s["token"], node and node[:2])
         if bad:
             # The token ran out (or was replaced by a bad one) while the link was open.
             self.record(kind="closed", conn=s["id"], reason=bad)
             event.connection.condition = Condition("amqp:unauthorized-access", bad)
             event.connection.close()
             return
+        if node is not None and node[2] == "twin":
+            self.twin_request(s, dlv, msg, raw)
+            return
         outcome = self.outcomes.pop(0) if self.outcomes else "accept"
-        sections = sections_of(raw)
-        body_sections = [BODY_KIND[x] for x in sections if x in BODY_KIND]
-        body = msg.body
-        if body_sections == ["data"] and isinstance(body, (bytes, memoryview)):
-            body_text = bytes(body).decode("utf-8", "replace")
-        else:
-            body_text = plain(body)
-        props = {
-            "message_id": plain(msg.id),
-            "user_id": plain(msg.user_id) or None,
-            "to": msg.address,
-            "subject": msg.subject,
-            "reply_to": msg.reply_to,
-            "correlation_id": plain(msg.correlation_id),
-            "content_type": none_if_absent(msg.content_type),
-            "content_encoding": none_if_absent(msg.content_encoding),
-            "absolute_expiry_time": msg.expiry_time or None,
-            "creation_time": msg.creation_time or None,
-            "group_id": msg.group_id,
-        }
         self.record(
             kind="message",
             conn=s["id"],
             link=link.name,
             address=self.address_of(link),
             settled_by_client=dlv.settled,
-            sections=sections,
-            message_id=props["message_id"],
-            message_id_type=type_name(msg.id),
-            correlation_id_type=type_name(msg.correlation_id),
-            to=props["to"],
-            content_type=props["content_type"],
-            content_encoding=props["content_encoding"],
-            message_properties={k: v for k, v in props.items() if v is not None},
-            header={"durable": msg.durable, "priority": msg.priority, "ttl": msg.ttl,
-                    "first_acquirer": msg.first_acquirer,
-                    "delivery_count": msg.delivery_count} if "header" in sections else None,
-            annotations=typed_map(msg.annotations),
-            delivery_annotations=typed_map(msg.instructions),
-            application_properties={str(k): plain(v) for k, v in (msg.properties or {}).items()},
-            application_property_types={
-                str(k): {"key_type": type_name(k), "value_type": type_name(v)}
-                for k, v in (msg.properties or {}).items()
-            },
-            body_sections=",".join(body_sections),
-            body_section=body_sections[0] if len(body_sections) == 1 else ",".join(body_sections),
-            body=body_text,
-            size=len(raw),
             outcome=outcome,
+            **describe(msg, raw),
         )
         if outcome == "accept":
             dlv.update(Delivery.ACCEPTED)
@@ -634,6 +759,185 @@ class EdgeHub(MessagingHandler):
                 warn("drop: no socket to shut down")
             event.transport.close_tail()
             event.transport.close_head()
+
+    # -------------------------------------------------------------- the module twin
+
+    @staticmethod
+    def channel_id(link):
+        """The text after the first ':' of com.microsoft:channel-correlation-id (edgeHub's
+        AmqpConnectionUtils.GetCorrelationId), or None."""
+        v = (link.remote_properties or {}).get(symbol("com.microsoft:channel-correlation-id"))
+        return str(v).split(":", 1)[-1] if v is not None else None
+
+    def twin_state(self):
+        return {"desired": self.desired, "reported": self.reported}
+
+    def take_failure(self, op):
+        for f in self.twin_failures:
+            if f["operation"] in (op, "*") and f["count"] > 0:
+                f["count"] -= 1
+                return f
+        return None
+
+    def twin_request(self, s, dlv, msg, raw):
+        """A request on the client's twin sender link (TwinReceivingLinkHandler.cs
+        OnMessageReceived; the answers as DeviceMessageHandler.cs sends them)."""
+        link = dlv.link
+        settled_by_client = dlv.settled
+        if not settled_by_client:
+            dlv.update(Delivery.ACCEPTED)
+        dlv.settle()
+        ann = msg.annotations or {}
+        op = ann.get("operation")
+        cid = msg.correlation_id
+        # edgeHub: Properties.CorrelationId.ToString(); the reply carries that string.
+        cid_text = "" if cid is None else str(cid)
+        reply = None  # (status, body bytes)
+        note = None
+        if not isinstance(op, str) or op not in TWIN_OPERATIONS:
+            note = "invalid operation %r: not answered" % (op,)
+            warn("twin: " + note)
+        elif op != "PATCH" and not cid_text.strip():
+            note = "%s without a correlation id: dropped, as edgeHub does" % op
+            warn("twin: " + note)
+        else:
+            failure = self.take_failure(op)
+            if failure is not None:
+                if failure["status"] is None:
+                    note = "never answered (control)"
+                else:
+                    reply = (failure["status"], b"")
+                    note = "failed with %d (control)" % failure["status"]
+            elif op == "GET":
+                # CloudProxy TwinMessageConverter.ToMessage: {"desired":…,"reported":…}.
+                reply = (200, json.dumps(self.twin_state()).encode())
+            elif op == "PATCH":
+                text = bytes(msg.body).decode("utf-8", "replace") \
+                    if isinstance(msg.body, (bytes, memoryview)) else plain(msg.body)
+                try:
+                    patch = json.loads(text) if isinstance(text, str) else None
+                except ValueError:
+                    patch = None
+                err = reported_error(patch, text) if patch is not None \
+                    else "the reported properties are not JSON"
+                if err:
+                    reply = (400, b"")
+                    note = err
+                    warn("twin: reported properties refused: " + err)
+                else:
+                    merge_patch(self.reported, patch)
+                    self.reported["$version"] += 1
+                    reply = (204, b"")
+                if not cid_text.strip():
+                    reply = None  # applied (or not), never answered
+            elif op == "PUT":
+                s["twin_subscribed"] = True
+                reply = (200, b"")
+            elif op == "DELETE":
+                s["twin_subscribed"] = False
+                reply = (200, b"")
+        self.record(
+            kind="twin-request",
+            conn=s["id"],
+            link=link.name,
+            address=self.address_of(link),
+            settled_by_client=settled_by_client,
+            operation=plain(op),
+            resource=plain(ann.get("resource")),
+            reply_status=reply[0] if reply else None,
+            note=note,
+            twin=self.twin_state(),
+            **describe(msg, raw),
+        )
+        if reply:
+            self.twin_send(s, self.channel_id(link), cid_text, reply[0], reply[1], "twin-reply")
+
+    def twin_send(self, s, channel, cid, status, body, kind):
+        """Send on the client's twin receiver link of connection `s` (the one with the same
+        channel correlation id, else the newest): a reply (correlation id, status) or a desired
+        patch (neither), one data section (AmqpTwinMessageConverter.FromMessage)."""
+        links = [x for x in s["twin_senders"] if self.channel_id(x) == channel] \
+            or s["twin_senders"][-1:]
+        if not links:
+            warn("twin: no twin receiver link to send a %s on" % kind)
+            self.record(kind=kind, conn=s["id"], link=None, correlation_id=cid or None,
+                        status=status, body=body.decode("utf-8", "replace"), sent=False)
+            return
+        target = links[-1]
+        ann = {symbol("status"): int32(status)} if status is not None else None
+        m = Message(body=body, inferred=True, correlation_id=cid or None, annotations=ann)
+        dlv = target.send(m)
+        dlv.settle()  # AtMostOnce: sent settled
+        self.record(
+            kind=kind,
+            conn=s["id"],
+            link=target.name,
+            correlation_id=cid or None,
+            correlation_id_type=type_name(m.correlation_id),
+            status=status,
+            annotations=typed_map(ann),
+            body=body.decode("utf-8", "replace"),
+            sent=True,
+        )
+
+    def push_desired(self, patch, version=None, push=True):
+        """Apply a desired patch; push it (with its $version) to every subscribed client."""
+        patch = {k: v for k, v in patch.items() if k != "$version"}
+        merge_patch(self.desired, patch)
+        self.desired["$version"] = int(version) if version is not None \
+            else self.desired["$version"] + 1
+        body = dict(patch)
+        body["$version"] = self.desired["$version"]
+        sent = 0
+        if push:
+            for s in list(self.conns.values()):
+                if s["twin_subscribed"] and s["twin_senders"]:
+                    self.twin_send(s, None, "", None, json.dumps(body).encode(), "twin-desired")
+                    sent += 1
+        return {"version": self.desired["$version"], "sent": sent}
+
+    def poll_control(self):
+        """Apply the complete new lines of --control (one JSON command a line)."""
+        try:
+            with open(self.args.control, "rb") as f:
+                f.seek(self.control_offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        while b"\n" in data:
+            line, data = data.split(b"\n", 1)
+            self.control_offset += len(line) + 1
+            if not line.strip():
+                continue
+            cmd = json.loads(line)
+            result = None
+            error = None
+            c = cmd.get("cmd")
+            if c == "desired":
+                result = self.push_desired(cmd.get("patch") or {}, cmd.get("version"),
+                                           cmd.get("push", True))
+            elif c == "fail":
+                self.twin_failures.append({"operation": cmd.get("operation", "*"),
+                                           "status": cmd.get("status"),
+                                           "count": int(cmd.get("count", 1))})
+            elif c == "state":
+                pass
+            else:
+                error = "unknown command %r" % (c,)
+                warn("control: " + error)
+            self.record(kind="control", command=cmd, result=result, error=error,
+                        twin=self.twin_state())
+
+
+class ControlPoller:
+    """Polls the --control file every 50 ms (a Proton timer: the reactor's own thread)."""
+
+    def __init__(self, hub):
+        self.hub = hub
+
+    def on_timer_task(self, event):
+        self.hub.poll_control()
+        event.container.schedule(0.05, self)
 
 
 def main():

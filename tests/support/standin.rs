@@ -261,6 +261,7 @@ pub fn hub_options(port: u16) -> EdgeHubOptions {
         module: MODULE.into(),
         outcomes: vec![],
         clock_skew_secs: 0,
+        twin_desired: serde_json::json!({}),
     }
 }
 
@@ -284,6 +285,9 @@ pub struct EdgeHubOptions {
     pub outcomes: Vec<&'static str>,
     /// A token is expired when `se + clock_skew_secs < now`.
     pub clock_skew_secs: i64,
+    /// The module twin's initial desired properties (`$version` optional, default 1); the
+    /// reported properties start as `{"$version": 1}`.
+    pub twin_desired: Value,
 }
 
 impl Default for EdgeHubOptions {
@@ -296,6 +300,7 @@ impl Default for EdgeHubOptions {
             module: "azureiotsecurity".into(),
             outcomes: Vec::new(),
             clock_skew_secs: 0,
+            twin_desired: serde_json::json!({}),
         }
     }
 }
@@ -304,6 +309,9 @@ pub struct EdgeHub {
     pub proc: Proc,
     pub port: u16,
     pub record: PathBuf,
+    /// The stand-in's `--control` file: one JSON command a line (see [`EdgeHub::control`]).
+    pub control: PathBuf,
+    control_seq: std::sync::atomic::AtomicU64,
 }
 
 impl EdgeHub {
@@ -311,6 +319,7 @@ impl EdgeHub {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let record = dir.join(format!("edgehub-{}-{n}.jsonl", o.port));
+        let control = dir.join(format!("edgehub-{}-{n}.control.jsonl", o.port));
         let mut cmd = Command::new(python());
         cmd.arg(standin("edgehub.py"))
             .args(["--port", &o.port.to_string()])
@@ -322,13 +331,87 @@ impl EdgeHub {
             .args(["--device", &o.device, "--module", &o.module])
             .args(["--outcomes", &o.outcomes.join(",")])
             .args(["--clock-skew-secs", &o.clock_skew_secs.to_string()])
+            .args(["--twin-desired", &o.twin_desired.to_string()])
+            .arg("--control")
+            .arg(&control)
             .arg("--record")
             .arg(&record);
         let (proc, rest) = start_ready("edgeHub", cmd);
         let port = rest
             .parse()
             .unwrap_or_else(|_| panic!("the edgeHub stand-in said READY {rest:?}, not a port"));
-        EdgeHub { proc, port, record }
+        EdgeHub {
+            proc,
+            port,
+            record,
+            control,
+            control_seq: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Give the stand-in a command and wait (10 s at most) until it has applied it; returns
+    /// its `control` record (`result`, `error`, `twin` = the twin after the command).
+    /// Commands: `{"cmd": "desired", "patch": {…}, "version": n (optional: default the next
+    /// one), "push": true (default; false changes the twin without telling anyone)}`,
+    /// `{"cmd": "fail", "operation": "GET"|"PATCH"|"PUT"|"DELETE"|"*", "status": 429 (null:
+    /// never answer), "count": 1}`, `{"cmd": "state"}` (nothing: read the twin back).
+    pub fn control(&self, mut cmd: Value) -> Value {
+        use std::io::Write;
+        let id = self
+            .control_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        cmd["id"] = id.into();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.control)
+            .expect("open the control file");
+        f.write_all(format!("{cmd}\n").as_bytes())
+            .expect("write the control file");
+        drop(f);
+        let what = format!("the stand-in to apply {cmd}");
+        let recs = self.wait(&what, Duration::from_secs(10), |r| {
+            r.iter()
+                .any(|x| x["kind"] == "control" && x["command"]["id"] == id)
+        });
+        let rec = recs
+            .into_iter()
+            .find(|x| x["kind"] == "control" && x["command"]["id"] == id)
+            .expect("found above");
+        assert!(rec["error"].is_null(), "the stand-in refused {cmd}: {rec}");
+        rec
+    }
+
+    /// Push a desired-properties patch (the next `$version`) to every subscribed client;
+    /// returns `{"version", "sent"}` (`sent`: how many connections it went to).
+    pub fn push_desired(&self, patch: Value) -> Value {
+        self.control(serde_json::json!({"cmd": "desired", "patch": patch}))["result"].clone()
+    }
+
+    /// The next `count` twin requests `operation` ("*": any) are answered with `status`, or
+    /// never when `status` is None.
+    pub fn fail_twin(&self, operation: &str, status: Option<u16>, count: u32) {
+        self.control(serde_json::json!({
+            "cmd": "fail", "operation": operation, "status": status, "count": count
+        }));
+    }
+
+    /// The twin as the stand-in holds it now: `{"desired": …, "reported": …}`.
+    pub fn twin(&self) -> Value {
+        self.control(serde_json::json!({"cmd": "state"}))["twin"].clone()
+    }
+
+    /// Every twin frame, in order: the twin links' `attach` records, `twin-request`,
+    /// `twin-reply` and `twin-desired` records.
+    pub fn twin_frames(&self) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| {
+                (r["kind"] == "attach"
+                    && r["address"].as_str().is_some_and(|a| a.ends_with("/twin")))
+                    || r["kind"].as_str().is_some_and(|k| k.starts_with("twin-"))
+            })
+            .collect()
     }
 
     pub fn record_path(&self) -> &Path {
@@ -437,6 +520,114 @@ pub fn node_send(env: &[(String, String)], body: &str, message_id: &str) -> std:
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .output()
         .expect("run node (run scripts/install-test-deps.sh)")
+}
+
+/// The official Node.js SDK's module twin (tests/standin/node/twin.js), running: getTwin,
+/// a reported update, a second GET, then the desired-properties handler until `patches`
+/// patches arrived. Its stdout lines arrive as they are printed ([`NodeTwin::wait_line`]).
+pub struct NodeTwin {
+    pub proc: Proc,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The stdout lines read so far.
+    pub seen: Vec<String>,
+    pub stderr: PathBuf,
+}
+
+impl NodeTwin {
+    /// Runs with only `env` and PATH, like [`node_send`]; its stderr goes to `dir`.
+    pub fn start(dir: &Path, env: &[(String, String)], patches: usize, reported: &Value) -> Self {
+        require_node();
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr = dir.join(format!("node-twin-{n}.err"));
+        let mut child = Command::new("node")
+            .current_dir(root().join("tests/standin/node"))
+            .arg("twin.js")
+            .args([patches.to_string(), reported.to_string()])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("run node (run scripts/install-test-deps.sh)");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        NodeTwin {
+            proc: Proc {
+                child,
+                name: "node twin.js",
+            },
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// The rest of the first line starting with `prefix` (a word), waiting up to `limit`.
+    pub fn wait_line(&mut self, prefix: &str, limit: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let found = self.seen.iter().find_map(|l| {
+                l.strip_prefix(prefix)
+                    .filter(|r| r.is_empty() || r.starts_with(' '))
+                    .map(|r| r.trim().to_owned())
+            });
+            if let Some(rest) = found {
+                return rest;
+            }
+            let left = limit.saturating_sub(start.elapsed());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) => self.seen.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
+                Err(e) => panic!(
+                    "no {prefix:?} line from twin.js within {limit:?} ({e}); stdout {:#?}; {}",
+                    self.seen,
+                    self.stderr_text()
+                ),
+            }
+        }
+    }
+
+    /// The exit status within `limit`, with every stdout line read.
+    pub fn finish(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(st) = self.proc.child.try_wait().expect("wait") {
+                break st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "twin.js did not exit within {limit:?}; stdout {:#?}; {}",
+                self.seen,
+                self.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends at EOF: take what it still holds.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        status
+    }
+
+    pub fn stderr_text(&self) -> String {
+        format!(
+            "stderr: {}",
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
 }
 
 /// The module binary, with its stdout and stderr in files.
