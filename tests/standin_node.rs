@@ -38,6 +38,7 @@ fn options(hub: &str, clock_skew_secs: i64) -> EdgeHubOptions {
         module: MODULE.into(),
         outcomes: vec![],
         clock_skew_secs,
+        twin_desired: json!({}),
     }
 }
 
@@ -305,4 +306,391 @@ fn tokens_edgehub_would_refuse_are_refused_and_the_sdk_fails() {
             text(&r.node)
         );
     }
+}
+
+// ------------------------------------------------------------------ the module twin
+
+const CONFIG: &str = "ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration";
+
+/// The desired properties the stand-in starts with (as the published defaults shape them).
+fn initial_desired() -> Value {
+    json!({
+        CONFIG: {
+            "highPriorityMessageFrequency": {"value": "PT7M"},
+            "eventPriorityProcessCreate": {"value": "Low"},
+            "maxLocalCacheSizeInBytes": {"value": 2560000}
+        },
+        "$version": 4
+    })
+}
+
+/// Certificates, both stand-ins (the twin's desired = `desired`), and the environment.
+fn twin_setup(desired: Value, workload_key: &str) -> (tempfile::TempDir, EdgeHub, Workload) {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let workload = Workload::start(dir.path(), workload_key, MODULE, "g1", &certs.ca);
+    let mut opts = options(HUB, 0);
+    opts.twin_desired = desired;
+    let hub = EdgeHub::start(dir.path(), &certs, &opts);
+    (dir, hub, workload)
+}
+
+fn json_line(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The twin records of one kind.
+fn twin_of<'a>(frames: &'a [Value], kind: &str, op: Option<&str>) -> Vec<&'a Value> {
+    frames
+        .iter()
+        .filter(|r| r["kind"] == kind && op.is_none_or(|o| r["operation"] == o))
+        .collect()
+}
+
+/// One SDK run against the stand-in: getTwin, a reported update, a second GET, then two
+/// desired patches pushed once the SDK listens. Checks what the SDK saw and what the stand-in
+/// recorded; saves the twin frames as the reference for the Rust module.
+#[test]
+fn the_node_sdk_twin_gets_the_desired_receives_patches_and_reports() {
+    let (dir, hub, workload) = twin_setup(initial_desired(), KEY);
+    let env = standin::edge_env(&workload, HUB, DEVICE, MODULE, hub.port);
+    let reported = json!({"agent": {"version": "node-sdk", "applied": 4}, "gone": null});
+    let mut node = standin::NodeTwin::start(dir.path(), &env, 2, &reported);
+
+    // 1. getTwin returns exactly the desired the stand-in was given.
+    let got = json_line(&node.wait_line("desired", Duration::from_secs(30)));
+    assert_eq!(got, initial_desired());
+
+    // 2. The reported update is merged into the stand-in's reported, read back by a GET.
+    node.wait_line("reported-updated", Duration::from_secs(10));
+    let reread = json_line(&node.wait_line("reported", Duration::from_secs(10)));
+    let merged = json!({"agent": {"version": "node-sdk", "applied": 4}, "$version": 2});
+    assert_eq!(reread, merged);
+    assert_eq!(hub.twin()["reported"], merged);
+
+    // 3. Patches pushed by the stand-in reach the SDK's properties.desired with $version.
+    let initial = json_line(&node.wait_line("initial", Duration::from_secs(10)));
+    assert_eq!(initial, initial_desired());
+    node.wait_line("listening", Duration::from_secs(10));
+    let p1 = json!({CONFIG: {"highPriorityMessageFrequency": {"value": "PT10S"}}});
+    let p2 = json!({CONFIG: {"eventPriorityProcessCreate": {"value": "Off"}}});
+    assert_eq!(
+        hub.push_desired(p1.clone()),
+        json!({"version": 5, "sent": 1})
+    );
+    let got1 = json_line(&node.wait_line("patch", Duration::from_secs(10)));
+    let mut want1 = p1.clone();
+    want1["$version"] = 5.into();
+    assert_eq!(got1, want1);
+    assert_eq!(
+        hub.push_desired(p2.clone()),
+        json!({"version": 6, "sent": 1})
+    );
+    let status = node.finish(Duration::from_secs(20));
+    assert!(status.success(), "{:#?} {}", node.seen, node.stderr_text());
+    let patches: Vec<Value> = node
+        .seen
+        .iter()
+        .filter_map(|l| l.strip_prefix("patch "))
+        .map(json_line)
+        .collect();
+    let mut want2 = p2.clone();
+    want2["$version"] = 6.into();
+    assert_eq!(patches, vec![want1.clone(), want2.clone()]);
+    assert_eq!(node.seen.last().map(String::as_str), Some("done"));
+
+    // The stand-in's twin now: both patches merged, $version 6.
+    let twin = hub.twin();
+    assert_eq!(
+        twin["desired"],
+        json!({
+            CONFIG: {
+                "highPriorityMessageFrequency": {"value": "PT10S"},
+                "eventPriorityProcessCreate": {"value": "Off"},
+                "maxLocalCacheSizeInBytes": {"value": 2560000}
+            },
+            "$version": 6
+        })
+    );
+
+    // 4. The frames, saved as the reference (the SDK's disconnect ends the run).
+    hub.wait("the SDK's disconnect", Duration::from_secs(10), |r| {
+        r.iter().any(|x| x["kind"] == "disconnect")
+    });
+    let frames = hub.twin_frames();
+    save("sdk-twin.jsonl", &frames);
+    check_sdk_twin_frames(&frames, &want1, &want2);
+}
+
+/// The fields and AMQP types the Rust module's twin exchange has to match (the Node SDK's,
+/// answered as edgeHub answers: shared/reference/iotedge-amqp.md §4).
+fn check_sdk_twin_frames(frames: &[Value], want1: &Value, want2: &Value) {
+    let address = format!("/devices/{DEVICE}/modules/{MODULE}/twin");
+    // Two links on the twin node, one each way, both open, sharing the channel id "twin:<uuid>".
+    let attaches = twin_of(frames, "attach", None);
+    assert_eq!(attaches.len(), 2, "{attaches:#?}");
+    let sender = attaches.iter().find(|a| a["role"] == "sender").unwrap();
+    let receiver = attaches.iter().find(|a| a["role"] == "receiver").unwrap();
+    for a in [sender, receiver] {
+        assert_eq!(a["address"], address, "{a}");
+        assert_eq!(a["refused"], Value::Null, "{a}");
+        let props = a["properties"].as_object().unwrap();
+        let keys: Vec<&str> = props.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "com.microsoft:api-version",
+                "com.microsoft:channel-correlation-id",
+                "com.microsoft:client-version"
+            ],
+            "{a}"
+        );
+        for (k, p) in props {
+            assert_eq!(
+                (&p["key_type"], &p["value_type"]),
+                (&json!("symbol"), &json!("string")),
+                "{k}: {a}"
+            );
+        }
+        // The Node SDK's api-version (azure-iot-common endpoint.apiVersion); the C SDK sends
+        // "2020-09-30" (ref §4.1). edgeHub does not check it.
+        assert_eq!(props["com.microsoft:api-version"]["value"], "2021-04-12");
+        assert!(
+            props["com.microsoft:client-version"]["value"]
+                .as_str()
+                .unwrap()
+                .starts_with("azure-iot-device/1.18.4 "),
+            "{a}"
+        );
+        // AtMostOnce: the SDK asks for settled sends (1) and receiver-settle-first (0).
+        assert_eq!(
+            (&a["snd_settle_mode"], &a["rcv_settle_mode"]),
+            (&json!(1), &json!(0)),
+            "{a}"
+        );
+    }
+    // The sender's target and the receiver's source are the twin node; rhea leaves the other
+    // terminus without an address.
+    assert_eq!(
+        (&sender["target"], &sender["source"]),
+        (&json!(address), &Value::Null)
+    );
+    assert_eq!(
+        (&receiver["source"], &receiver["target"]),
+        (&json!(address), &Value::Null)
+    );
+    let channel = |a: &Value| {
+        a["properties"]["com.microsoft:channel-correlation-id"]["value"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let id = channel(sender);
+    assert_eq!(id, channel(receiver), "one channel id on both links");
+    let uuid = id.strip_prefix("twin:").expect("twin:<uuid>");
+    assert_eq!(uuid.len(), 36, "{id}");
+    assert_eq!(uuid.matches('-').count(), 4, "{id}");
+    // The SDK attaches the sender first, then the receiver, and requests only then.
+    let pos = |r: &Value| frames.iter().position(|x| x == r).unwrap();
+    assert!(pos(sender) < pos(receiver));
+
+    // Requests: GET, PATCH, GET, PUT, in that order, on the sender link.
+    let requests = twin_of(frames, "twin-request", None);
+    let ops: Vec<&str> = requests
+        .iter()
+        .map(|r| r["operation"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["GET", "PATCH", "GET", "PUT"], "{requests:#?}");
+    assert!(pos(requests[0]) > pos(receiver));
+    for r in &requests {
+        let op = r["operation"].as_str().unwrap();
+        assert_eq!(r["link"], sender["name"], "{r}");
+        assert_eq!(r["settled_by_client"], true, "sent settled: {r}");
+        // Annotations: symbol keys, string values; resource only where it names one.
+        let ann = r["annotations"].as_object().unwrap();
+        let resource = match op {
+            "GET" => None,
+            "PATCH" => Some("/properties/reported"),
+            _ => Some("/notifications/twin/properties/desired"),
+        };
+        let mut want = json!({"operation": {
+            "key_type": "symbol", "value": op, "value_type": "string"}});
+        if let Some(res) = resource {
+            want["resource"] = json!({"key_type": "symbol", "value": res, "value_type": "string"});
+        }
+        assert_eq!(Value::Object(ann.clone()), want, "{r}");
+        // correlation-id: a UUID, sent as an AMQP string; no message-id; rhea's default
+        // header, then one data section.
+        assert_eq!(r["correlation_id_type"], "string", "{r}");
+        assert_eq!(r["correlation_id"].as_str().unwrap().len(), 36, "{r}");
+        assert_eq!(r["message_id"], Value::Null, "{r}");
+        assert_eq!(
+            r["sections"],
+            json!(["header", "message-annotations", "properties", "data"]),
+            "{r}"
+        );
+        let body = r["body"].as_str().unwrap();
+        match op {
+            "PATCH" => assert_eq!(
+                json_line(body),
+                json!({"agent": {"version": "node-sdk", "applied": 4}, "gone": null})
+            ),
+            // The SDK's "empty" body: one space (as the C SDK's EMPTY_TWIN_BODY_DATA).
+            _ => assert_eq!(body, " ", "{r}"),
+        }
+        let expect = match op {
+            "GET" | "PUT" | "DELETE" => 200,
+            _ => 204,
+        };
+        assert_eq!(r["reply_status"], expect, "{r}");
+    }
+
+    // Replies: on the receiver link, the request's correlation-id as a string, status an int.
+    let replies = twin_of(frames, "twin-reply", None);
+    assert_eq!(replies.len(), requests.len());
+    for (q, a) in requests.iter().zip(&replies) {
+        assert_eq!(a["link"], receiver["name"], "{a}");
+        assert_eq!(a["correlation_id"], q["correlation_id"], "{a}");
+        assert_eq!(a["correlation_id_type"], "string");
+        assert_eq!(
+            a["annotations"],
+            json!({"status": {"key_type": "symbol", "value": q["reply_status"],
+                              "value_type": "int32"}})
+        );
+        if q["operation"] == "GET" {
+            let body = json_line(a["body"].as_str().unwrap());
+            let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+            assert_eq!(keys, ["desired", "reported"], "{a}");
+        } else {
+            assert_eq!(a["body"], "", "edgeHub answers with an empty body: {a}");
+        }
+    }
+
+    // Desired patches: on the receiver link, no correlation-id, no status, body = patch.
+    let pushed = twin_of(frames, "twin-desired", None);
+    assert_eq!(pushed.len(), 2, "{pushed:#?}");
+    for (p, want) in pushed.iter().zip([want1, want2]) {
+        assert_eq!(p["link"], receiver["name"]);
+        assert_eq!(p["correlation_id"], Value::Null);
+        assert_eq!(p["annotations"], json!({}));
+        assert_eq!(&json_line(p["body"].as_str().unwrap()), want);
+    }
+}
+
+#[test]
+fn a_wrong_key_is_refused_on_the_twin_link_as_on_telemetry() {
+    let (dir, hub, workload) = twin_setup(initial_desired(), OTHER_KEY);
+    let env = standin::edge_env(&workload, HUB, DEVICE, MODULE, hub.port);
+    let mut node = standin::NodeTwin::start(dir.path(), &env, 0, &json!({}));
+    let status = node.finish(Duration::from_secs(60));
+    assert!(
+        !status.success(),
+        "the SDK must not get the twin: {:#?}",
+        node.seen
+    );
+    assert!(
+        node.seen.iter().all(|l| !l.starts_with("desired")),
+        "{:#?}",
+        node.seen
+    );
+    let err = node.stderr_text();
+    assert!(
+        err.contains("getTwin") && (err.contains("unauthorized") || err.contains("Unauthorized")),
+        "the SDK reports the refusal: {err}"
+    );
+    let recs = hub.records();
+    let put = of(&recs, "put-token")[0];
+    assert_eq!(put["status"], 200, "{put}");
+    assert_eq!(put["token_valid"], false, "{put}");
+    let refused: Vec<&Value> = of(&recs, "attach")
+        .into_iter()
+        .filter(|a| !a["refused"].is_null())
+        .collect();
+    assert!(!refused.is_empty(), "{recs:#?}");
+    let a = refused[0];
+    assert_eq!(
+        a["address"],
+        format!("/devices/{DEVICE}/modules/{MODULE}/twin")
+    );
+    let why = a["refused"].as_str().unwrap();
+    assert!(
+        why.starts_with("Unable to open Twin link as the connection could not be authenticated")
+            && why.contains("signature does not match"),
+        "{why}"
+    );
+    // Nothing was asked or answered on a refused link.
+    assert!(
+        hub.twin_frames()
+            .iter()
+            .all(|r| !r["kind"].as_str().unwrap().starts_with("twin-")),
+        "{recs:#?}"
+    );
+}
+
+/// The control channel's failures, on the wire as edgeHub answers a failed twin operation
+/// (DeviceMessageHandler.cs HandleTwinOperationException: the status, correlation-id, an
+/// empty data section). Found here: the Node SDK 1.18.4 cannot read that empty body
+/// (amqp_twin_client.js `_translateErrorResponse` JSON-parses it: "SyntaxError: Unexpected end
+/// of JSON input", its links are torn down ~45 s later), so its runs are stopped once the
+/// stand-in has answered; the Rust module must take an empty body on an error reply.
+#[test]
+fn twin_requests_fail_or_go_unanswered_as_the_control_channel_says() {
+    let (dir, hub, workload) = twin_setup(initial_desired(), KEY);
+    let env = standin::edge_env(&workload, HUB, DEVICE, MODULE, hub.port);
+    let gets = |hub: &EdgeHub, n: usize| {
+        let what = format!("{n} GET requests");
+        hub.wait(&what, Duration::from_secs(30), |r| {
+            r.iter()
+                .filter(|x| x["kind"] == "twin-request" && x["operation"] == "GET")
+                .count()
+                >= n
+        });
+        hub.twin_frames()
+    };
+
+    // 1. A GET answered 429 (throttled).
+    hub.fail_twin("GET", Some(429), 1);
+    let node = standin::NodeTwin::start(dir.path(), &env, 0, &json!({"a": 1}));
+    let frames = gets(&hub, 1);
+    drop(node);
+    let get = twin_of(&frames, "twin-request", Some("GET"))[0];
+    assert_eq!(get["reply_status"], 429, "{get}");
+    assert_eq!(get["note"], "failed with 429 (control)");
+    let reply = twin_of(&frames, "twin-reply", None)[0];
+    assert_eq!(reply["correlation_id"], get["correlation_id"]);
+    assert_eq!(reply["status"], 429);
+    assert_eq!(
+        reply["annotations"],
+        json!({"status": {"key_type": "symbol", "value": 429, "value_type": "int32"}})
+    );
+    assert_eq!(
+        reply["body"], "",
+        "edgeHub's error replies have an empty body"
+    );
+
+    // 2. A GET never answered.
+    hub.fail_twin("GET", None, 1);
+    let node = standin::NodeTwin::start(dir.path(), &env, 0, &json!({"a": 1}));
+    let frames = gets(&hub, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    drop(node);
+    let get = twin_of(&frames, "twin-request", Some("GET"))[1];
+    assert_eq!(get["reply_status"], Value::Null, "{get}");
+    assert_eq!(get["note"], "never answered (control)");
+    let replies = twin_of(&hub.twin_frames(), "twin-reply", None)
+        .into_iter()
+        .filter(|r| r["correlation_id"] == get["correlation_id"])
+        .count();
+    assert_eq!(replies, 0);
+
+    // 3. The failures are used up: the next run gets its twin and reports.
+    let mut node = standin::NodeTwin::start(dir.path(), &env, 0, &json!({"a": 1}));
+    let status = node.finish(Duration::from_secs(60));
+    assert!(status.success(), "{:#?} {}", node.seen, node.stderr_text());
+    assert_eq!(
+        json_line(&node.wait_line("desired", Duration::ZERO)),
+        initial_desired()
+    );
+    assert_eq!(hub.twin()["reported"], json!({"a": 1, "$version": 2}));
+    save("sdk-twin-fail.jsonl", &hub.twin_frames());
 }
