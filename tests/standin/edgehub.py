@@ -26,8 +26,36 @@ shared/reference/auditd-here.md part B.
   `--hub` or `--gateway` and the ids of the link path; `se` + `--clock-skew-secs` must not be
   in the past. On failure the link is detached with amqp:unauthorized-access and the reason
   as the description (edgeHub: "Unable to open ... link as the connection could not be
-  authenticated"). Other addresses are refused (the stand-in serves no twin, methods or C2D)
-  and logged on stderr.
+  authenticated"). Other addresses are refused (the stand-in serves no methods, C2D or
+  inputs) and logged on stderr.
+* The module twin (ref §4; edgeHub's TwinReceivingLinkHandler / TwinSendingLinkHandler,
+  DeviceMessageHandler, AmqpTwinMessageConverter): a sender and a receiver link on
+  `/devices/{d}/modules/{m}/twin`, authorised by the token as the events link ("Unable to open
+  Twin link ..." otherwise). edgeHub's side sends settled, receives settle-first (AtMostOnce).
+  Requests are read from the `operation` annotation (`resource` is ignored, as edgeHub does)
+  and the string of properties.correlation-id. Answers go to the client's twin receiver link
+  with the same channel-correlation-id (text after the first ':'): correlation-id (string) +
+  annotation `status` (int), one data section: GET 200 + `{"desired":{…,"$version":n},
+  "reported":{…,"$version":m}}`; PATCH (reported) merged (null removes a key), reported
+  `$version` + 1, 204; PUT 200 (subscribe), DELETE 200 (unsubscribe); all with an empty body
+  but GET. A reported patch edgeHub's ReportedPropertiesValidator refuses (names with
+  `.$#`/space/control characters, depth > 10, values > 4096 B, ints beyond ±2^52, doc > 32 KiB)
+  gets 400 and changes nothing. GET/PUT/DELETE without a correlation id are dropped; a PATCH
+  without one is applied but not answered; an unknown operation is not answered. Opening the
+  twin receiver link subscribes the connection to desired patches (edgeHub does so in
+  TwinSendingLinkHandler.OnOpenAsync). Desired patches go to every subscribed connection:
+  no correlation-id, no annotations, body = the patch with `$version`. The twin (initial
+  desired: `--twin-desired`, default `{"$version": 1}`; reported `{"$version": 1}`) lives as
+  long as the process, across connections. As edgeHub's ClientConnectionHandler, a new twin
+  link closes the connection's older one of the same role, and the one of the other role when
+  their channel correlation ids (text after the first ':') differ (`link-closed` record).
+* `--control FILE` (polled every 50 ms; one JSON command a line, each applied once, in order,
+  and recorded as a `control` record with its `id`, `result`, `error` and the `twin` after
+  it): `{"cmd": "desired", "patch": {…}, "version": n?, "push": true?}` (merge into the desired,
+  `$version` = n or the next one, push unless `push` is false), `{"cmd": "fail", "operation":
+  "GET"|"PATCH"|"PUT"|"DELETE"|"*", "status": 429 | null (never answer), "count": 1}` (the
+  next `count` such requests; an error reply has an empty body, as edgeHub's), `{"cmd":
+  "state"}` (only the record: reads the twin back).
 * Messages on the events link are settled as `--outcomes` says, one outcome per transfer
   (accept, release, reject, modify, drop), then accept. `reject` carries the error edgeHub
   sends for a too-large message (EventsLinkHandler.HandleException → AmqpExceptionsHelper:
@@ -38,7 +66,8 @@ shared/reference/auditd-here.md part B.
   token is caught.
 * Everything seen goes to `--record` as JSON lines, one flush per line (never the token or
   its signature). Kinds: connection, put-token, cbs-reply, attach, detach, message, closed,
-  disconnect; the keys of each are listed in tests/support/standin.rs.
+  disconnect, twin-request, twin-reply, twin-desired, link-closed, control; the keys of each are listed in
+  tests/support/standin.rs.
 * SIGTERM: exits 0 promptly (SystemExit from the handler, auditd-here.md B.3.5).
 
 Anything unexpected is written to stderr with the prefix "edgehub stand-in:"; an exception in
@@ -405,7 +434,7 @@ class EdgeHub(MessagingHandler):
         if s is None:
             self.next_conn += 1
             s = {"id": self.next_conn, "token": None, "cbs_senders": [], "client_closed": None,
-                 "twin_senders": [], "twin_subscribed": False}
+                 "twin_senders": [], "twin_receivers": [], "twin_subscribed": False}
             self.conns[connection] = s
         return s
 
@@ -558,6 +587,7 @@ class EdgeHub(MessagingHandler):
         link.source.copy(link.remote_source)
         link.target.copy(link.remote_target)
         if node is not None and node[2] == "twin":
+            self.register_twin_link(s, link)
             # Twin{Sending,Receiving}LinkHandler: QualityOfService.AtMostOnce, i.e. edgeHub
             # sends settled and receives with settle mode first.
             if link.is_sender:
@@ -590,8 +620,9 @@ class EdgeHub(MessagingHandler):
             )
             if link in s["cbs_senders"]:
                 s["cbs_senders"].remove(link)
-            if link in s["twin_senders"]:
-                s["twin_senders"].remove(link)
+            for key in ("twin_senders", "twin_receivers"):
+                if link in s[key]:
+                    s[key].remove(link)
 
     def on_link_error(self, event):
         pass  # recorded as detach
@@ -768,6 +799,24 @@ class EdgeHub(MessagingHandler):
         AmqpConnectionUtils.GetCorrelationId), or None."""
         v = (link.remote_properties or {}).get(symbol("com.microsoft:channel-correlation-id"))
         return str(v).split(":", 1)[-1] if v is not None else None
+
+    def register_twin_link(self, s, link):
+        """ClientConnectionHandler.RegisterLinkHandler: one link of each type a connection; a
+        new one closes the old one of its type, and the twin link of the other type when
+        their channel correlation ids differ."""
+        same, other = ("twin_senders", "twin_receivers") if link.is_sender \
+            else ("twin_receivers", "twin_senders")
+        closing = [(x, "a newer twin link of the same type") for x in s[same]]
+        closing += [(x, "the new twin link's channel correlation id differs")
+                    for x in s[other] if self.channel_id(x) != self.channel_id(link)]
+        for x, reason in closing:
+            self.record(kind="link-closed", conn=s["id"], name=x.name, reason=reason)
+            for key in ("twin_senders", "twin_receivers"):
+                if x in s[key]:
+                    s[key].remove(x)
+            x.close()
+        if link.is_receiver:
+            s["twin_receivers"].append(link)
 
     def twin_state(self):
         return {"desired": self.desired, "reported": self.reported}

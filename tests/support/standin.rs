@@ -29,10 +29,28 @@
 //!   `application_property_types` ({key: {key_type, value_type}}), `body_sections` ("data",
 //!   "value", "sequence", "data,data", …), `body_section` (same, kept for older tests),
 //!   `body` (UTF-8 text), `size` (encoded bytes), `outcome`.
+//! * `twin-request` (a request on the module's twin sender link): the `message` fields (but
+//!   `outcome`; `correlation_id` too) and `operation`, `resource`, `reply_status` (null: not
+//!   answered), `note` (null, or why not answered / refused, e.g. "failed with 429 (control)"),
+//!   `twin` (`{"desired", "reported"}` after the request).
+//! * `twin-reply` and `twin-desired` (what the stand-in sent on the module's twin receiver
+//!   link: an answer, a desired patch): `link` (null and `sent` false when there was none),
+//!   `correlation_id` (null for a patch), `correlation_id_type`, `status` (null for a patch),
+//!   `annotations` (typed map), `body` (UTF-8 text), `sent`.
+//! * `link-closed`: the stand-in detached a twin link as edgeHub's ClientConnectionHandler
+//!   does (`name`, `reason`: a newer link of the same type, or another channel correlation id).
+//! * `control`: a command of the control file applied: `command` (with its `id`), `result`,
+//!   `error`, `twin`.
 //! * `ignored`: a transfer on a refused link (`link`, `reason`).
 //! * `closed`: the stand-in closed the connection (`reason`: an expired or bad token).
 //! * `disconnect`: `client_closed` (the client sent Close), `client_condition`,
 //!   `client_description`, `transport_condition`.
+//!
+//! The module twin (tests/standin/edgehub.py's doc has the contract): its initial desired is
+//! [`EdgeHubOptions::twin_desired`]; a test changes it or makes requests fail through
+//! [`EdgeHub::control`] ([`EdgeHub::push_desired`], [`EdgeHub::fail_twin`], [`EdgeHub::twin`])
+//! and reads the frames back with [`EdgeHub::twin_frames`]; [`NodeTwin`] runs the Node SDK's
+//! twin (tests/standin/node/twin.js).
 //!
 //! A typed map is `{key: {"key_type": "symbol"|"string"|…, "value": …, "value_type":
 //! "string"|"int32"|"ulong"|"long"|"uuid"|"binary"|…}}`.
@@ -402,13 +420,14 @@ impl EdgeHub {
     }
 
     /// Every twin frame, in order: the twin links' `attach` records, `twin-request`,
-    /// `twin-reply` and `twin-desired` records.
+    /// `twin-reply`, `twin-desired` and `link-closed` records.
     pub fn twin_frames(&self) -> Vec<Value> {
         self.records()
             .into_iter()
             .filter(|r| {
                 (r["kind"] == "attach"
                     && r["address"].as_str().is_some_and(|a| a.ends_with("/twin")))
+                    || r["kind"] == "link-closed"
                     || r["kind"].as_str().is_some_and(|k| k.starts_with("twin-"))
             })
             .collect()
