@@ -7,7 +7,11 @@
 //!
 //! The records of the accepted run are printed and saved as
 //! `$CARGO_TARGET_TMPDIR/standin-node/sdk-edgehub.jsonl` and `sdk-workload.jsonl`: the
-//! reference for comparing our module's wire behaviour field by field.
+//! reference for comparing our module's wire behaviour field by field. The module twin
+//! (tests/standin/node/twin.js: getTwin, a reported update, desired patches) is checked the
+//! same way; its frames are saved as `sdk-twin.jsonl` (and `sdk-twin-fail.jsonl` for the
+//! failures the control channel injects), the reference for issue 12's twin. The stand-in's
+//! own twin rules that the SDK never exercises are checked with tests/standin/twin_client.py.
 //!
 //! Needs `.venv` with python-qpid-proton (TLS), openssl and Node.js with the SDK installed:
 //! scripts/install-test-deps.sh. Without them the tests fail, never skip.
@@ -566,6 +570,12 @@ fn check_sdk_twin_frames(frames: &[Value], want1: &Value, want2: &Value) {
         }
     }
 
+    // One channel id, one link of each type: edgeHub closed nothing.
+    assert!(
+        twin_of(frames, "link-closed", None).is_empty(),
+        "{frames:#?}"
+    );
+
     // Desired patches: on the receiver link, no correlation-id, no status, body = patch.
     let pushed = twin_of(frames, "twin-desired", None);
     assert_eq!(pushed.len(), 2, "{pushed:#?}");
@@ -693,4 +703,150 @@ fn twin_requests_fail_or_go_unanswered_as_the_control_channel_says() {
     );
     assert_eq!(hub.twin()["reported"], json!({"a": 1, "$version": 2}));
     save("sdk-twin-fail.jsonl", &hub.twin_frames());
+}
+
+// ------------------------------------------------------------------ the stand-in's own twin rules
+// edgeHub rules the Node SDK never exercises, checked with a bare Proton client
+// (tests/standin/twin_client.py): ClientConnectionHandler.RegisterLinkHandler's channel
+// correlation check, requests without a correlation-id, ReportedPropertiesValidator, DELETE.
+
+/// tests/standin/twin_client.py (a bare Proton client) against `hub`, with these channel ids
+/// and requests, lingering `linger` seconds for what comes back.
+fn twin_client(
+    hub: &EdgeHub,
+    sender: &str,
+    receiver: &str,
+    requests: &Value,
+    linger: f64,
+) -> std::process::Child {
+    standin::require_proton();
+    std::process::Command::new(standin::python())
+        .arg(support::root().join("tests/standin/twin_client.py"))
+        .args([
+            "--port",
+            &hub.port.to_string(),
+            "--key-base64",
+            KEY,
+            "--hub",
+            HUB,
+        ])
+        .args(["--device", DEVICE, "--module", MODULE])
+        .args(["--sender-channel", sender, "--receiver-channel", receiver])
+        .args([
+            "--requests",
+            &requests.to_string(),
+            "--linger",
+            &linger.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the twin client")
+}
+
+fn client_output(child: std::process::Child) -> Vec<String> {
+    let out = child.wait_with_output().expect("the twin client's output");
+    assert!(
+        out.status.success(),
+        "the twin client failed: {}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn twin_links_with_different_channel_ids_are_closed_as_edgehub_closes_them() {
+    let (_dir, hub, _workload) = twin_setup(initial_desired(), KEY);
+    // The receiver first (twin:b), then the sender (twin:a): the receiver is closed.
+    let lines = client_output(twin_client(&hub, "twin:a", "twin:b", &json!([]), 1.0));
+    let frames = hub.twin_frames();
+    let closed = twin_of(&frames, "link-closed", None);
+    assert_eq!(closed.len(), 1, "{frames:#?}");
+    assert_eq!(closed[0]["name"], "twin-receiver");
+    assert_eq!(
+        closed[0]["reason"],
+        "the new twin link's channel correlation id differs"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#""detached": "receiver""#)),
+        "the client saw its receiver detached: {lines:#?}"
+    );
+}
+
+#[test]
+fn twin_requests_are_answered_by_edgehubs_rules() {
+    let (_dir, hub, _workload) = twin_setup(initial_desired(), KEY);
+    let desired = "/notifications/twin/properties/desired";
+    let reported = "/properties/reported";
+    let requests = json!([
+        {"operation": "PATCH", "resource": reported, "body": r#"{"ok":1}"#, "correlation_id": "p1"},
+        // A name edgeHub's ReportedPropertiesValidator refuses ('$' is reserved): 400.
+        {"operation": "PATCH", "resource": reported, "body": r#"{"bad$key":1}"#,
+         "correlation_id": "p2"},
+        // No correlation-id: a PATCH is applied but not answered, a GET is dropped.
+        {"operation": "PATCH", "resource": reported, "body": r#"{"n":{"x":2},"ok":null}"#},
+        {"operation": "GET"},
+        {"operation": "GET", "correlation_id": "g1"},
+        {"operation": "DELETE", "resource": desired, "correlation_id": "d1"},
+        {"operation": "FOO", "correlation_id": "f1"},
+    ]);
+    let child = twin_client(&hub, "twin:c", "twin:c", &requests, 3.0);
+    hub.wait("the DELETE's reply", Duration::from_secs(20), |r| {
+        r.iter()
+            .any(|x| x["kind"] == "twin-reply" && x["correlation_id"] == "d1")
+    });
+    // Unsubscribed: a desired patch goes to nobody.
+    assert_eq!(
+        hub.push_desired(json!({"late": true})),
+        json!({"version": 5, "sent": 0})
+    );
+    let lines = client_output(child);
+    let replies: Vec<Value> = lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| json_line(l))
+        .collect();
+    let want_reported = json!({"n": {"x": 2}, "$version": 3});
+    let got: Vec<(Value, Value)> = replies
+        .iter()
+        .map(|r| (r["correlation_id"].clone(), r["status"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!("p1"), json!(204)),
+            (json!("p2"), json!(400)),
+            (json!("g1"), json!(200)),
+            (json!("d1"), json!(200)),
+        ],
+        "{lines:#?}"
+    );
+    let get = json_line(replies[2]["body"].as_str().unwrap());
+    assert_eq!(get["reported"], want_reported);
+    assert_eq!(get["desired"], initial_desired());
+    for r in [&replies[0], &replies[1], &replies[3]] {
+        assert_eq!(r["body"], "", "{r}");
+    }
+    let frames = hub.twin_frames();
+    let notes: Vec<&Value> = twin_of(&frames, "twin-request", None)
+        .iter()
+        .map(|r| &r["note"])
+        .collect();
+    assert_eq!(notes[0], &Value::Null);
+    assert!(
+        notes[1].as_str().unwrap().contains("invalid character '$'"),
+        "{:?}",
+        notes[1]
+    );
+    assert_eq!(notes[2], &Value::Null, "applied");
+    assert_eq!(
+        notes[3],
+        "GET without a correlation id: dropped, as edgeHub does"
+    );
+    assert_eq!(notes[6], "invalid operation 'FOO': not answered");
+    assert_eq!(hub.twin()["reported"], want_reported);
 }
