@@ -46,8 +46,11 @@
 //!   - [`edge::sas`]: SAS tokens.
 //!   - [`edge::workload`]: the IoT Edge workload API client.
 //!   - [`edge::tls`]: TLS to edgeHub.
-//!   - [`edge::amqp`]: the AMQP 1.0 connection to edgeHub; [`edge::amqp::cbs`] (put-token),
-//!     [`edge::amqp::telemetry`] (the telemetry link), [`edge::amqp::backoff`] (schedules).
+//!   - [`edge::amqp`]: AMQP 1.0 to edgeHub: [`edge::amqp::connection`] (TLS, open, session,
+//!     CBS, renewal, reconnect) runs link services: [`edge::amqp::telemetry`] (the telemetry
+//!     sender), [`edge::amqp::request`] (request → reply on a link pair),
+//!     [`edge::amqp::receiver`] (unsolicited messages); [`edge::amqp::cbs`] (put-token
+//!     format), [`edge::amqp::backoff`] (schedules).
 //! - [`stats`]: one counters snapshot, filled by each stage, for the statistics line and
 //!   `/metrics`.
 //! - [`agent_id`]: the AgentId kept in the data directory.

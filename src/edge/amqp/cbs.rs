@@ -1,22 +1,16 @@
-//! Claims-based security (CBS): how a module proves who it is on an AMQP connection.
+//! Claims-based security (CBS): the put-token request and its reply, as the SDKs format them
+//! (facts and sources: shared/reference/iotedge-amqp.md §3.4). The request goes through the
+//! [`request`](super::request) helper (a sender and a receiver on `$cbs`, the reply matched by
+//! correlation-id = our message-id); this file keeps only the format.
 //!
-//! The SDKs open the connection without credentials (no SASL, or ANONYMOUS) and then send a
-//! *put-token* request to the `$cbs` node: an AMQP message whose body is an amqp-value
-//! **string** holding the SAS token, with string application properties `operation` =
-//! `put-token`, `type` = the token type and `name` = the audience. The reply comes back on a
-//! receiver link attached to `$cbs`, matched by correlation-id = our message-id, with an int
-//! `status-code` (and a string `status-description`).
-//!
-//! Status: edgeHub answers 200 (`AmqpResponseStatusCode.OK`), Azure.Amqp's own CBS node
-//! answers 202 (Accepted), and the `fe2o3-amqp-cbs` crate only takes 202 — which is why this
-//! module builds the request itself and takes both. edgeHub does not check the token here: it
-//! caches it and checks it when a link attaches, so a bad token shows up as a refused attach.
-//! (Facts and sources: shared/reference/iotedge-amqp.md §3.4.)
+//! The SDKs open the connection without credentials (no SASL, or ANONYMOUS) and prove who
+//! they are with this request instead. edgeHub does not check the token here: it caches it
+//! and checks it when a link attaches, so a bad token shows up as a refused attach.
 
-use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties,
-};
+use fe2o3_amqp::types::messaging::{AmqpValue, ApplicationProperties, Body, Message, Properties};
 use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+
+pub use super::request::message_id_text;
 
 /// The CBS node's address.
 pub const CBS_ADDRESS: &str = "$cbs";
@@ -49,37 +43,31 @@ pub enum CbsReplyError {
     StatusNotInt(String),
 }
 
-/// The put-token request. `token` is the whole `SharedAccessSignature …` string, `audience`
-/// goes into `name`.
-pub fn put_token_request(
-    token: String,
-    audience: &str,
-    message_id: &str,
-) -> Message<AmqpValue<String>> {
+/// The put-token request: an amqp-value **string** body holding the whole
+/// `SharedAccessSignature …` token, string application properties `operation` = `put-token`,
+/// `type` and `name` = `audience`. The request helper gives it its message-id.
+pub fn put_token_request(token: String, audience: &str) -> Message<Body<Value>> {
     let props = ApplicationProperties::builder()
         .insert("operation", SimpleValue::String("put-token".into()))
         .insert("type", SimpleValue::String(SAS_TOKEN_TYPE.into()))
         .insert("name", SimpleValue::String(audience.into()))
         .build();
     let properties = Properties {
-        message_id: Some(MessageId::String(message_id.into())),
         reply_to: Some(REPLY_TO.into()),
         ..Default::default()
     };
     Message::builder()
         .properties(properties)
         .application_properties(props)
-        .value(token)
+        .body(Body::Value(AmqpValue(Value::String(token))))
         .build()
 }
 
-/// Read a reply (any body).
+/// Read a reply (any body). Status: edgeHub answers 200 (`AmqpResponseStatusCode.OK`),
+/// Azure.Amqp's own CBS node 202 (Accepted); the `fe2o3-amqp-cbs` crate only takes 202, which
+/// is why this module builds the request itself and takes both.
 pub fn parse_reply(msg: &Message<Body<Value>>) -> Result<CbsReply, CbsReplyError> {
-    let correlation_id = msg
-        .properties
-        .as_ref()
-        .and_then(|p| p.correlation_id.as_ref())
-        .map(message_id_text);
+    let correlation_id = super::request::correlation_id(msg);
     let props = msg.application_properties.as_ref();
     let get = |key: &str| props.and_then(|p| p.0.get(key));
     let status = match get("status-code") {
@@ -107,19 +95,10 @@ pub fn parse_reply(msg: &Message<Body<Value>>) -> Result<CbsReply, CbsReplyError
     })
 }
 
-/// A message-id as text, for matching and logs.
-pub fn message_id_text(id: &MessageId) -> String {
-    match id {
-        MessageId::String(s) => s.clone(),
-        MessageId::Ulong(n) => n.to_string(),
-        MessageId::Uuid(u) => uuid::Uuid::from_bytes(*u.as_inner()).to_string(),
-        MessageId::Binary(b) => format!("{b:?}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fe2o3_amqp::types::messaging::MessageId;
 
     fn reply(props: Vec<(&str, SimpleValue)>, corr: Option<MessageId>) -> Message<Body<Value>> {
         let mut b = ApplicationProperties::builder();
@@ -138,7 +117,7 @@ mod tests {
 
     #[test]
     fn request_has_the_sdk_shape() {
-        let m = put_token_request("SharedAccessSignature sr=x".into(), "hub/devices/d", "m-1");
+        let m = put_token_request("SharedAccessSignature sr=x".into(), "hub/devices/d");
         let p = m.application_properties.as_ref().unwrap();
         assert_eq!(
             p.0.get("operation"),
@@ -155,8 +134,45 @@ mod tests {
             Some(&SimpleValue::String("hub/devices/d".into()))
         );
         let props = m.properties.as_ref().unwrap();
-        assert_eq!(props.message_id, Some(MessageId::String("m-1".into())));
-        assert_eq!(m.body.0, "SharedAccessSignature sr=x");
+        assert_eq!(props.message_id, None, "the request helper sets it");
+        assert_eq!(props.reply_to.as_deref(), Some("cbs"));
+        assert_eq!(
+            m.body,
+            Body::Value(AmqpValue(Value::String(
+                "SharedAccessSignature sr=x".into()
+            )))
+        );
+    }
+
+    /// The request as the helper sends it (message-id set) encodes byte for byte as the
+    /// `Message<AmqpValue<String>>` put-token sent before the helper existed.
+    #[test]
+    fn request_bytes_are_the_typed_string_bodys() {
+        use fe2o3_amqp::types::messaging::message::__private::Serializable;
+        let mut m = put_token_request("SharedAccessSignature sr=x".into(), "hub/devices/d");
+        m.properties.as_mut().unwrap().message_id = Some(MessageId::String("m-1".into()));
+        let before: Message<AmqpValue<String>> = Message::builder()
+            .properties(Properties {
+                message_id: Some(MessageId::String("m-1".into())),
+                reply_to: Some("cbs".into()),
+                ..Default::default()
+            })
+            .application_properties(
+                ApplicationProperties::builder()
+                    .insert("operation", SimpleValue::String("put-token".into()))
+                    .insert(
+                        "type",
+                        SimpleValue::String("servicebus.windows.net:sastoken".into()),
+                    )
+                    .insert("name", SimpleValue::String("hub/devices/d".into()))
+                    .build(),
+            )
+            .value("SharedAccessSignature sr=x".to_string())
+            .build();
+        let now = serde_amqp::to_vec(&Serializable(m)).unwrap();
+        let then = serde_amqp::to_vec(&Serializable(before)).unwrap();
+        assert_eq!(now, then);
+        assert!(now.len() > 100, "{} bytes", now.len());
     }
 
     #[test]

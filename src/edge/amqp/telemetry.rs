@@ -1,26 +1,30 @@
-//! The telemetry link and its messages: what edgeHub needs to route a security message, and
-//! what each settlement means for the message in the store.
+//! The telemetry sender: a link service that takes security messages from the [`Outbox`],
+//! one at a time, oldest first, and tells it how edgeHub settled each.
 //!
-//! - Address `/devices/{device}/modules/{module}/messages/events` (`/devices/{device}/messages/events`
-//!   for a device identity), ids percent-encoded as the SDKs do; edgeHub matches on the path
-//!   and url-decodes the ids, which must match the identity of the CBS token.
-//! - Each message: a unique, stable message-id (the store's, so a retry carries the same id),
-//!   content-type `application/json`, content-encoding `utf-8`, the body in one `data`
-//!   section, and the security marker: message annotation `iothub-interface-id` whose key is
-//!   an AMQP **symbol** and whose value is an AMQP **string** (edgeHub looks the key up as a
-//!   symbol and reads the value `as string`; anything else is dropped silently, and the
-//!   message is then not a security message upstream).
-//! - Settlement: Accepted is done. Rejected is final (edgeHub rejects what it can never take,
-//!   e.g. a message over 256 KiB), so it is counted as failed and never retried. Released and
-//!   Modified mean "not now": the message stays in the store and is sent again.
+//! Contract: a message leaves the outbox only when edgeHub accepts it (delivered) or rejects
+//! it (final, counted as failed). Released, Modified, a send timeout or a lost connection
+//! leave it where it is, so the retry is a re-read of the same message with the same
+//! message-id. (The Node SDK reports a Released message as sent and loses it.)
 
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
     Data, Message, MessageAnnotations, MessageId, Outcome, Properties,
 };
 use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::Outbound;
+use fe2o3_amqp::link::{DetachError, LinkStateError, SendError, Sender};
+use fe2o3_amqp::session::SessionHandle;
+use fe2o3_amqp::types::definitions::{
+    AmqpError as Condition, Error as LinkError, ErrorCondition, SenderSettleMode,
+};
+use tokio::sync::{Notify, watch};
+
+use super::connection::{
+    Attached, BoxFuture, LinkContext, LinkService, attach_sender, link_properties,
+};
+use super::{AmqpConfig, AmqpError, AmqpStats, Control, Outbound, Outbox, Settled};
 use crate::edge::sas::encode_component;
 
 /// The message annotation that marks a security message.
@@ -32,7 +36,10 @@ pub const CONTENT_ENCODING: &str = "utf-8";
 /// The link property naming the client, as the SDKs send it.
 pub const CLIENT_VERSION_PROPERTY: &str = "com.microsoft:client-version";
 
-/// The telemetry sender link's target address.
+/// The telemetry sender link's target address: `/devices/{device}/modules/{module}/messages/events`
+/// (`/devices/{device}/messages/events` for a device identity), ids percent-encoded as the SDKs
+/// do; edgeHub matches on the path and url-decodes the ids, which must match the identity of
+/// the CBS token.
 pub fn events_address(device_id: &str, module_id: Option<&str>) -> String {
     match module_id {
         Some(m) => format!(
@@ -60,8 +67,13 @@ pub fn message_id(id: &str) -> MessageId {
 }
 
 /// The AMQP message for a stored security message. `to` is the link's address, as the Node
-/// SDK sets it on every telemetry message.
+/// SDK sets it on every telemetry message. A unique, stable message-id (the store's, so a
+/// retry carries the same id), content-type `application/json`, content-encoding `utf-8`, the
+/// body in one `data` section, and the security marker.
 pub fn security_message(m: &Outbound, to: &str) -> Message<Data> {
+    // The marker's key must be an AMQP **symbol** and its value an AMQP **string**: edgeHub
+    // looks the key up as a symbol and reads the value `as string`; anything else is dropped
+    // silently, and the message is then not a security message upstream.
     let annotations = MessageAnnotations::builder()
         .insert(
             OwnedKey::Symbol(Symbol::from(INTERFACE_ID_KEY)),
@@ -82,7 +94,8 @@ pub fn security_message(m: &Outbound, to: &str) -> Message<Data> {
         .build()
 }
 
-/// What a settlement means for the stored message.
+/// What a settlement means for the stored message. Rejected is final (edgeHub rejects what
+/// it can never take, e.g. a message over 256 KiB); Released and Modified mean "not now".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
     /// Accepted: remove it, count it as sent.
@@ -122,6 +135,179 @@ pub fn settlement(outcome: &Outcome) -> Settlement {
         _ => Settlement::Retry {
             outcome: "unexpected",
         },
+    }
+}
+
+/// The telemetry sender as a link service: attached on every connection, it sends what the
+/// outbox holds and reports each settlement back to it.
+pub struct Telemetry<O: Outbox> {
+    outbox: Arc<O>,
+    /// Notified when a message may be waiting (the sender also looks every second).
+    wake: Arc<Notify>,
+    stats: Arc<AmqpStats>,
+    send_timeout: Duration,
+    retry_delay: Duration,
+}
+
+impl<O: Outbox> Telemetry<O> {
+    pub fn new(
+        outbox: Arc<O>,
+        wake: Arc<Notify>,
+        stats: Arc<AmqpStats>,
+        config: &AmqpConfig,
+    ) -> Self {
+        Telemetry {
+            outbox,
+            wake,
+            stats,
+            send_timeout: config.send_timeout,
+            retry_delay: config.retry_delay,
+        }
+    }
+
+    /// Send until finishing with nothing left (`Ok`, the link closed) or a failure.
+    async fn send_loop(
+        &self,
+        mut events: Sender,
+        address: &str,
+        mut control: watch::Receiver<Control>,
+    ) -> Result<(), AmqpError> {
+        loop {
+            let finishing = matches!(*control.borrow(), Control::Finish { .. });
+            let Some(m) = self.outbox.next().await? else {
+                if finishing {
+                    // A clean goodbye; errors here change nothing.
+                    let _ = events.close().await;
+                    return Ok(());
+                }
+                // While idle, watch the link too: edgeHub refuses a bad token by detaching
+                // the link right after the attach, and closes links when it shuts down.
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = control.changed() => {}
+                    e = events.on_detach() => return Err(detached(e)),
+                }
+                continue;
+            };
+            let msg = security_message(&m, address);
+            let outcome = match tokio::time::timeout(self.send_timeout, events.send(msg)).await {
+                Err(_) => {
+                    AmqpStats::add(&self.stats.send_timeouts, 1);
+                    return Err(AmqpError::Timeout {
+                        what: "waiting for edgeHub to settle a message",
+                        after: self.send_timeout,
+                    });
+                }
+                Ok(Err(e)) => return Err(send_failed(e)),
+                Ok(Ok(o)) => o,
+            };
+            match settlement(&outcome) {
+                Settlement::Delivered => {
+                    self.outbox.settled(&m, Settled::Delivered).await?;
+                    AmqpStats::add(&self.stats.delivered, 1);
+                    AmqpStats::add(&self.stats.delivered_bytes, m.body.len() as u64);
+                    tracing::debug!(message_id = %m.message_id, bytes = m.body.len(), "message delivered");
+                }
+                Settlement::Rejected {
+                    condition,
+                    description,
+                } => {
+                    tracing::warn!(
+                        error_id = "E-EDGEHUB-REJECTED",
+                        message_id = %m.message_id,
+                        %condition,
+                        %description,
+                        high_events = m.high_events,
+                        low_events = m.low_events,
+                        "edgeHub rejected a message: it is dropped and counted as failed"
+                    );
+                    self.outbox.settled(&m, Settled::Rejected).await?;
+                    AmqpStats::add(&self.stats.rejected, 1);
+                }
+                Settlement::Retry { outcome } => {
+                    AmqpStats::add(&self.stats.released, 1);
+                    tracing::info!(message_id = %m.message_id, outcome, "edgeHub did not take a message now; it will be sent again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.retry_delay) => {}
+                        _ = control.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<O: Outbox> LinkService for Telemetry<O> {
+    fn attach<'s, 'a>(
+        &'s self,
+        session: &'a mut SessionHandle<()>,
+        cx: &'a LinkContext,
+    ) -> BoxFuture<'a, Result<Attached<'s>, AmqpError>>
+    where
+        's: 'a,
+    {
+        Box::pin(async move {
+            let address = events_address(&cx.device_id, cx.module_id.as_deref());
+            // The first link that needs the token: a refused attach is (usually) a refused
+            // token.
+            let events = attach_sender(
+                session,
+                format!("TelemetrySenderLink-{}", cx.link_id),
+                address.clone(),
+                SenderSettleMode::Unsettled,
+                link_properties(),
+                cx.attach_timeout,
+            )
+            .await
+            .map_err(|e| match e {
+                AmqpError::Attach { reason, .. } => AmqpError::Unauthorized { reason },
+                other => other,
+            })?;
+            let control = cx.control.clone();
+            let to = address.clone();
+            Ok(Attached {
+                address,
+                run: Box::pin(async move { self.send_loop(events, &to, control).await }),
+            })
+        })
+    }
+
+    fn has_work(&self) -> BoxFuture<'_, bool> {
+        // An outbox that cannot answer counts as holding something: try to send it.
+        Box::pin(async { !matches!(self.outbox.next().await, Ok(None)) })
+    }
+}
+
+/// The telemetry link was detached by edgeHub. `amqp:unauthorized-access` is edgeHub's answer
+/// to a token it does not accept.
+fn detached(e: DetachError) -> AmqpError {
+    match e {
+        DetachError::RemoteDetachedWithError(err) => link_error(err),
+        other => AmqpError::Detached(other.to_string()),
+    }
+}
+
+/// A send failed: a link closed with an error is told like a detach.
+fn send_failed(e: SendError) -> AmqpError {
+    match e {
+        SendError::Detached(e) => detached(e),
+        SendError::LinkStateError(
+            LinkStateError::RemoteClosedWithError(err)
+            | LinkStateError::RemoteDetachedWithError(err),
+        ) => link_error(err),
+        other => AmqpError::Send(other.to_string()),
+    }
+}
+
+fn link_error(err: LinkError) -> AmqpError {
+    let description = err.description.unwrap_or_default();
+    if err.condition == ErrorCondition::AmqpError(Condition::UnauthorizedAccess) {
+        AmqpError::Unauthorized {
+            reason: description,
+        }
+    } else {
+        AmqpError::Detached(format!("{:?}: {description}", err.condition))
     }
 }
 
