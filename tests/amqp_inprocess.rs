@@ -420,3 +420,317 @@ async fn a_failed_renewal_reconnects_instead_of_stalling() {
     assert_eq!(outbox.delivered(), ["m1", "m2"]);
     run.task.abort();
 }
+
+// ---------------------------------------------------------------- link services
+
+use azureiotsecurity::edge::amqp::Connection;
+use azureiotsecurity::edge::amqp::receiver::{self, ReceiverSpec};
+use azureiotsecurity::edge::amqp::request::{
+    self, AmqpMessage, RequestError, RequestSpec, Requester,
+};
+use fe2o3_amqp::types::messaging::{AmqpValue, Body, Message, MessageId, Properties};
+use fe2o3_amqp::types::primitives::Value;
+use support::inprocess_hub::body_text;
+use tokio::sync::mpsc;
+
+const TWIN: &str = "/devices/dev1/modules/azureiotsecurity/twin";
+const EVENTS: &str = "/devices/dev1/modules/azureiotsecurity/messages/events";
+const CHANNEL: &str = "twin:6f1e4a3c-8f00-4b6a-9c1d-2e3f4a5b6c7d";
+
+/// A request with a text body (synthetic: the helper does not look inside).
+fn text_message(body: &str) -> AmqpMessage {
+    Message::builder()
+        .body(Body::Value(AmqpValue(Value::String(body.into()))))
+        .build()
+}
+
+/// What the hub sends: a reply to `correlation` (or, without one, a patch or an input).
+fn from_hub(id: &str, correlation: Option<&str>, body: &str) -> AmqpMessage {
+    Message::builder()
+        .properties(Properties {
+            message_id: Some(MessageId::String(id.into())),
+            correlation_id: correlation.map(|c| MessageId::String(c.into())),
+            ..Default::default()
+        })
+        .body(Body::Value(AmqpValue(Value::String(body.into()))))
+        .build()
+}
+
+struct Twin {
+    hub: Hub,
+    requester: Requester,
+    unsolicited: mpsc::Receiver<AmqpMessage>,
+    run: Running,
+}
+
+/// A connection that runs only a request pair on the twin address (no telemetry, no outbox),
+/// its receiver link attached.
+async fn start_twin(certs: &Certs, timeout: Duration) -> Twin {
+    let hub = Hub::start(certs, script(&[], &[]), 0).await;
+    let (service, requester, unsolicited) = request::service(
+        RequestSpec {
+            name: "twin".into(),
+            address: TWIN.into(),
+            reply_to: None,
+            channel_correlation_id: Some(CHANNEL.into()),
+        },
+        timeout,
+        8,
+    );
+    let stats = Arc::new(AmqpStats::default());
+    let (control, rx) = watch::channel(Control::Run);
+    let connection =
+        Connection::new(credentials(certs, hub.port), config(), stats.clone()).with(service);
+    let task = tokio::spawn(connection.run(rx));
+    wait_until("the twin links", Duration::from_secs(20), || {
+        hub.records()
+            .iter()
+            .any(|r| matches!(r, Rec::ReceiverAttach { address, .. } if address == TWIN))
+    })
+    .await;
+    Twin {
+        hub,
+        requester,
+        unsolicited,
+        run: Running {
+            stats,
+            control,
+            task,
+        },
+    }
+}
+
+fn body_of(m: &AmqpMessage) -> String {
+    body_text(&m.body)
+}
+
+#[tokio::test]
+async fn the_request_pair_matches_replies_answered_out_of_order() {
+    let certs = Certs::temp();
+    let t = start_twin(&certs, Duration::from_secs(10)).await;
+    let ask = |body: &'static str| {
+        let r = t.requester.clone();
+        tokio::spawn(async move { r.request(text_message(body)).await })
+    };
+    let (a, b) = (ask("get a"), ask("get b"));
+    wait_until("two requests", Duration::from_secs(10), || {
+        t.hub.requests(TWIN).len() == 2
+    })
+    .await;
+    let requests = t.hub.requests(TWIN);
+    let id_of = |body: &str| {
+        requests
+            .iter()
+            .find(|(_, b)| b == body)
+            .map(|(id, _)| id.clone())
+            .unwrap()
+    };
+    let (id_a, id_b) = (id_of("get a"), id_of("get b"));
+    assert_ne!(id_a, id_b, "each request has a fresh message-id");
+    assert!(uuid::Uuid::parse_str(&id_a).is_ok(), "{id_a}");
+    // b's reply first.
+    assert!(t.hub.send(TWIN, from_hub("r1", Some(&id_b), "for b")).await);
+    assert!(t.hub.send(TWIN, from_hub("r2", Some(&id_a), "for a")).await);
+    let reply = |h: tokio::task::JoinHandle<Result<AmqpMessage, RequestError>>| async move {
+        tokio::time::timeout(Duration::from_secs(10), h)
+            .await
+            .expect("a reply")
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(body_of(&reply(a).await), "for a");
+    assert_eq!(body_of(&reply(b).await), "for b");
+
+    // Both links carry the channel correlation id; no telemetry link was attached.
+    let recs = t.hub.records();
+    let attaches: Vec<_> = recs
+        .iter()
+        .filter_map(|r| match r {
+            Rec::Attach {
+                address,
+                channel_correlation_id,
+                ..
+            } => Some((address.clone(), channel_correlation_id.clone())),
+            Rec::ReceiverAttach {
+                address,
+                channel_correlation_id,
+                ..
+            } => Some((address.clone(), channel_correlation_id.clone())),
+            _ => None,
+        })
+        .collect();
+    let expected = (TWIN.to_string(), Some(CHANNEL.to_string()));
+    assert_eq!(attaches, [expected.clone(), expected]);
+    assert_eq!(get(&t.run.stats.connects), 1);
+    t.run.task.abort();
+}
+
+#[tokio::test]
+async fn the_request_pair_ignores_a_reply_to_an_unknown_id() {
+    let certs = Certs::temp();
+    let mut t = start_twin(&certs, Duration::from_secs(10)).await;
+    let r = t.requester.clone();
+    let asked = tokio::spawn(async move { r.request(text_message("get")).await });
+    wait_until("the request", Duration::from_secs(10), || {
+        t.hub.requests(TWIN).len() == 1
+    })
+    .await;
+    let id = t.hub.requests(TWIN)[0].0.clone();
+    assert!(
+        t.hub
+            .send(TWIN, from_hub("r1", Some("nobody-asked"), "stray"))
+            .await
+    );
+    assert!(
+        t.hub
+            .send(TWIN, from_hub("r2", Some(&id), "the reply"))
+            .await
+    );
+    let got = tokio::time::timeout(Duration::from_secs(10), asked)
+        .await
+        .expect("a reply")
+        .unwrap()
+        .unwrap();
+    assert_eq!(body_of(&got), "the reply");
+    // The stray was taken off the link and went nowhere: not to the request, not to the
+    // caller's channel of uncorrelated messages. (The hub records a settlement after the
+    // client has the message: wait for both.)
+    wait_until("both settled", Duration::from_secs(10), || {
+        t.hub.outcomes(TWIN).len() == 2
+    })
+    .await;
+    assert_eq!(
+        t.hub.outcomes(TWIN),
+        [
+            ("r1".to_string(), "accepted".to_string()),
+            ("r2".to_string(), "accepted".to_string())
+        ]
+    );
+    assert!(t.unsolicited.try_recv().is_err());
+    assert_eq!(get(&t.run.stats.connect_failures), 0);
+    t.run.task.abort();
+}
+
+#[tokio::test]
+async fn a_request_the_hub_never_answers_times_out_and_the_connection_stays() {
+    let certs = Certs::temp();
+    let mut t = start_twin(&certs, Duration::from_millis(300)).await;
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        t.requester.request(text_message("get")),
+    )
+    .await
+    .expect("the request's own timeout ends it");
+    assert_eq!(
+        got.unwrap_err(),
+        RequestError::Timeout(Duration::from_millis(300))
+    );
+    let requests = t.hub.requests(TWIN);
+    assert_eq!(requests.len(), 1, "the request did reach the hub");
+    // The late reply is taken and dropped; the connection carries on.
+    assert!(
+        t.hub
+            .send(TWIN, from_hub("late", Some(&requests[0].0), "late"))
+            .await
+    );
+    wait_until("the late reply settled", Duration::from_secs(10), || {
+        t.hub.outcomes(TWIN).len() == 1
+    })
+    .await;
+    assert!(t.unsolicited.try_recv().is_err());
+    assert_eq!(get(&t.run.stats.connects), 1);
+    assert_eq!(get(&t.run.stats.connect_failures), 0);
+    t.run.task.abort();
+}
+
+#[tokio::test]
+async fn a_message_without_correlation_id_goes_to_the_caller() {
+    let certs = Certs::temp();
+    let mut t = start_twin(&certs, Duration::from_secs(10)).await;
+    let patch = r#"{"desired":{"$version":7}}"#;
+    assert!(t.hub.send(TWIN, from_hub("p1", None, patch)).await);
+    let got = tokio::time::timeout(Duration::from_secs(10), t.unsolicited.recv())
+        .await
+        .expect("the patch arrives")
+        .expect("the channel is open");
+    assert_eq!(body_of(&got), patch);
+    assert_eq!(
+        got.properties.as_ref().and_then(|p| p.message_id.clone()),
+        Some(MessageId::String("p1".into()))
+    );
+    t.run.task.abort();
+}
+
+#[tokio::test]
+async fn a_receive_only_connection_takes_messages_and_settles_them_as_told() {
+    let certs = Certs::temp();
+    let hub = Hub::start(&certs, script(&[], &[]), 0).await;
+    let (service, mut inbox) = receiver::service(ReceiverSpec {
+        name: "InputReceiverLink".into(),
+        address: EVENTS.into(),
+        credit: 4,
+    });
+    let stats = Arc::new(AmqpStats::default());
+    let (control, rx) = watch::channel(Control::Run);
+    // No telemetry service, no outbox.
+    let connection =
+        Connection::new(credentials(&certs, hub.port), config(), stats.clone()).with(service);
+    let task = tokio::spawn(connection.run(rx));
+    wait_until("the receiver link", Duration::from_secs(20), || {
+        hub.records()
+            .iter()
+            .any(|r| matches!(r, Rec::ReceiverAttach { address, .. } if address == EVENTS))
+    })
+    .await;
+    for (id, body) in [("in-1", "first"), ("in-2", "second"), ("in-3", "third")] {
+        assert!(hub.send(EVENTS, from_hub(id, None, body)).await);
+    }
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), inbox.recv())
+            .await
+            .expect("a message")
+            .expect("the channel is open")
+    };
+    let m = next().await;
+    assert_eq!(body_of(&m.message), "first");
+    m.accept();
+    let m = next().await;
+    assert_eq!(body_of(&m.message), "second");
+    m.reject("not for this module");
+    let m = next().await;
+    assert_eq!(body_of(&m.message), "third");
+    drop(m); // undecided: released, edgeHub may offer it again
+    wait_until("three settlements", Duration::from_secs(10), || {
+        hub.outcomes(EVENTS).len() == 3
+    })
+    .await;
+    assert_eq!(
+        hub.outcomes(EVENTS),
+        [
+            ("in-1".to_string(), "accepted".to_string()),
+            (
+                "in-2".to_string(),
+                "rejected: not for this module".to_string()
+            ),
+            ("in-3".to_string(), "released".to_string()),
+        ]
+    );
+    let recs = hub.records();
+    assert!(
+        !recs.iter().any(|r| matches!(r, Rec::Attach { .. })),
+        "no sender link (no telemetry on the events address): {recs:?}"
+    );
+    assert_eq!(hub.put_tokens(), [(1, Ok(()))]);
+    assert_eq!(get(&stats.connects), 1);
+
+    // Finish: the receiver closes its link and the connection returns.
+    control
+        .send(Control::Finish {
+            deadline: Instant::now() + Duration::from_secs(5),
+        })
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the connection returns when told to finish")
+        .unwrap();
+}

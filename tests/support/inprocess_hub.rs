@@ -1,7 +1,10 @@
 //! An edgeHub in the test process, made with fe2o3-amqp's acceptor, over real TLS (the
 //! `localhost` certificate of `support::certs`): it answers CBS put-tokens (checking the token
 //! as edgeHub does: signature over `sr` as sent, audience, expiry), takes the telemetry link and
-//! settles each message as its script says, and records what it saw. Needs nothing outside the
+//! settles each message as its script says, and records what it saw. Any other address is a
+//! request node: it records and accepts what the client sends there and answers nothing on
+//! its own; the test sends replies, patches or input messages to a client receiver link with
+//! [`Hub::send`], and the hub records how the client settled each. Needs nothing outside the
 //! test process (no Python, Node or root), so its tests belong to the quick tier.
 #![allow(dead_code)]
 
@@ -14,9 +17,9 @@ use fe2o3_amqp::link::Receiver;
 use fe2o3_amqp::types::definitions::{AmqpError, Error as AmqpErr};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, MessageId, Modified, Properties,
+    AmqpValue, ApplicationProperties, Body, Message, MessageId, Modified, Outcome, Properties,
 };
-use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::types::primitives::{SimpleValue, Symbol, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
@@ -47,10 +50,32 @@ pub enum Rec {
         valid: Result<(), String>,
         expiry: u64,
     },
+    /// The client attached a sender (other than `$cbs`'s).
     Attach {
         conn: usize,
         address: String,
         client_version: Option<String>,
+        channel_correlation_id: Option<String>,
+    },
+    /// The client attached a receiver (other than `$cbs`'s) with this source.
+    ReceiverAttach {
+        conn: usize,
+        address: String,
+        channel_correlation_id: Option<String>,
+    },
+    /// A message the client sent to a request node (any address but `$cbs` and events).
+    Request {
+        conn: usize,
+        address: String,
+        id: String,
+        body: String,
+    },
+    /// How the client settled a message the hub sent it.
+    Outcome {
+        conn: usize,
+        address: String,
+        id: String,
+        outcome: String,
     },
     Message {
         conn: usize,
@@ -71,9 +96,16 @@ pub struct HubScript {
     pub cbs_status: Arc<Mutex<VecDeque<i32>>>,
 }
 
+/// A message the hub sends to the client.
+pub type ToClient = Message<Body<Value>>;
+
+/// The client's receiver links, by source address (the latest attach wins).
+type Outlets = Arc<Mutex<HashMap<String, mpsc::Sender<ToClient>>>>;
+
 pub struct Hub {
     pub port: u16,
     records: Arc<Mutex<Vec<Rec>>>,
+    outlets: Outlets,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -88,8 +120,10 @@ impl Hub {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let records = Arc::new(Mutex::new(Vec::new()));
+        let outlets: Outlets = Arc::new(Mutex::new(HashMap::new()));
         let acceptor = tokio_rustls::TlsAcceptor::from(certs.server_config());
         let recs = records.clone();
+        let outs = outlets.clone();
         let task = tokio::spawn(async move {
             let mut n = 0;
             loop {
@@ -97,10 +131,11 @@ impl Hub {
                     return;
                 };
                 n += 1;
-                let (acceptor, recs, script) = (acceptor.clone(), recs.clone(), script.clone());
+                let (acceptor, recs, script, outs) =
+                    (acceptor.clone(), recs.clone(), script.clone(), outs.clone());
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(tcp).await {
-                        serve(n, tls, recs, script).await;
+                        serve(n, tls, recs, script, outs).await;
                     }
                 });
             }
@@ -108,8 +143,51 @@ impl Hub {
         Hub {
             port,
             records,
+            outlets,
             task,
         }
+    }
+
+    /// Send `m` to the client's receiver link on `address` (false: no such link). The hub
+    /// sends them one at a time, each after the client settled the one before.
+    pub async fn send(&self, address: &str, m: ToClient) -> bool {
+        let outlet = self.outlets.lock().unwrap().get(address).cloned();
+        match outlet {
+            Some(o) => o.send(m).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// The requests the client sent to `address`: (message-id, body).
+    pub fn requests(&self, address: &str) -> Vec<(String, String)> {
+        self.records()
+            .into_iter()
+            .filter_map(|r| match r {
+                Rec::Request {
+                    address: a,
+                    id,
+                    body,
+                    ..
+                } if a == address => Some((id, body)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How the client settled what the hub sent on `address`: (message-id, outcome).
+    pub fn outcomes(&self, address: &str) -> Vec<(String, String)> {
+        self.records()
+            .into_iter()
+            .filter_map(|r| match r {
+                Rec::Outcome {
+                    address: a,
+                    id,
+                    outcome,
+                    ..
+                } if a == address => Some((id, outcome)),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn records(&self) -> Vec<Rec> {
@@ -186,11 +264,46 @@ pub fn text(v: &SimpleValue) -> String {
     }
 }
 
+/// A link property as text (a string's value, anything else's debug form).
+fn property(props: &Option<fe2o3_amqp::types::definitions::Fields>, key: &str) -> Option<String> {
+    props
+        .as_ref()
+        .and_then(|p| p.get(&Symbol::from(key)).cloned())
+        .map(|v| match v {
+            Value::String(s) => s,
+            other => format!("{other:?}"),
+        })
+}
+
+/// A message-id as text.
+pub fn id_text(id: Option<MessageId>) -> String {
+    match id {
+        Some(MessageId::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// A body as text (data sections joined, an amqp-value string as is).
+pub fn body_text(body: &Body<Value>) -> String {
+    match body {
+        Body::Data(batch) => batch
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.0).into_owned())
+            .collect(),
+        Body::Value(v) => match &v.0 {
+            Value::String(s) => s.clone(),
+            other => format!("{other:?}"),
+        },
+        other => format!("{other:?}"),
+    }
+}
+
 pub async fn serve(
     conn: usize,
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     recs: Arc<Mutex<Vec<Rec>>>,
     script: HubScript,
+    outlets: Outlets,
 ) {
     let acceptor = ConnectionAcceptor::builder()
         .container_id("in-process-edgehub")
@@ -229,24 +342,20 @@ pub async fn serve(
                         script.clone(),
                     )));
                 } else {
-                    let client_version = rx.properties(|p| {
-                        p.as_ref()
-                            .and_then(|p| {
-                                p.get(&fe2o3_amqp::types::primitives::Symbol::from(
-                                    "com.microsoft:client-version",
-                                ))
-                                .cloned()
-                            })
-                            .map(|v| match v {
-                                Value::String(s) => s,
-                                other => format!("{other:?}"),
-                            })
-                    });
+                    let client_version =
+                        rx.properties(|p| property(p, "com.microsoft:client-version"));
+                    let channel_correlation_id =
+                        rx.properties(|p| property(p, "com.microsoft:channel-correlation-id"));
                     recs.lock().unwrap().push(Rec::Attach {
                         conn,
-                        address,
+                        address: address.clone(),
                         client_version,
+                        channel_correlation_id,
                     });
+                    if !address.ends_with("/messages/events") {
+                        tasks.push(tokio::spawn(request_node(conn, address, rx, recs.clone())));
+                        continue;
+                    }
                     let (recs, script, stop) = (recs.clone(), script.clone(), stop.clone());
                     tasks.push(tokio::spawn(async move {
                         events_link(conn, rx, recs, script).await;
@@ -254,7 +363,26 @@ pub async fn serve(
                     }));
                 }
             }
-            LinkEndpoint::Sender(mut tx) => {
+            LinkEndpoint::Sender(tx) => {
+                let source = tx
+                    .source()
+                    .as_ref()
+                    .and_then(|s| s.address.clone())
+                    .unwrap_or_default();
+                if source != "$cbs" {
+                    let channel_correlation_id =
+                        tx.properties(|p| property(p, "com.microsoft:channel-correlation-id"));
+                    recs.lock().unwrap().push(Rec::ReceiverAttach {
+                        conn,
+                        address: source.clone(),
+                        channel_correlation_id,
+                    });
+                    let (out_tx, out_rx) = mpsc::channel(16);
+                    outlets.lock().unwrap().insert(source.clone(), out_tx);
+                    tasks.push(tokio::spawn(outlet(conn, source, tx, out_rx, recs.clone())));
+                    continue;
+                }
+                let mut tx = tx;
                 // Replies go back on the client's $cbs receiver link.
                 if let Some(mut rx) = reply_rx.take() {
                     tasks.push(tokio::spawn(async move {
@@ -316,6 +444,61 @@ pub async fn cbs_node(
             .value(Value::Null)
             .build();
         if replies.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A request node: records and accepts each message; answers come from the test.
+pub async fn request_node(
+    conn: usize,
+    address: String,
+    mut rx: Receiver,
+    recs: Arc<Mutex<Vec<Rec>>>,
+) {
+    while let Ok(d) = rx.recv::<Body<Value>>().await {
+        let m = d.message();
+        recs.lock().unwrap().push(Rec::Request {
+            conn,
+            address: address.clone(),
+            id: id_text(m.properties.as_ref().and_then(|p| p.message_id.clone())),
+            body: body_text(&m.body),
+        });
+        if rx.accept(&d).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The hub's end of a client receiver link: sends what the test hands it, one at a time, and
+/// records how the client settled each.
+pub async fn outlet(
+    conn: usize,
+    address: String,
+    mut tx: fe2o3_amqp::link::Sender,
+    mut from_test: mpsc::Receiver<ToClient>,
+    recs: Arc<Mutex<Vec<Rec>>>,
+) {
+    while let Some(m) = from_test.recv().await {
+        let id = id_text(m.properties.as_ref().and_then(|p| p.message_id.clone()));
+        let outcome = match tx.send(m).await {
+            Ok(Outcome::Accepted(_)) => "accepted".to_owned(),
+            Ok(Outcome::Rejected(r)) => format!(
+                "rejected: {}",
+                r.error.and_then(|e| e.description).unwrap_or_default()
+            ),
+            Ok(Outcome::Released(_)) => "released".to_owned(),
+            Ok(other) => format!("{other:?}"),
+            Err(e) => format!("send failed: {e}"),
+        };
+        let failed = outcome.starts_with("send failed");
+        recs.lock().unwrap().push(Rec::Outcome {
+            conn,
+            address: address.clone(),
+            id,
+            outcome,
+        });
+        if failed {
             return;
         }
     }
