@@ -1,7 +1,7 @@
 //! One AMQP connection to edgeHub, apart from what runs on it.
 //!
 //! Contract: [`Connection::run`] connects (TLS, Open, one session, a CBS put-token through the
-//! [`request`](super::request) helper), attaches the [`LinkService`]s the caller chose, renews
+//! [`request`] helper), attaches the [`LinkService`]s the caller chose, renews
 //! the token at 80 % of its lifetime and watches the connection's end; any failure (a
 //! service's included) ends the connection, is logged (E-EDGEHUB-CONNECT) and a new one
 //! follows after a back-off, until [`Control::Finish`]. It knows nothing of what the services
