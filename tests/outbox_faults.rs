@@ -31,6 +31,38 @@ const NO_AGGREGATION: [(&str, &str); 2] = [
     ),
 ];
 
+/// The overflow tests' settings: a 256 KB cap on disk (about 80 KB for events), 8 KB
+/// messages, every queue and snapshot due every 2 s, ProcessCreate High and ConnectionCreate
+/// Low, no aggregation ([`overflow_config`] says the same to `queue_of`).
+const OVERFLOW: [(&str, &str); 9] = [
+    ("AZUREIOTSECURITY_AGENT__MAXLOCALCACHESIZEINBYTES", "262144"),
+    ("AZUREIOTSECURITY_AGENT__MAXMESSAGESIZEINBYTES", "8192"),
+    (
+        "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
+        "PT2S",
+    ),
+    (
+        "AZUREIOTSECURITY_AGENT__LOWPRIORITYMESSAGEFREQUENCY",
+        "PT2S",
+    ),
+    ("AZUREIOTSECURITY_AGENT__SNAPSHOTFREQUENCY", "PT2S"),
+    ("AZUREIOTSECURITY_AGENT__EVENTPRIORITYPROCESSCREATE", "High"),
+    (
+        "AZUREIOTSECURITY_AGENT__EVENTPRIORITYCONNECTIONCREATE",
+        "Low",
+    ),
+    NO_AGGREGATION[0],
+    NO_AGGREGATION[1],
+];
+
+/// The agent configuration of [`OVERFLOW`], for telling the queue of an event by its name.
+fn overflow_config() -> AgentConfig {
+    let mut config = AgentConfig::default();
+    config.set_priority(EventKind::ProcessCreate, Priority::High);
+    config.set_priority(EventKind::ConnectionCreate, Priority::Low);
+    config
+}
+
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Mount(PathBuf);
 
@@ -792,29 +824,8 @@ fn an_overflowing_outbox_reports_exactly_the_drops_it_made_per_queue() {
     let port = free_port(); // edgeHub is down while the capture comes in
     // A cap of 256 KB on disk leaves about 80 KB for events; the capture derives 106 KB of
     // ProcessCreate (High here) and 39 KB of ConnectionCreate (Low).
-    let settings = [
-        ("AZUREIOTSECURITY_AGENT__MAXLOCALCACHESIZEINBYTES", "262144"),
-        ("AZUREIOTSECURITY_AGENT__MAXMESSAGESIZEINBYTES", "8192"),
-        (
-            "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
-            "PT2S",
-        ),
-        (
-            "AZUREIOTSECURITY_AGENT__LOWPRIORITYMESSAGEFREQUENCY",
-            "PT2S",
-        ),
-        ("AZUREIOTSECURITY_AGENT__SNAPSHOTFREQUENCY", "PT2S"),
-        ("AZUREIOTSECURITY_AGENT__EVENTPRIORITYPROCESSCREATE", "High"),
-        (
-            "AZUREIOTSECURITY_AGENT__EVENTPRIORITYCONNECTIONCREATE",
-            "Low",
-        ),
-        NO_AGGREGATION[0],
-        NO_AGGREGATION[1],
-    ];
-    let mut config = AgentConfig::default();
-    config.set_priority(EventKind::ProcessCreate, Priority::High);
-    config.set_priority(EventKind::ConnectionCreate, Priority::Low);
+    let settings = OVERFLOW;
+    let config = overflow_config();
     let feed = AuditFeed::paced(dir.path(), capture("activity.log"), Duration::from_secs(6));
     let mut m = Module::start(
         dir.path(),
@@ -997,30 +1008,9 @@ fn drop_counts_survive_sigkills_during_an_outage() {
     // capture's 23 k ProcessCreate (High here) and 2.3 k ConnectionCreate (Low). The socket
     // queue holds the whole capture, so the reader drops nothing however slow a debug build
     // is: every event the capture derives reaches the store (stored or dropped by the cap).
-    let settings = [
-        ("AZUREIOTSECURITY_AGENT__MAXLOCALCACHESIZEINBYTES", "262144"),
-        ("AZUREIOTSECURITY_AGENT__MAXMESSAGESIZEINBYTES", "8192"),
-        (
-            "AZUREIOTSECURITY_AGENT__HIGHPRIORITYMESSAGEFREQUENCY",
-            "PT2S",
-        ),
-        (
-            "AZUREIOTSECURITY_AGENT__LOWPRIORITYMESSAGEFREQUENCY",
-            "PT2S",
-        ),
-        ("AZUREIOTSECURITY_AGENT__SNAPSHOTFREQUENCY", "PT2S"),
-        ("AZUREIOTSECURITY_AGENT__EVENTPRIORITYPROCESSCREATE", "High"),
-        (
-            "AZUREIOTSECURITY_AGENT__EVENTPRIORITYCONNECTIONCREATE",
-            "Low",
-        ),
-        ("AZUREIOTSECURITY_AUDIT__QUEUE_MAX_BYTES", "67108864"),
-        NO_AGGREGATION[0],
-        NO_AGGREGATION[1],
-    ];
-    let mut config = AgentConfig::default();
-    config.set_priority(EventKind::ProcessCreate, Priority::High);
-    config.set_priority(EventKind::ConnectionCreate, Priority::Low);
+    let mut settings = OVERFLOW.to_vec();
+    settings.push(("AZUREIOTSECURITY_AUDIT__QUEUE_MAX_BYTES", "67108864"));
+    let config = overflow_config();
     let load = load_capture();
     // What the capture derives, replayed meanwhile (it takes a while in a debug build).
     let unzipped = dir.path().join("load.log");
@@ -1294,25 +1284,13 @@ fn an_outbox_rebuilt_by_another_tool_is_converted_delivered_and_the_module_stops
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let outbox = data.join("outbox.sqlite");
-    // What an operator's `.recover` rebuild after E-OUTBOX-CORRUPT looks like: the module's
-    // tables (of before the statistics column) holding real events, `.recover`'s
-    // lost_and_found table, no auto_vacuum, 1 KB pages, free pages from a delete, 0644.
+    // What an operator's `.recover` rebuild after E-OUTBOX-CORRUPT looks like (the file's
+    // comment says what it holds), its `pending` holding real events, 0644.
     let events = real_events("exec_args");
     {
         let c = rusqlite::Connection::open(&outbox).unwrap();
-        c.execute_batch(
-            "PRAGMA page_size = 1024;
-             PRAGMA auto_vacuum = NONE;
-             CREATE TABLE pending (seq INTEGER PRIMARY KEY, queue INTEGER NOT NULL, json TEXT NOT NULL);
-             CREATE TABLE windows (seq INTEGER PRIMARY KEY, queue INTEGER NOT NULL, json TEXT NOT NULL);
-             CREATE TABLE messages (seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE,
-                 body TEXT NOT NULL, high_events INTEGER NOT NULL, low_events INTEGER NOT NULL);
-             CREATE TABLE lost_and_found (rootpgno INTEGER, pgno INTEGER, nfield INTEGER, id INTEGER, c0, c1);
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
-                 INSERT INTO lost_and_found (id, c0) SELECT i, randomblob(900) FROM n;
-             DELETE FROM lost_and_found WHERE id > 10;",
-        )
-        .unwrap();
+        c.execute_batch(include_str!("support/recovered_outbox.sql"))
+            .unwrap();
         for e in &events {
             c.execute(
                 "INSERT INTO pending (queue, json) VALUES (1, ?1)",

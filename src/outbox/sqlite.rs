@@ -1674,24 +1674,11 @@ mod tests {
     fn a_file_made_by_another_tool_is_converted_and_maintenance_returns() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("outbox.sqlite");
-        // As an operator's `.recover` rebuild makes it (synthetic: the tables of an outbox
-        // of before the statistics column, and `.recover`'s lost_and_found table): no
-        // auto_vacuum, 1 KB pages, rollback journal, free pages from a delete.
+        // As an operator's `.recover` rebuild makes it (synthetic, see the file).
         {
             let c = Connection::open(&path).unwrap();
-            c.execute_batch(
-                "PRAGMA page_size = 1024;
-                 PRAGMA auto_vacuum = NONE;
-                 CREATE TABLE pending (seq INTEGER PRIMARY KEY, queue INTEGER NOT NULL, json TEXT NOT NULL);
-                 CREATE TABLE windows (seq INTEGER PRIMARY KEY, queue INTEGER NOT NULL, json TEXT NOT NULL);
-                 CREATE TABLE messages (seq INTEGER PRIMARY KEY, message_id TEXT NOT NULL UNIQUE,
-                     body TEXT NOT NULL, high_events INTEGER NOT NULL, low_events INTEGER NOT NULL);
-                 CREATE TABLE lost_and_found (rootpgno INTEGER, pgno INTEGER, nfield INTEGER, id INTEGER, c0, c1);
-                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
-                     INSERT INTO lost_and_found (id, c0) SELECT i, randomblob(900) FROM n;
-                 DELETE FROM lost_and_found WHERE id > 10;",
-            )
-            .unwrap();
+            c.execute_batch(include_str!("../../tests/support/recovered_outbox.sql"))
+                .unwrap();
             for (q, e) in [(1, "l1"), (0, "h1"), (1, "l2")] {
                 c.execute(
                     "INSERT INTO pending (queue, json) VALUES (?1, ?2)",
