@@ -8,9 +8,11 @@ use crate::support;
 
 use serde_json::Value;
 
-/// The ConfigurationError payloads in `messages` (JSON lines):
-/// (name, type, used configuration, message).
-fn configuration_errors(messages: &str) -> Vec<(String, String, String, String)> {
+/// One ConfigurationError payload: (name, type, used configuration, message).
+type ConfigurationError = (String, String, String, String);
+
+/// The ConfigurationError payloads in `messages` (JSON lines).
+fn configuration_errors(messages: &str) -> Vec<ConfigurationError> {
     let mut found = Vec::new();
     for line in messages.lines() {
         let v: Value = serde_json::from_str(line).expect("a message is JSON");
@@ -31,15 +33,12 @@ fn configuration_errors(messages: &str) -> Vec<(String, String, String, String)>
     found
 }
 
-fn settings(text: &str) -> tempfile::NamedTempFile {
+/// What the module binary makes of a settings file holding `text`: the ConfigurationError
+/// payloads of `replay --messages` over a real capture (which must exit 0), and
+/// `check-config`'s exit code, JSON report and stderr.
+fn verdict(text: &str) -> (Vec<ConfigurationError>, i32, Value, String) {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), text).unwrap();
-    f
-}
-
-#[test]
-fn a_zero_snapshot_frequency_is_not_optimal_and_the_minimum_is_used() {
-    let f = settings("[agent]\nsnapshotFrequency = \"PT0S\"\n");
     let config = f.path().to_str().unwrap();
     let capture = support::root().join("tests/data/net_tcp.log");
     let (code, out, err) = support::run_bin(
@@ -53,9 +52,18 @@ fn a_zero_snapshot_frequency_is_not_optimal_and_the_minimum_is_used() {
         b"",
     );
     assert_eq!(code, 0, "{err}");
+    let errors = configuration_errors(&out);
+    let (code, out, err) = support::run_bin(&["check-config", config], b"");
+    let report: Value = serde_json::from_str(&out).expect("check-config prints JSON");
+    (errors, code, report, err)
+}
+
+#[test]
+fn a_zero_snapshot_frequency_is_not_optimal_and_the_minimum_is_used() {
+    let (errors, code, report, err) = verdict("[agent]\nsnapshotFrequency = \"PT0S\"\n");
     // The reference validator's verdict on these messages: messages.rs (full suite).
     assert_eq!(
-        configuration_errors(&out),
+        errors,
         vec![(
             "snapshotFrequency".to_owned(),
             "NotOptimal".to_owned(),
@@ -63,9 +71,7 @@ fn a_zero_snapshot_frequency_is_not_optimal_and_the_minimum_is_used() {
             "snapshotFrequency (PT0S) is under the minimum PT1M: a statistics report that often costs more than it tells; using PT1M instead".to_owned(),
         )]
     );
-    let (code, out, err) = support::run_bin(&["check-config", config], b"");
     assert_eq!(code, 1, "{err}");
-    let report: Value = serde_json::from_str(&out).expect("check-config prints JSON");
     assert_eq!(
         report["agent"]["snapshotFrequency"],
         serde_json::json!({"value": "PT1M"})
@@ -78,22 +84,9 @@ fn a_zero_snapshot_frequency_is_not_optimal_and_the_minimum_is_used() {
 
 #[test]
 fn a_setting_table_without_value_is_a_type_mismatch() {
-    let f = settings("[agent]\neventPriorityLogin = { valu = \"Off\" }\n");
-    let config = f.path().to_str().unwrap();
-    let capture = support::root().join("tests/data/net_tcp.log");
-    let (code, out, err) = support::run_bin(
-        &[
-            "replay",
-            "--messages",
-            "--config",
-            config,
-            capture.to_str().unwrap(),
-        ],
-        b"",
-    );
-    assert_eq!(code, 0, "{err}");
+    let (errors, code, report, err) = verdict("[agent]\neventPriorityLogin = { valu = \"Off\" }\n");
     assert_eq!(
-        configuration_errors(&out),
+        errors,
         vec![(
             "eventPriorityLogin".to_owned(),
             "TypeMismatch".to_owned(),
@@ -101,9 +94,7 @@ fn a_setting_table_without_value_is_a_type_mismatch() {
             "expected {\"value\": …} holding one of \"High\", \"Low\" or \"Off\", found an object without \"value\" (members: \"valu\")".to_owned(),
         )]
     );
-    let (code, out, _) = support::run_bin(&["check-config", config], b"");
-    assert_eq!(code, 1);
-    let report: Value = serde_json::from_str(&out).expect("check-config prints JSON");
+    assert_eq!(code, 1, "{err}");
     assert_eq!(
         report["agent"]["eventPriorityLogin"],
         serde_json::json!({"value": "High"})

@@ -68,29 +68,44 @@ fn wait_for_text(path: &Path, needle: &str, limit: Duration) -> String {
     }
 }
 
+/// Runs the module binary with `args` and `env`, no audit socket (`none.sock` in `dir`) and
+/// `dir` as its data directory, stdout dropped: its exit status within 20 s (`what` names the
+/// run in a failure) and what it wrote to stderr (through a file, which never fills up).
+fn run_without_socket(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    what: &str,
+) -> (ExitStatus, String) {
+    let err_path = dir.join("module.err");
+    let mut child = module()
+        .args(args)
+        .envs(env.iter().copied())
+        .env("AZUREIOTSECURITY_AUDIT__SOCKET_PATH", dir.join("none.sock"))
+        .env("AZUREIOTSECURITY_MODULE__DATA_DIR", dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let st = wait_exit(&mut child, Duration::from_secs(20), what);
+    (st, std::fs::read_to_string(&err_path).unwrap())
+}
+
 /// An IoT Edge environment with the workload URI but not the rest (a manifest that lost
 /// variables) is a configuration problem: exit 1 naming the missing variable, as the README
 /// says (it was 2, the code of a failure while running).
 #[test]
 fn an_incomplete_iot_edge_environment_exits_1_naming_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = module()
-        .arg("run")
-        .env(
+    let (st, err) = run_without_socket(
+        dir.path(),
+        &["run"],
+        &[(
             "IOTEDGE_WORKLOADURI",
             "unix:///var/run/iotedge/workload.sock",
-        )
-        .env(
-            "AZUREIOTSECURITY_AUDIT__SOCKET_PATH",
-            dir.path().join("none.sock"),
-        )
-        .env("AZUREIOTSECURITY_MODULE__DATA_DIR", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let st = wait_exit(&mut child, Duration::from_secs(20), "run");
-    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+        )],
+        "run",
+    );
     assert_eq!(st.code(), Some(1), "{err}");
     assert!(err.contains("IOTEDGE_AUTHSCHEME is missing"), "{err}");
 }
@@ -115,20 +130,12 @@ fn check_config_and_run_refuse_a_token_lifetime_beyond_a_day() {
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 
-        let mut child = module()
-            .args(["run", "--print"])
-            .env("AZUREIOTSECURITY_EDGEHUB__TOKEN_LIFETIME_SECS", value)
-            .env(
-                "AZUREIOTSECURITY_AUDIT__SOCKET_PATH",
-                dir.path().join("none.sock"),
-            )
-            .env("AZUREIOTSECURITY_MODULE__DATA_DIR", dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let st = wait_exit(&mut child, Duration::from_secs(20), "run");
-        let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+        let (st, err) = run_without_socket(
+            dir.path(),
+            &["run", "--print"],
+            &[("AZUREIOTSECURITY_EDGEHUB__TOKEN_LIFETIME_SECS", value)],
+            "run",
+        );
         assert_eq!(st.code(), Some(1), "run {value}: {err}");
         assert!(
             err.contains("setting edgehub.token_lifetime_secs: must be from 10 to 86400"),
@@ -143,22 +150,15 @@ fn check_config_and_run_refuse_a_token_lifetime_beyond_a_day() {
 #[test]
 fn a_task_that_dies_ends_the_module_non_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let err_path = dir.path().join("module.err");
-    let mut child = module()
-        .args(["run", "--print"])
-        .env(
-            "AZUREIOTSECURITY_AUDIT__SOCKET_PATH",
-            dir.path().join("none.sock"),
-        )
-        .env("AZUREIOTSECURITY_MODULE__DATA_DIR", dir.path())
-        .env("AZUREIOTSECURITY_DEBUG__PANIC_TASK", "reader")
-        .env("AZUREIOTSECURITY_DEBUG__PANIC_TASK_AFTER_MS", "300")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let st = wait_exit(&mut child, Duration::from_secs(20), "a dead reader");
-    let err = std::fs::read_to_string(&err_path).unwrap();
+    let (st, err) = run_without_socket(
+        dir.path(),
+        &["run", "--print"],
+        &[
+            ("AZUREIOTSECURITY_DEBUG__PANIC_TASK", "reader"),
+            ("AZUREIOTSECURITY_DEBUG__PANIC_TASK_AFTER_MS", "300"),
+        ],
+        "a dead reader",
+    );
     assert_eq!(st.code(), Some(2), "{err}");
     let line = err
         .lines()
