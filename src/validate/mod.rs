@@ -1,15 +1,11 @@
 //! The module's own check of security messages: the rules of the published Defender for IoT
 //! schemas (`../shared/schemas`, entry `messageRoot.json`, draft-07 with format checking on)
-//! written as Rust code, with messages that say what is wrong and where.
-//!
-//! The schema files are not read or embedded: the rules here are ours, and
-//! `tests/validate_agreement.rs` runs them and the reference validator (python-jsonschema
-//! 4.26, `Draft7Validator` + `FormatChecker` with rfc3339-validator) on the same messages;
-//! the verdicts must agree.
-//!
-//! Parts: `json` reads the text as Python's `json.loads` does, `schema` holds the rules
-//! as tables, `check` walks a message against them and `formats` checks `date-time`,
-//! `ipv4` and `ipv6` as python-jsonschema's `FormatChecker` does.
+//! written as Rust code, with messages that say what is wrong and where. The schema files are
+//! not read or embedded: `tests/validate_agreement.rs` runs these rules and the reference
+//! validator (python-jsonschema 4.26, `Draft7Validator` + `FormatChecker` with
+//! rfc3339-validator) on the same messages, and the verdicts must agree. Parts: `json` (the
+//! text, read as Python's `json.loads` does), `schema` (the rules as tables), `check` (the
+//! walk), `formats`.
 
 use std::io::{self, BufRead, Write};
 
