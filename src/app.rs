@@ -20,9 +20,10 @@ use tokio::sync::Notify;
 
 use uuid::Uuid;
 
-use crate::audit::source::{self, Chunk, LineQueue, SocketConfig, SourceStats};
-use crate::config::agent::{self as agent_config, AgentConfig};
+use crate::audit::source::{self, Chunk, LineQueue, SourceStats};
+use crate::config::agent::AgentConfig;
 use crate::config::settings::Settings;
+use crate::config::stages;
 use crate::edge::amqp::{AmqpConfig, AmqpStats, Client, Control};
 use crate::edge::credentials::Credentials;
 use crate::events::operational::DiagnosticSeverity;
@@ -198,7 +199,7 @@ impl Mode {
 /// The agent configuration in force: the settings' `[agent]`, and the try-out overrides.
 /// Problems are logged and returned as ConfigurationError payloads.
 pub fn agent_config(settings: &Settings) -> (AgentConfig, Vec<ConfigurationError>) {
-    let applied = agent_config::agent_config_from_settings(settings);
+    let applied = settings.agent_config();
     for e in &applied.errors {
         tracing::warn!(
             error_id = "W-CONFIG",
@@ -208,19 +209,12 @@ pub fn agent_config(settings: &Settings) -> (AgentConfig, Vec<ConfigurationError
             "agent configuration problem"
         );
     }
-    let mut config = applied.config;
     if settings.module.tryout {
         tracing::warn!(
             "try-out mode: messages every 10 s (high) and 20 s (low), statistics every 30 s, aggregation windows of 15 s"
         );
-        config.high_priority_message_frequency = Duration::from_secs(10);
-        config.low_priority_message_frequency = Duration::from_secs(20);
-        config.snapshot_frequency = Duration::from_secs(30);
-        for a in config.aggregations.iter_mut() {
-            a.interval = Duration::from_secs(15);
-        }
     }
-    (config, applied.errors)
+    (applied.config, applied.errors)
 }
 
 /// Writes events, or builds messages. In the message modes it owns the outgoing half
@@ -721,12 +715,7 @@ pub async fn run<W: Write + Send + 'static>(
             &settings,
             "reader",
             source::read_socket(
-                SocketConfig {
-                    path: settings.audit.socket_path.clone(),
-                    reconnect_min: Duration::from_millis(settings.audit.reconnect_min_ms),
-                    reconnect_max: Duration::from_millis(settings.audit.reconnect_max_ms),
-                    max_line: settings.audit.max_line_bytes,
-                },
+                stages::source(&settings.audit),
                 queue.clone(),
                 source_stats.clone(),
                 stop_reader.clone(),

@@ -59,6 +59,7 @@
 //!   - [`config::settings`]: defaults < file < environment, check-config's ranges.
 //!   - [`config::agent`]: the agent configuration (the security module twin's settings).
 //!   - [`config::duration`]: ISO 8601 durations.
+//!   - [`config::stages`]: one function per stage building its small config struct.
 //! - [`app`]: wiring of `run` and `replay`: tasks, channels, shutdown.
 //!
 //! Each stage that does the work is a plain synchronous state machine with no I/O and no

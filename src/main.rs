@@ -11,7 +11,6 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use azureiotsecurity::config::settings::{Settings, SettingsError};
-use azureiotsecurity::edge::amqp::AmqpConfig;
 use azureiotsecurity::edge::credentials::Credentials;
 use azureiotsecurity::edge::identity::{self, Identity};
 use azureiotsecurity::{app, rules};
@@ -242,7 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         app::Mode::Send {
                             agent_id,
                             credentials: Arc::new(Credentials::new(identity)),
-                            amqp: AmqpConfig::from(&settings.edgehub),
+                            amqp: azureiotsecurity::config::stages::amqp(&settings.edgehub),
                             grace: Duration::from_millis(settings.edgehub.shutdown_grace_ms),
                         }
                     }

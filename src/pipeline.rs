@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::audit::coalesce::{AuditEvent, CoalesceStats, Coalescer};
 use crate::audit::parse::ParseError;
 use crate::config::settings::Settings;
+use crate::config::stages;
 use crate::events::{DeriveStats, Deriver, SecurityEvent};
 use crate::stats::Snapshot;
 
@@ -62,8 +63,8 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(settings: &Settings) -> Self {
         Pipeline {
-            coalescer: Coalescer::new(settings.coalesce_config()),
-            deriver: Deriver::new(&settings.events),
+            coalescer: Coalescer::new(stages::coalesce(&settings.audit)),
+            deriver: Deriver::new(&stages::derive(&settings.events)),
             events: Vec::new(),
             non_utf8_lines: 0,
             lines: 0,

@@ -203,6 +203,11 @@ pub fn format_duration(d: Duration) -> String {
     out
 }
 
+/// Whole milliseconds of `d`, saturating at `u64::MAX` (the stages count time in ms).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -343,6 +348,13 @@ pub(crate) mod tests {
         ] {
             assert_eq!(e.to_string(), text);
         }
+    }
+
+    #[test]
+    fn millis_saturates() {
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::new(1, 999_999)), 1000);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 
     #[test]

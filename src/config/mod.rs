@@ -4,7 +4,9 @@
 //! - [`agent`]: the agent configuration (the security module twin's settings): parse, apply,
 //!   check, and the reported form.
 //! - [`duration`]: ISO 8601 durations, as the agent configuration writes them.
+//! - [`stages`]: one function per stage building its small config struct.
 
 pub mod agent;
 pub mod duration;
 pub mod settings;
+pub mod stages;

@@ -5,11 +5,16 @@
 //! layer) feeds the same struct.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::agent::{self, Applied};
+use super::duration::millis as ms;
 use crate::audit::coalesce::CoalesceConfig;
+use crate::edge::amqp::AmqpConfig;
+use crate::events::DeriveConfig;
 
 /// Why the settings could not be built.
 #[derive(Debug, Error)]
@@ -133,16 +138,18 @@ pub struct EdgeHubSettings {
 }
 
 impl Default for EdgeHubSettings {
+    /// The connection's own defaults, and a 3 s shutdown grace.
     fn default() -> Self {
+        let c = AmqpConfig::default();
         EdgeHubSettings {
-            token_lifetime_secs: 3600,
-            idle_timeout_ms: 0,
-            connect_timeout_ms: 30_000,
-            request_timeout_ms: 30_000,
-            send_timeout_ms: 60_000,
-            retry_delay_ms: 1_000,
-            reconnect_min_ms: 1_000,
-            reconnect_max_ms: 60_000,
+            token_lifetime_secs: c.token_lifetime.as_secs(),
+            idle_timeout_ms: ms(c.idle_timeout),
+            connect_timeout_ms: ms(c.connect_timeout),
+            request_timeout_ms: ms(c.request_timeout),
+            send_timeout_ms: ms(c.send_timeout),
+            retry_delay_ms: ms(c.retry_delay),
+            reconnect_min_ms: ms(c.reconnect_min),
+            reconnect_max_ms: ms(c.reconnect_max),
             shutdown_grace_ms: 3_000,
         }
     }
@@ -190,30 +197,34 @@ pub struct DebugSettings {
 pub const PANIC_TASKS: [&str; 2] = ["reader", "sender"];
 
 impl Default for AuditSettings {
+    /// The coalescer's bounds and timeouts are its own defaults.
     fn default() -> Self {
+        let c = CoalesceConfig::default();
         AuditSettings {
             socket_path: PathBuf::from("/var/run/audispd_events"),
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
             queue_max_bytes: 16 << 20,
             max_line_bytes: 64 << 10,
-            record_timeout_ms: 2_000,
-            idle_ms: 500,
-            max_inflight_events: 1024,
-            max_inflight_bytes: 8 << 20,
-            max_event_bytes: 1 << 20,
+            record_timeout_ms: c.record_timeout_ms,
+            idle_ms: c.idle_ms,
+            max_inflight_events: c.max_inflight_events,
+            max_inflight_bytes: c.max_inflight_bytes,
+            max_event_bytes: c.max_event_bytes,
             rules_warning_after_secs: 300,
         }
     }
 }
 
 impl Default for EventSettings {
+    /// The deriver's own defaults.
     fn default() -> Self {
+        let d = DeriveConfig::default();
         EventSettings {
-            process_cache_entries: 4096,
-            process_cache_bytes: 4 << 20,
-            max_command_line_bytes: 32 << 10,
-            login_tracking_bytes: crate::events::login::DEFAULT_MAX_BYTES,
+            process_cache_entries: d.process_cache_entries,
+            process_cache_bytes: d.process_cache_bytes,
+            max_command_line_bytes: d.max_command_line_bytes,
+            login_tracking_bytes: d.login_tracking_bytes,
         }
     }
 }
@@ -389,19 +400,29 @@ impl Settings {
         std::array::from_fn(|i| (DURATION_RANGES[i].0, values[i], DURATION_RANGES[i].1))
     }
 
-    /// The coalescer's part of the settings.
-    pub fn coalesce_config(&self) -> CoalesceConfig {
-        let a = &self.audit;
-        CoalesceConfig {
-            max_inflight_events: a.max_inflight_events,
-            max_inflight_bytes: a.max_inflight_bytes,
-            max_event_bytes: a.max_event_bytes,
-            record_timeout_ms: a.record_timeout_ms,
-            idle_ms: a.idle_ms,
-            ..CoalesceConfig::default()
+    /// The agent configuration in force: `[agent]` applied on the defaults
+    /// ([`agent::agent_config_from_settings`]), then try-out's overrides when
+    /// `module.tryout` is set. `check-config` shows `[agent]` without them.
+    pub fn agent_config(&self) -> Applied {
+        let mut applied = agent::agent_config_from_settings(self);
+        if self.module.tryout {
+            let c = &mut applied.config;
+            c.high_priority_message_frequency = TRYOUT_HIGH_FREQUENCY;
+            c.low_priority_message_frequency = TRYOUT_LOW_FREQUENCY;
+            c.snapshot_frequency = TRYOUT_SNAPSHOT_FREQUENCY;
+            for a in c.aggregations.iter_mut() {
+                a.interval = TRYOUT_AGGREGATION_INTERVAL;
+            }
         }
+        applied
     }
 }
+
+/// Try-out mode's frequencies and aggregation window (`module.tryout`).
+pub const TRYOUT_HIGH_FREQUENCY: Duration = Duration::from_secs(10);
+pub const TRYOUT_LOW_FREQUENCY: Duration = Duration::from_secs(20);
+pub const TRYOUT_SNAPSHOT_FREQUENCY: Duration = Duration::from_secs(30);
+pub const TRYOUT_AGGREGATION_INTERVAL: Duration = Duration::from_secs(15);
 
 #[cfg(test)]
 mod tests {
@@ -550,5 +571,43 @@ mod tests {
         writeln!(f, "[audit]\nno_such_key = 1").unwrap();
         let e = Settings::load_from(Some(f.path()), env(&[])).unwrap_err();
         assert!(e.to_string().contains("no_such_key"), "{e}");
+    }
+
+    /// Try-out replaces the frequencies and every aggregation window, and nothing else;
+    /// without it the agent configuration is `[agent]`'s.
+    #[test]
+    fn tryout_overrides_the_agent_frequencies() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("AZUREIOTSECURITY_AGENT__MAXMESSAGESIZEINBYTES", "8192"),
+                (
+                    "AZUREIOTSECURITY_AGENT__AGGREGATIONENABLEDCONNECTIONCREATE",
+                    "false",
+                ),
+            ]),
+        )
+        .unwrap();
+        let plain = s.agent_config();
+        assert_eq!(plain.errors, Vec::new());
+        assert_eq!(
+            plain.config.high_priority_message_frequency,
+            Duration::from_secs(420)
+        );
+        let mut t = s.clone();
+        t.module.tryout = true;
+        let tried = t.agent_config();
+        let c = &tried.config;
+        assert_eq!(tried.errors, plain.errors);
+        assert_eq!(c.high_priority_message_frequency, Duration::from_secs(10));
+        assert_eq!(c.low_priority_message_frequency, Duration::from_secs(20));
+        assert_eq!(c.snapshot_frequency, Duration::from_secs(30));
+        for (a, before) in c.aggregations.iter().zip(plain.config.aggregations) {
+            assert_eq!(a.interval, Duration::from_secs(15));
+            assert_eq!(a.enabled, before.enabled);
+        }
+        assert!(!c.aggregations[1].enabled);
+        assert_eq!(c.max_message_size_in_bytes, 8192);
+        assert_eq!(c.event_priorities, plain.config.event_priorities);
     }
 }

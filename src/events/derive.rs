@@ -22,7 +22,6 @@ use crate::audit::decode::{self, Argv, SockAddr};
 use crate::audit::parse::{Record, Value};
 use crate::audit::syscalls::{self, Syscall};
 use crate::audit::types;
-use crate::config::settings::EventSettings;
 
 /// Counters of the deriver.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -145,8 +144,32 @@ fn id_text(v: Option<Value<'_>>) -> Option<String> {
     }
 }
 
+/// What the deriver is told (built by `config::stages::derive` from `[events]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeriveConfig {
+    /// Entries of the pid → command line cache ConnectionCreate reads.
+    pub process_cache_entries: usize,
+    /// Bytes of command lines held by that cache.
+    pub process_cache_bytes: usize,
+    /// A command line longer than this is shortened (and the event says so).
+    pub max_command_line_bytes: usize,
+    /// Bytes of the login tracker's per-pid state (held Logins).
+    pub login_tracking_bytes: usize,
+}
+
+impl Default for DeriveConfig {
+    fn default() -> Self {
+        DeriveConfig {
+            process_cache_entries: 4096,
+            process_cache_bytes: 4 << 20,
+            max_command_line_bytes: 32 << 10,
+            login_tracking_bytes: super::login::DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
 impl Deriver {
-    pub fn new(s: &EventSettings) -> Self {
+    pub fn new(s: &DeriveConfig) -> Self {
         Deriver {
             max_command_line: s.max_command_line_bytes,
             processes: BoundedCache::new(

@@ -23,7 +23,7 @@ use serde::ser::{SerializeMap, Serializer};
 use uuid::Uuid;
 
 pub use connection_create::ConnectionCreate;
-pub use derive::{DeriveStats, Deriver};
+pub use derive::{DeriveConfig, DeriveStats, Deriver};
 pub use kind::EventKind;
 pub use login::Login;
 pub use operational::{ConfigurationError, Diagnostic, DroppedEvents, MessageStatistics};

@@ -12,6 +12,5 @@ pub mod batch;
 pub mod state;
 
 pub use state::{
-    CHECKPOINT_EVERY_MS, Outgoing, PeriodStats, TotalStats, UpstreamDrops, batch_config,
-    diagnostic_event,
+    CHECKPOINT_EVERY_MS, Outgoing, PeriodStats, TotalStats, UpstreamDrops, diagnostic_event,
 };

@@ -29,19 +29,19 @@
 //! - open → first commit: the row is read, not deleted; each commit replaces it with the
 //!   merged counts, so a kill before the first one hands the same counts to the next run.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::aggregate::{AggregateConfig, Aggregator};
-use super::batch::{BatchConfig, Batcher, CHUNK, Envelope, FitError, serialize_fitting};
+use super::aggregate::Aggregator;
+use super::batch::{Batcher, CHUNK, Envelope, FitError, serialize_fitting};
 use crate::config::agent::{AgentConfig, Priority};
+use crate::config::duration::millis as ms;
+use crate::config::stages;
 use crate::edge::amqp::{Outbound, Outbox, OutboxError, Settled};
 use crate::events::operational::{
     Diagnostic, DiagnosticSeverity, DroppedEvents, MessageStatistics, QueueName,
 };
-use crate::events::{EventKind, ExtraDetails, Payload, SecurityEvent};
+use crate::events::{ExtraDetails, Payload, SecurityEvent};
 use crate::outbox::{Counters, Pending, Store, StoreError, StoredMessage};
 use crate::stats::Snapshot;
 
@@ -161,30 +161,6 @@ pub fn diagnostic_event(
 /// How often the open aggregation windows are checkpointed: what a hard kill can lose.
 pub const CHECKPOINT_EVERY_MS: u64 = 5_000;
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The batching part of the agent configuration.
-pub fn batch_config(c: &AgentConfig, app_properties_bytes: usize) -> BatchConfig {
-    BatchConfig {
-        max_message_bytes: usize::try_from(c.max_message_size_in_bytes).unwrap_or(usize::MAX),
-        app_properties_bytes,
-        high_frequency_ms: ms(c.high_priority_message_frequency),
-        low_frequency_ms: ms(c.low_priority_message_frequency),
-    }
-}
-
-fn aggregate_config(c: &AgentConfig, max_entries: usize) -> AggregateConfig {
-    let max_bytes = usize::try_from(c.max_local_cache_size_in_bytes).unwrap_or(usize::MAX);
-    AggregateConfig {
-        process_create: c.aggregation(EventKind::ProcessCreate).map(ms),
-        connection_create: c.aggregation(EventKind::ConnectionCreate).map(ms),
-        max_entries,
-        max_bytes,
-    }
-}
-
 impl Outgoing {
     /// `max_aggregation_entries`: per event type (the module setting, default 256).
     pub fn new(
@@ -197,8 +173,8 @@ impl Outgoing {
         // A killed run's counts: this period reports them.
         let restored = store.take_restored_counters().unwrap_or_default();
         let mut o = Outgoing {
-            aggregator: Aggregator::new(aggregate_config(&config, max_aggregation_entries)),
-            batcher: Batcher::new(batch_config(&config, 0), envelope, now_ms),
+            aggregator: Aggregator::new(stages::aggregate(&config, max_aggregation_entries)),
+            batcher: Batcher::new(stages::batch(&config, 0), envelope, now_ms),
             config,
             store,
             period: restored.period,
@@ -248,11 +224,11 @@ impl Outgoing {
     pub fn set_config(&mut self, config: AgentConfig, now_ms: u64) {
         let mut out = Vec::new();
         self.aggregator.set_config(
-            aggregate_config(&config, self.max_aggregation_entries),
+            stages::aggregate(&config, self.max_aggregation_entries),
             now_ms,
             &mut out,
         );
-        self.batcher.set_config(batch_config(&config, 0));
+        self.batcher.set_config(stages::batch(&config, 0));
         let cache = config.max_local_cache_size_in_bytes;
         let cache_changed = cache != self.config.max_local_cache_size_in_bytes;
         self.config = config;
@@ -680,6 +656,7 @@ mod tests {
     use super::*;
     use crate::events::process_create::ProcessCreate;
     use crate::outbox::MemoryStore;
+    use std::time::Duration;
 
     fn process(n: u32) -> SecurityEvent {
         SecurityEvent {

@@ -25,13 +25,12 @@ use tokio::sync::{Notify, watch};
 
 use super::credentials::{Credentials, CredentialsError};
 use super::tls::TlsError;
-use crate::config::settings::EdgeHubSettings;
 use crate::stats::Snapshot;
 
 pub use connection::{Attached, Connection, LinkContext, LinkService};
 use telemetry::Telemetry;
 
-/// The connection's timing, from the `[edgehub]` settings.
+/// The connection's timing (built by `config::stages::amqp` from `[edgehub]`).
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
     pub token_lifetime: Duration,
@@ -44,24 +43,19 @@ pub struct AmqpConfig {
     pub reconnect_max: Duration,
 }
 
-impl From<&EdgeHubSettings> for AmqpConfig {
-    fn from(s: &EdgeHubSettings) -> Self {
-        AmqpConfig {
-            token_lifetime: Duration::from_secs(s.token_lifetime_secs),
-            idle_timeout: Duration::from_millis(s.idle_timeout_ms),
-            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
-            request_timeout: Duration::from_millis(s.request_timeout_ms),
-            send_timeout: Duration::from_millis(s.send_timeout_ms),
-            retry_delay: Duration::from_millis(s.retry_delay_ms),
-            reconnect_min: Duration::from_millis(s.reconnect_min_ms),
-            reconnect_max: Duration::from_millis(s.reconnect_max_ms),
-        }
-    }
-}
-
 impl Default for AmqpConfig {
+    /// The connection's defaults; the `[edgehub]` settings default to them.
     fn default() -> Self {
-        AmqpConfig::from(&EdgeHubSettings::default())
+        AmqpConfig {
+            token_lifetime: Duration::from_secs(3600),
+            idle_timeout: Duration::ZERO,
+            connect_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
+            retry_delay: Duration::from_secs(1),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(60),
+        }
     }
 }
 
