@@ -22,17 +22,20 @@ use super::duration::{format_duration, parse_duration};
 use super::settings::Settings;
 use crate::events::operational::{ConfigurationError, ConfigurationErrorType};
 use crate::events::{EventKind, ExtraDetails};
+use crate::outgoing::batch::{CHUNK, HUB_MAX_MESSAGE};
 
 /// The module twin's desired (and reported) property object holding the settings.
 pub const OBJECT_NAME: &str = "ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration";
 
-/// `maxMessageSizeInBytes` range (schema description: "minimum 8192, maximum 262144").
+/// `maxMessageSizeInBytes` range (schema description: "minimum 8192, maximum 262144"; the
+/// maximum is IoT Hub's own message size limit).
 pub const MIN_MESSAGE_SIZE: u64 = 8192;
-pub const MAX_MESSAGE_SIZE: u64 = 262_144;
-/// `maxLocalCacheSizeInBytes` minimum (schema description: "minimum 8192").
-pub const MIN_CACHE_SIZE: u64 = 8192;
+pub const MAX_MESSAGE_SIZE: u64 = HUB_MAX_MESSAGE as u64;
+/// `maxLocalCacheSizeInBytes` minimum (schema description: "minimum 8192", the smallest
+/// message size).
+pub const MIN_CACHE_SIZE: u64 = MIN_MESSAGE_SIZE;
 /// Messages are billed per 4 KB chunk.
-pub const BILLING_CHUNK: u64 = 4096;
+pub const BILLING_CHUNK: u64 = CHUNK as u64;
 /// The shortest `highPriorityMessageFrequency` / `lowPriorityMessageFrequency` used: at most
 /// 8,640 messages a day per priority.
 pub const MIN_MESSAGE_FREQUENCY: Duration = Duration::from_secs(10);
@@ -1049,6 +1052,20 @@ mod tests {
         for (k, p) in props {
             assert_eq!(ours[k]["value"], p["default"], "{k}");
         }
+    }
+
+    /// The constants taken from elsewhere keep the values the schema's descriptions give.
+    #[test]
+    fn size_constants_are_the_schemas() {
+        assert_eq!(
+            (
+                MIN_MESSAGE_SIZE,
+                MAX_MESSAGE_SIZE,
+                MIN_CACHE_SIZE,
+                BILLING_CHUNK
+            ),
+            (8192, 262_144, 8192, 4096)
+        );
     }
 
     #[test]

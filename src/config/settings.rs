@@ -232,6 +232,7 @@ impl Default for EventSettings {
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 60 * MINUTE_MS;
 const DAY_MS: u64 = 24 * HOUR_MS;
+const DAY_SECS: u64 = DAY_MS / 1000;
 
 /// The range of each duration setting, in its own unit (the key's suffix), in the order of
 /// [`Settings::durations`]. Wide enough for any sane deployment, small enough that no
@@ -243,9 +244,9 @@ pub const DURATION_RANGES: [(&str, (u64, u64)); 17] = [
     ("audit.record_timeout_ms", (0, HOUR_MS)),
     ("audit.idle_ms", (0, HOUR_MS)),
     // 0 = never warn.
-    ("audit.rules_warning_after_secs", (0, 7 * 86_400)),
+    ("audit.rules_warning_after_secs", (0, 7 * DAY_SECS)),
     // A day: the SDKs use an hour; edgeHub takes any.
-    ("edgehub.token_lifetime_secs", (10, 86_400)),
+    ("edgehub.token_lifetime_secs", (10, DAY_SECS)),
     ("edgehub.idle_timeout_ms", (0, HOUR_MS)),
     ("edgehub.connect_timeout_ms", (1, 10 * MINUTE_MS)),
     ("edgehub.request_timeout_ms", (1, 10 * MINUTE_MS)),
@@ -419,7 +420,8 @@ impl Settings {
 }
 
 /// Try-out mode's frequencies and aggregation window (`module.tryout`).
-pub const TRYOUT_HIGH_FREQUENCY: Duration = Duration::from_secs(10);
+/// The high frequency is the shortest the agent configuration allows.
+pub const TRYOUT_HIGH_FREQUENCY: Duration = agent::MIN_MESSAGE_FREQUENCY;
 pub const TRYOUT_LOW_FREQUENCY: Duration = Duration::from_secs(20);
 pub const TRYOUT_SNAPSHOT_FREQUENCY: Duration = Duration::from_secs(30);
 pub const TRYOUT_AGGREGATION_INTERVAL: Duration = Duration::from_secs(15);

@@ -47,7 +47,7 @@ impl Default for AmqpConfig {
     /// The connection's defaults; the `[edgehub]` settings default to them.
     fn default() -> Self {
         AmqpConfig {
-            token_lifetime: Duration::from_secs(3600),
+            token_lifetime: Duration::from_secs(super::sas::DEFAULT_LIFETIME_SECS),
             idle_timeout: Duration::ZERO,
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(30),
