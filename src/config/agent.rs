@@ -1068,6 +1068,45 @@ mod tests {
         );
     }
 
+    /// Each key's kind is the schema's type for it (read from `shared/schemas` at test
+    /// time), and an integer's range is the one its description gives.
+    #[test]
+    fn kinds_and_ranges_equal_the_schema() {
+        let schema = read_schema("azureiotsecurity_schema.json");
+        let props = &schema["properties"]["desired"]["properties"][OBJECT_NAME]["properties"];
+        for s in &KEYS {
+            let p = &props[s.name];
+            let reference = p["$ref"].as_str().unwrap();
+            let want = match s.kind {
+                Kind::Duration => "TimeConfiguration",
+                Kind::Integer { .. } => "IntegerConfiguration",
+                Kind::Priority => "EventPriorityConfiguration",
+                Kind::Bool => "BooleanConfiguration",
+            };
+            assert_eq!(
+                reference,
+                format!("azureiotsecurity_schema_definitions.json#/definitions/{want}"),
+                "{}",
+                s.name
+            );
+            if let Kind::Integer { min, max } = s.kind {
+                let description = p["description"].as_str().unwrap();
+                assert!(
+                    description.contains(&format!("minimum {min}")),
+                    "{description}"
+                );
+                if max != u64::MAX {
+                    assert!(
+                        description.contains(&format!("maximum {max}")),
+                        "{description}"
+                    );
+                } else {
+                    assert!(!description.contains("maximum"), "{description}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn tables_are_consistent() {
         // Each key once, each event's settings named after the event.
