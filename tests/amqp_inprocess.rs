@@ -473,6 +473,7 @@ async fn start_twin(certs: &Certs, timeout: Duration) -> Twin {
             address: TWIN.into(),
             reply_to: None,
             channel_correlation_id: Some(CHANNEL.into()),
+            properties: Vec::new(),
         },
         timeout,
         8,

@@ -340,6 +340,7 @@ fn cbs_spec() -> RequestSpec {
         address: cbs::CBS_ADDRESS.into(),
         reply_to: Some(cbs::REPLY_TO.into()),
         channel_correlation_id: None,
+        properties: Vec::new(),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod connection;
 pub mod receiver;
 pub mod request;
 pub mod telemetry;
+pub mod twin;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -44,6 +44,9 @@ pub struct RequestSpec {
     pub reply_to: Option<String>,
     /// Put on both links as [`CHANNEL_CORRELATION_ID`] when set.
     pub channel_correlation_id: Option<String>,
+    /// More link properties on both links: symbol key, string value (the twin's
+    /// `com.microsoft:api-version`).
+    pub properties: Vec<(String, String)>,
 }
 
 /// Why a request got no reply, or why the pair stopped.
@@ -92,6 +95,24 @@ impl Requester {
             .properties
             .get_or_insert_with(Default::default)
             .message_id = Some(MessageId::String(id.clone()));
+        self.exchange(id, message).await
+    }
+
+    /// Send `message` with a fresh id as its **correlation-id** (a string; no message-id),
+    /// as the SDKs send twin requests, and wait for the reply that carries the same one.
+    pub async fn request_correlated(
+        &self,
+        mut message: AmqpMessage,
+    ) -> Result<AmqpMessage, RequestError> {
+        let id = Uuid::new_v4().to_string();
+        message
+            .properties
+            .get_or_insert_with(Default::default)
+            .correlation_id = Some(MessageId::String(id.clone()));
+        self.exchange(id, message).await
+    }
+
+    async fn exchange(&self, id: String, message: AmqpMessage) -> Result<AmqpMessage, RequestError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending { id, message, reply };
         // One bound for the whole exchange, queueing included, as put-token had.
@@ -199,6 +220,9 @@ impl RequestLinks {
                 Symbol::from(CHANNEL_CORRELATION_ID),
                 Value::String(c.clone()),
             );
+        }
+        for (k, v) in &spec.properties {
+            properties.insert(Symbol::from(k.as_str()), Value::String(v.clone()));
         }
         // Requests go pre-settled: the reply is the answer, not the disposition.
         let sender = attach_sender(
