@@ -112,7 +112,11 @@ impl Requester {
         self.exchange(id, message).await
     }
 
-    async fn exchange(&self, id: String, message: AmqpMessage) -> Result<AmqpMessage, RequestError> {
+    async fn exchange(
+        &self,
+        id: String,
+        message: AmqpMessage,
+    ) -> Result<AmqpMessage, RequestError> {
         let (reply, answer) = oneshot::channel();
         let pending = Pending { id, message, reply };
         // One bound for the whole exchange, queueing included, as put-token had.

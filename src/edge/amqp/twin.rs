@@ -102,10 +102,7 @@ pub enum TwinError {
         source: RequestError,
     },
     #[error("twin {operation}: the reply has no int `status` annotation ({found})")]
-    NoStatus {
-        operation: Operation,
-        found: String,
-    },
+    NoStatus { operation: Operation, found: String },
     #[error("twin GET: the reply's body is not a twin document: {0}")]
     Body(String),
     #[error("reported properties edgeHub would refuse: {0}")]
@@ -236,8 +233,7 @@ pub fn body_bytes(m: &AmqpMessage) -> Option<Vec<u8>> {
 
 /// The outcome of a reply: `Ok(body)` for a 2xx status.
 pub fn parse_reply(operation: Operation, m: &AmqpMessage) -> Result<Vec<u8>, TwinError> {
-    let status =
-        reply_status(m).map_err(|found| TwinError::NoStatus { operation, found })?;
+    let status = reply_status(m).map_err(|found| TwinError::NoStatus { operation, found })?;
     if !(200..300).contains(&status) {
         // edgeHub's error replies have an EMPTY data section (DeviceMessageHandler.cs
         // HandleTwinOperationException): never read it as JSON.
@@ -251,8 +247,8 @@ pub fn parse_twin_document(body: &[u8]) -> Result<TwinDocument, TwinError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(TwinError::Body("empty".into()));
     }
-    let v: Json = serde_json::from_slice(body)
-        .map_err(|e| TwinError::Body(format!("not JSON ({e})")))?;
+    let v: Json =
+        serde_json::from_slice(body).map_err(|e| TwinError::Body(format!("not JSON ({e})")))?;
     let Json::Object(mut o) = v else {
         return Err(TwinError::Body("not a JSON object".into()));
     };
@@ -500,5 +496,293 @@ impl LinkService for TwinService {
             });
             Ok(Attached { address, run })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fe2o3_amqp::types::messaging::{AmqpValue, MessageId};
+    use serde_json::json;
+
+    fn annotations(m: &AmqpMessage) -> Vec<(String, Value)> {
+        m.message_annotations
+            .as_ref()
+            .map(|a| {
+                a.0.iter()
+                    .map(|(k, v)| match k {
+                        OwnedKey::Symbol(s) => (s.0.clone(), v.clone()),
+                        OwnedKey::Ulong(n) => (format!("ulong {n}"), v.clone()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn reply(status: Option<Value>, body: Body<Value>) -> AmqpMessage {
+        let mut b = Message::builder().properties(Properties {
+            correlation_id: Some(MessageId::String("c-1".into())),
+            ..Default::default()
+        });
+        if let Some(s) = status {
+            b = b.message_annotations(
+                MessageAnnotations::builder()
+                    .insert(OwnedKey::Symbol(Symbol::from("status")), s)
+                    .build(),
+            );
+        }
+        b.body(body).build()
+    }
+
+    fn data(text: &str) -> Body<Value> {
+        Body::Data(vec![Data(Binary::from(text.as_bytes().to_vec()))].into())
+    }
+
+    #[test]
+    fn requests_carry_the_sdks_annotations_and_one_data_section() {
+        for (op, resource) in [
+            (Operation::Get, None),
+            (Operation::Patch, Some("/properties/reported")),
+            (
+                Operation::Put,
+                Some("/notifications/twin/properties/desired"),
+            ),
+            (
+                Operation::Delete,
+                Some("/notifications/twin/properties/desired"),
+            ),
+        ] {
+            let m = twin_request(op, None);
+            let mut want = vec![("operation".to_owned(), Value::String(op.as_str().into()))];
+            if let Some(r) = resource {
+                want.push(("resource".to_owned(), Value::String(r.into())));
+            }
+            assert_eq!(annotations(&m), want, "{op}");
+            // An empty body is one space, in one data section.
+            assert_eq!(body_bytes(&m), Some(b" ".to_vec()), "{op}");
+            assert!(matches!(&m.body, Body::Data(d) if d.len() == 1));
+            assert_eq!(m.header, Some(Header::default()));
+            // The requester gives it its correlation-id; no message-id, ever.
+            let p = m.properties.as_ref().unwrap();
+            assert_eq!((&p.message_id, &p.correlation_id), (&None, &None));
+        }
+        let m = twin_request(Operation::Patch, Some(br#"{"a":1}"#.to_vec()));
+        assert_eq!(body_bytes(&m), Some(br#"{"a":1}"#.to_vec()));
+        assert_eq!(Operation::Get.to_string(), "GET");
+    }
+
+    #[test]
+    fn the_address_and_a_fresh_channel_id_per_connection() {
+        assert_eq!(
+            twin_address("dev 1", Some("azureiotsecurity")),
+            "/devices/dev%201/modules/azureiotsecurity/twin"
+        );
+        assert_eq!(twin_address("d", None), "/devices/d/twin");
+        let (a, b) = (spec("x".into()), spec("x".into()));
+        let id = a.channel_correlation_id.clone().unwrap();
+        let uuid = id.strip_prefix("twin:").unwrap();
+        assert!(Uuid::parse_str(uuid).is_ok(), "{id}");
+        assert_ne!(a.channel_correlation_id, b.channel_correlation_id);
+        assert_eq!(
+            a.properties,
+            [(
+                "com.microsoft:api-version".to_owned(),
+                "2021-04-12".to_owned()
+            )]
+        );
+        assert_eq!((a.name.as_str(), a.reply_to.as_deref()), ("twin", None));
+    }
+
+    #[test]
+    fn replies_are_read_by_their_int_status_and_an_error_reply_may_be_empty() {
+        let ok = reply(
+            Some(Value::Int(200)),
+            data(r#"{"desired":{},"reported":{}}"#),
+        );
+        assert_eq!(
+            parse_reply(Operation::Get, &ok).unwrap(),
+            br#"{"desired":{},"reported":{}}"#.to_vec()
+        );
+        assert_eq!(
+            parse_reply(Operation::Patch, &reply(Some(Value::Int(204)), data(""))).unwrap(),
+            Vec::<u8>::new()
+        );
+        // edgeHub's error replies: an empty data section, or no body at all.
+        for body in [data(""), Body::Empty] {
+            assert_eq!(
+                parse_reply(Operation::Get, &reply(Some(Value::Int(429)), body)),
+                Err(TwinError::Status {
+                    status: 429,
+                    operation: Operation::Get
+                })
+            );
+        }
+        for (status, want) in [
+            (Value::Int(500), Err(500)),
+            (Value::Int(199), Err(199)),
+            (Value::Long(200), Ok(())),
+            (Value::Ushort(204), Ok(())),
+        ] {
+            let got = parse_reply(Operation::Put, &reply(Some(status), data("")));
+            match want {
+                Ok(()) => assert!(got.is_ok(), "{got:?}"),
+                Err(s) => assert_eq!(
+                    got,
+                    Err(TwinError::Status {
+                        status: s,
+                        operation: Operation::Put
+                    })
+                ),
+            }
+        }
+        assert!(matches!(
+            parse_reply(Operation::Get, &reply(None, data("{}"))),
+            Err(TwinError::NoStatus { .. })
+        ));
+        assert!(matches!(
+            parse_reply(
+                Operation::Get,
+                &reply(Some(Value::String("200".into())), data("{}"))
+            ),
+            Err(TwinError::NoStatus { .. })
+        ));
+        assert!(matches!(
+            parse_reply(
+                Operation::Get,
+                &reply(Some(Value::Long(1 << 40)), data("{}"))
+            ),
+            Err(TwinError::NoStatus { .. })
+        ));
+    }
+
+    #[test]
+    fn a_get_body_must_be_a_twin_document() {
+        let doc =
+            parse_twin_document(br#"{"desired":{"a":1,"$version":3},"reported":{"$version":1}}"#)
+                .unwrap();
+        assert_eq!(doc.desired, json!({"a": 1, "$version": 3}));
+        assert_eq!(doc.reported, json!({"$version": 1}));
+        for bad in [
+            &b""[..],
+            b" ",
+            b"not json",
+            b"[1]",
+            b"\"x\"",
+            br#"{"desired":{}}"#,
+            br#"{"reported":{}}"#,
+            br#"{"desired":1,"reported":{}}"#,
+            b"\xff\xfe",
+        ] {
+            assert!(
+                matches!(parse_twin_document(bad), Err(TwinError::Body(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn desired_patches_are_objects_with_their_version() {
+        let m = reply(None, data(r#"{"x":{"value":"PT10S"},"$version":5}"#));
+        assert_eq!(
+            parse_desired_patch(&m),
+            Ok(DesiredPatch {
+                version: Some(5),
+                body: json!({"x": {"value": "PT10S"}, "$version": 5})
+            })
+        );
+        let no_version = reply(None, data(r#"{"x":1}"#));
+        assert_eq!(parse_desired_patch(&no_version).unwrap().version, None);
+        let text_version = reply(None, data(r#"{"$version":"5"}"#));
+        assert_eq!(parse_desired_patch(&text_version).unwrap().version, None);
+        // An amqp-value string body is read too.
+        let value = reply(
+            None,
+            Body::Value(AmqpValue(Value::String(r#"{"$version":2}"#.into()))),
+        );
+        assert_eq!(parse_desired_patch(&value).unwrap().version, Some(2));
+        for bad in [
+            data(""),
+            data("[1,2]"),
+            data("null"),
+            data("{"),
+            Body::Empty,
+            Body::Value(AmqpValue(Value::Int(3))),
+        ] {
+            assert!(parse_desired_patch(&reply(None, bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn reported_names_and_values_edgehub_refuses_are_refused_here() {
+        for ok in [
+            json!({}),
+            json!({"a": {"b": [1, "x", true]}, "gone": null, "n": 4503599627370495_i64}),
+            json!({"s": "x".repeat(4096)}),
+        ] {
+            assert_eq!(reported_error(&ok), None, "{ok}");
+        }
+        // Objects nested at depth 0..=10 pass (the stand-in's and edgeHub's count); 11 not.
+        let nest = |n: usize| (0..n).fold(json!(1), |v, _| json!({"d": v}));
+        assert_eq!(reported_error(&nest(11)), None);
+        let deep = nest(12);
+        for bad in [
+            json!([1]),
+            json!({"a.b": 1}),
+            json!({"$version": 1}),
+            json!({"a#": 1}),
+            json!({"a b": 1}),
+            json!({"a": {"tab\t": 1}}),
+            json!({"a\u{7}": 1}),
+            json!({"k".repeat(1025): 1}),
+            json!({"s": "x".repeat(4097)}),
+            json!({"n": 4503599627370496_i64}),
+            json!({"n": -4503599627370497_i64}),
+            json!({"n": u64::MAX}),
+            json!({"a": [1, null]}),
+            json!({"a": [{"b": null}]}),
+            deep,
+            json!({"big": (0..9).map(|i| (format!("k{i}"), json!("x".repeat(4000)))).collect::<serde_json::Map<_, _>>()}),
+        ] {
+            assert!(reported_error(&bad).is_some(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn report_refuses_locally_and_sends_nothing() {
+        let (_service, twin, _events, _stats) = service(Duration::from_millis(50), 4);
+        assert!(matches!(
+            twin.report(&json!({"a.b": 1})).await,
+            Err(TwinError::Refused(_))
+        ));
+        // Nothing serves the requests here: a valid report times out, as an unanswered one.
+        assert_eq!(
+            twin.report(&json!({"a": 1})).await,
+            Err(TwinError::Timeout {
+                operation: Operation::Patch,
+                after: Duration::from_millis(50)
+            })
+        );
+        assert_eq!(twin.timeout(), Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn unsolicited_messages_become_patches_or_are_counted() {
+        let (service, _twin, mut events, stats) = service(Duration::from_secs(1), 4);
+        service
+            .unsolicited("a", reply(None, data(r#"{"$version":7}"#)))
+            .await;
+        service.unsolicited("a", reply(None, data("[]"))).await;
+        service.unsolicited("a", reply(None, data(""))).await;
+        assert_eq!(
+            events.try_recv(),
+            Ok(TwinEvent::Desired(DesiredPatch {
+                version: Some(7),
+                body: json!({"$version": 7})
+            }))
+        );
+        assert!(events.try_recv().is_err());
+        assert_eq!(stats.patches.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.bad_patches.load(Ordering::Relaxed), 2);
     }
 }
