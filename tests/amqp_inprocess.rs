@@ -474,6 +474,7 @@ async fn start_twin(certs: &Certs, timeout: Duration) -> Twin {
             reply_to: None,
             channel_correlation_id: Some(CHANNEL.into()),
             properties: Vec::new(),
+            settled_replies: false,
         },
         timeout,
         8,

@@ -341,6 +341,7 @@ fn cbs_spec() -> RequestSpec {
         reply_to: Some(cbs::REPLY_TO.into()),
         channel_correlation_id: None,
         properties: Vec::new(),
+        settled_replies: false,
     }
 }
 

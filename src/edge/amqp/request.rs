@@ -47,6 +47,9 @@ pub struct RequestSpec {
     /// More link properties on both links: symbol key, string value (the twin's
     /// `com.microsoft:api-version`).
     pub properties: Vec<(String, String)>,
+    /// The receiver asks for settled replies (snd-settle-mode settled: AtMostOnce, as the
+    /// SDKs' twin receiver); otherwise it leaves the mode to the peer (mixed).
+    pub settled_replies: bool,
 }
 
 /// Why a request got no reply, or why the pair stopped.
@@ -244,6 +247,9 @@ impl RequestLinks {
                 .source(spec.address.clone());
             if let Some(t) = &spec.reply_to {
                 b = b.target(t.clone());
+            }
+            if spec.settled_replies {
+                b = b.sender_settle_mode(SenderSettleMode::Settled);
             }
             b.receiver_settle_mode(ReceiverSettleMode::First)
                 .auto_accept(true)

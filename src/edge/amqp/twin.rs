@@ -166,6 +166,8 @@ fn spec(address: String) -> RequestSpec {
         reply_to: None,
         channel_correlation_id: Some(format!("twin:{}", Uuid::new_v4())),
         properties: vec![(API_VERSION_PROPERTY.into(), API_VERSION.into())],
+        // Both links AtMostOnce, as the SDKs and edgeHub's twin handlers (ref §4.1).
+        settled_replies: true,
     }
 }
 
@@ -591,6 +593,7 @@ mod tests {
             )]
         );
         assert_eq!((a.name.as_str(), a.reply_to.as_deref()), ("twin", None));
+        assert!(a.settled_replies);
     }
 
     #[test]
