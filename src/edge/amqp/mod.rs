@@ -4,7 +4,8 @@
 //! - [`connection`]: TLS, Open, session, CBS put-token and its renewal, reconnection with
 //!   [`backoff`]; it runs the [`LinkService`]s its caller chose.
 //! - Link services: [`telemetry`] (security messages from an [`Outbox`]), [`request`]
-//!   (correlated request → reply on a link pair; [`cbs`] uses it) and [`receiver`]
+//!   (correlated request → reply on a link pair; [`cbs`] uses it), [`twin`] (the module
+//!   twin on that pair: GET, subscribe, report, desired patches) and [`receiver`]
 //!   (unsolicited messages, each accepted or rejected by the caller).
 //! - [`Client`]: the module's connection, telemetry only. `edge/` does not import the outgoing
 //!   state: it reaches it through the [`Outbox`] trait defined here.
