@@ -32,6 +32,7 @@ use crate::outbox::fallback::Resilient;
 use crate::outbox::sqlite::{self, Recovery};
 use crate::outbox::{MemoryStore, Store, StoreError};
 use crate::outgoing::batch::Envelope;
+use crate::outgoing::owner::{self, Feeder};
 use crate::outgoing::{Outgoing, UpstreamDrops, diagnostic_event};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::stats::{self, Snapshot};
@@ -48,6 +49,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error(transparent)]
     TaskEnded(#[from] TaskEnded),
+    #[error("starting the outgoing state's thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// A long-running task of `run` (the socket reader, the AMQP sender, the metrics server).
@@ -217,18 +220,16 @@ pub fn agent_config(settings: &Settings) -> (AgentConfig, Vec<ConfigurationError
     (applied.config, applied.errors)
 }
 
-/// Writes events, or builds messages. In the message modes it owns the outgoing half
-/// (aggregation, store, batching). Printing, it writes each message as it is built and
-/// acknowledges it; sending, it shares the outgoing half with the AMQP sender task and
-/// wakes it when a message is ready.
+/// Writes events, or builds messages. In the printing message modes it owns the outgoing
+/// state (aggregation, store, batching) and writes each message as it is built and
+/// acknowledges it. Sending, it only makes the outgoing state, which `run` hands to its
+/// owner thread ([`crate::outgoing::owner`]).
 pub struct Emitter<W: Write> {
     out: W,
     buf: Vec<u8>,
     mode: Mode,
     settings: Settings,
-    outgoing: Option<Arc<Mutex<Outgoing>>>,
-    /// Sending: the sender's wake-up.
-    wake: Option<Arc<Notify>>,
+    outgoing: Option<Outgoing>,
     /// What opening the store had to say, as a Diagnostic event.
     store_diagnostic: Option<(DiagnosticSeverity, String)>,
     /// `out` said WouldBlock (a [`Printer`] whose reader does not read): said once.
@@ -245,18 +246,16 @@ impl<W: Write> Emitter<W> {
             mode,
             settings: settings.clone(),
             outgoing: None,
-            wake: None,
             store_diagnostic: None,
             out_blocked: false,
             unprinted_events: 0,
         }
     }
 
-    /// The outgoing half, made at the first use so that its clocks start with the first
-    /// event (record time in `replay`).
-    pub fn outgoing(&mut self, now_ms: u64, wall_ms: u64) -> Option<Arc<Mutex<Outgoing>>> {
+    /// The outgoing state, taken away to run on its owner thread (sending).
+    pub fn take_outgoing(&mut self, now_ms: u64, wall_ms: u64) -> Option<Outgoing> {
         self.ensure_outgoing(now_ms, wall_ms);
-        self.outgoing.clone()
+        self.outgoing.take()
     }
 
     /// Makes the outgoing half if this mode has one and it is not made yet.
@@ -292,7 +291,7 @@ impl<W: Write> Emitter<W> {
                     now_ms,
                 );
             }
-            self.outgoing = Some(Arc::new(Mutex::new(o)));
+            self.outgoing = Some(o);
         }
     }
 
@@ -364,17 +363,12 @@ impl<W: Write> Emitter<W> {
         }
     }
 
-    /// Sending: messages are left for the sender task, which `wake` wakes.
-    pub fn send_through(&mut self, wake: Arc<Notify>) {
-        self.wake = Some(wake);
-    }
-
     /// A derived security event.
     pub fn event(&mut self, ev: SecurityEvent, now_ms: u64, wall_ms: u64) -> Result<(), AppError> {
         self.ensure_outgoing(now_ms, wall_ms);
-        match &self.outgoing {
+        match &mut self.outgoing {
             Some(o) => {
-                lock(o)?.push(ev, now_ms);
+                o.push(ev, now_ms);
                 Ok(())
             }
             None => match write_event(&mut self.buf, &ev, &mut self.out) {
@@ -396,10 +390,10 @@ impl<W: Write> Emitter<W> {
         wall_ms: u64,
         upstream: UpstreamDrops,
     ) -> Result<(), AppError> {
-        let Some(o) = self.outgoing.clone() else {
+        let Some(o) = &mut self.outgoing else {
             return Ok(());
         };
-        lock(&o)?.tick(now_ms, wall_ms, upstream)?;
+        o.tick(now_ms, wall_ms, upstream)?;
         self.drain()
     }
 
@@ -411,12 +405,12 @@ impl<W: Write> Emitter<W> {
         upstream: UpstreamDrops,
     ) -> Result<(), AppError> {
         // What is pending goes first, so that the last statistics count it as sent.
-        if let Some(o) = self.outgoing(now_ms, wall_ms) {
-            lock(&o)?.flush()?;
+        self.ensure_outgoing(now_ms, wall_ms);
+        if let Some(o) = &mut self.outgoing {
+            o.flush()?;
         }
         self.drain()?;
-        if let Some(o) = self.outgoing.clone() {
-            let mut o = lock(&o)?;
+        if let Some(o) = &mut self.outgoing {
             o.snapshot(wall_ms, upstream);
             o.flush()?;
         }
@@ -446,26 +440,13 @@ impl<W: Write> Emitter<W> {
     }
 
     fn blocked(&mut self) {
-        if !self.out_blocked {
-            self.out_blocked = true;
-            tracing::warn!(
-                error_id = "W-STDOUT-BLOCKED",
-                "stdout is not being read: messages wait in memory (with --events, events are dropped) until it is"
-            );
-        }
+        blocked(&mut self.out_blocked);
     }
 
     fn drain(&mut self) -> Result<(), AppError> {
-        let Some(o) = self.outgoing.clone() else {
+        let Some(o) = &mut self.outgoing else {
             return Ok(());
         };
-        if let Some(wake) = &self.wake {
-            if lock(&o)?.next_message()?.is_some() {
-                wake.notify_one();
-            }
-            return Ok(());
-        }
-        let mut o = lock(&o)?;
         while let Some(m) = o.next_message()? {
             // One write per line: a Printer takes all of it or none.
             self.buf.clear();
@@ -475,8 +456,7 @@ impl<W: Write> Emitter<W> {
                 Ok(()) => o.sent(&m)?,
                 // Full: the message stays in the store (under its cap) for the next tick.
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    drop(o);
-                    self.blocked();
+                    blocked(&mut self.out_blocked);
                     return Ok(());
                 }
                 Err(e) => return Err(AppError::Write(e)),
@@ -487,24 +467,27 @@ impl<W: Write> Emitter<W> {
 
     /// Messages waiting and bytes held by the store (0 when printing events).
     pub fn queued(&self) -> (usize, usize) {
-        self.outgoing
-            .as_ref()
-            .and_then(|o| lock(o).ok().map(|o| o.queued()))
-            .unwrap_or((0, 0))
+        self.outgoing.as_ref().map(|o| o.queued()).unwrap_or((0, 0))
     }
 
     /// The outgoing half's part of the counters snapshot (message modes; nothing when
     /// printing events).
     pub fn fill(&self, s: &mut Snapshot) {
-        if let Some(o) = self.outgoing.as_ref().and_then(|o| lock(o).ok()) {
+        if let Some(o) = &self.outgoing {
             o.fill(s);
         }
     }
 }
 
-fn lock(o: &Mutex<Outgoing>) -> Result<std::sync::MutexGuard<'_, Outgoing>, AppError> {
-    o.lock()
-        .map_err(|_| AppError::Store(StoreError::Backend("the outgoing lock is poisoned".into())))
+/// `out` is full: said once (`said` remembers).
+fn blocked(said: &mut bool) {
+    if !*said {
+        *said = true;
+        tracing::warn!(
+            error_id = "W-STDOUT-BLOCKED",
+            "stdout is not being read: messages wait in memory (with --events, events are dropped) until it is"
+        );
+    }
 }
 
 /// Replay audit.log text: security events or messages, one per line on `out`, with time
@@ -698,7 +681,7 @@ pub async fn run<W: Write + Send + 'static>(
     let wall_ms = || u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     let start = Instant::now();
     let now_ms = move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut sender = start_sender(&mut emitter, &mode, &settings, now_ms(), wall_ms());
+    let mut sender = start_sender(&mut emitter, &mode, &settings, now_ms(), wall_ms())?;
     let snapshot = Arc::new(Mutex::new(Snapshot::default()));
     let mut metrics_task = if settings.metrics.enabled {
         start_metrics(&settings.metrics.listen, snapshot.clone()).await
@@ -785,23 +768,30 @@ pub async fn run<W: Write + Send + 'static>(
                 _ = shutdown.notified() => return Ok(()),
                 ended = first_ended(
                     std::iter::once(&mut reader)
-                        .chain(sender.as_mut().map(|s| &mut s.task))
+                        .chain(sender.as_mut().into_iter().flat_map(|s| [&mut s.task, &mut s.owner]))
                         .chain(metrics_task.as_mut()),
-                ) => {
-                    tracing::error!(
-                        error_id = "E-TASK-ENDED",
-                        task = ended.task,
-                        why = %ended.why,
-                        "a task of the module ended: stopping (flushing what is in flight) so that the runtime restarts the module"
-                    );
-                    return Err(ended.into());
-                }
+                ) => return Err(task_ended(ended)),
             }
             let now = now_ms();
-            for ev in events.drain(..) {
-                emitter.event(ev, now, wall_ms())?;
+            match sender.as_mut() {
+                // Sending: the pipeline only hands commands to the owner thread.
+                Some(s) => {
+                    let up = upstream(&pipeline, &source_stats);
+                    let fed = match s.feeder.events(std::mem::take(&mut events), now).await {
+                        Ok(()) => s.feeder.tick(now, wall_ms(), up).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = fed {
+                        return Err(s.owner_failed(e).await);
+                    }
+                }
+                None => {
+                    for ev in events.drain(..) {
+                        emitter.event(ev, now, wall_ms())?;
+                    }
+                    emitter.tick(now, wall_ms(), upstream(&pipeline, &source_stats))?;
+                }
             }
-            emitter.tick(now, wall_ms(), upstream(&pipeline, &source_stats))?;
         }
     }
     .await;
@@ -813,12 +803,27 @@ pub async fn run<W: Write + Send + 'static>(
     }
     pipeline.flush(&mut events);
     let now = now_ms();
-    for ev in events.drain(..) {
-        emitter.event(ev, now, wall_ms())?;
+    let up = upstream(&pipeline, &source_stats);
+    let finished = match sender.as_mut() {
+        Some(s) => match s.feeder.events(std::mem::take(&mut events), now).await {
+            Ok(()) => s.feeder.finish(wall_ms(), up).await.map_err(AppError::from),
+            Err(e) => Err(e.into()),
+        },
+        None => events
+            .drain(..)
+            .try_for_each(|ev| emitter.event(ev, now, wall_ms()))
+            .and_then(|()| emitter.finish(now, wall_ms(), up)),
+    };
+    if let Err(e) = finished {
+        if result.is_ok() {
+            return Err(e);
+        }
+        // The run is ending for another reason already (the owner thread's end, say).
+        tracing::error!(error_id = "E-STORE-REFUSED", error = %e, "the final flush failed: what was in flight is not in the outbox");
     }
-    emitter.finish(now, wall_ms(), upstream(&pipeline, &source_stats))?;
-    if let Some(s) = sender.as_ref() {
+    if let Some(s) = sender.as_mut() {
         s.finish().await;
+        s.stop_owner().await;
     } else {
         // Printing: keep printing for the grace, then say what a stdout that is not read
         // kept back (printing has no outbox: it is lost).
@@ -846,12 +851,31 @@ pub async fn run<W: Write + Send + 'static>(
     Ok(pipeline.stats())
 }
 
-/// The AMQP sender task of `Mode::Send`.
+/// E-TASK-ENDED: a task of the module ended while it runs.
+fn task_ended(ended: TaskEnded) -> AppError {
+    tracing::error!(
+        error_id = "E-TASK-ENDED",
+        task = ended.task,
+        why = %ended.why,
+        "a task of the module ended: stopping (flushing what is in flight) so that the runtime restarts the module"
+    );
+    ended.into()
+}
+
+/// How long the stop waits for the owner thread to end once told to.
+const OWNER_STOP: Duration = Duration::from_secs(10);
+
+/// The AMQP sender task of `Mode::Send`, and the owner thread of the outgoing state it
+/// sends from.
 struct RunningSender {
     control: tokio::sync::watch::Sender<Control>,
     task: Supervised,
     stats: Arc<AmqpStats>,
     grace: Duration,
+    /// The pipeline's side of the owner thread.
+    feeder: Feeder,
+    /// The owner thread's end, supervised like the tasks.
+    owner: Supervised,
 }
 
 impl RunningSender {
@@ -866,6 +890,23 @@ impl RunningSender {
         }
         self.task.abort();
     }
+
+    /// The owner thread refused a command: when it has ended, that end is the reason
+    /// (E-TASK-ENDED, as for a task), else the store's error.
+    async fn owner_failed(&mut self, e: StoreError) -> AppError {
+        let ended =
+            tokio::time::timeout(Duration::from_secs(1), first_ended([&mut self.owner])).await;
+        match ended {
+            Ok(ended) => task_ended(ended),
+            Err(_) => e.into(),
+        }
+    }
+
+    /// After the sender's grace: the owner thread ends (everything it holds is committed).
+    async fn stop_owner(&mut self) {
+        self.feeder.handle().shutdown().await;
+        let _ = tokio::time::timeout(OWNER_STOP, self.owner.join()).await;
+    }
 }
 
 fn start_sender<W: Write>(
@@ -874,7 +915,7 @@ fn start_sender<W: Write>(
     settings: &Settings,
     now_ms: u64,
     wall_ms: u64,
-) -> Option<RunningSender> {
+) -> Result<Option<RunningSender>, AppError> {
     let Mode::Send {
         credentials,
         amqp,
@@ -882,11 +923,22 @@ fn start_sender<W: Write>(
         ..
     } = mode
     else {
-        return None;
+        return Ok(None);
     };
-    let outbox = emitter.outgoing(now_ms, wall_ms)?;
+    let Some(outgoing) = emitter.take_outgoing(now_ms, wall_ms) else {
+        return Ok(None);
+    };
     let wake = Arc::new(Notify::new());
-    emitter.send_through(wake.clone());
+    let owner = owner::spawn(outgoing, wake.clone()).map_err(AppError::Thread)?;
+    if settings.debug.panic_task == "owner" {
+        let after = Duration::from_millis(settings.debug.panic_task_after_ms);
+        let handle = owner.handle.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            handle.fail().await;
+        });
+    }
+    let outbox = Arc::new(owner.handle);
     let stats = Arc::new(AmqpStats::default());
     let (control, control_rx) = tokio::sync::watch::channel(Control::Run);
     let client = Client {
@@ -896,7 +948,7 @@ fn start_sender<W: Write>(
         wake,
         stats: stats.clone(),
     };
-    Some(RunningSender {
+    Ok(Some(RunningSender {
         control,
         task: Supervised::spawn(
             "sender",
@@ -904,7 +956,9 @@ fn start_sender<W: Write>(
         ),
         stats,
         grace: *grace,
-    })
+        feeder: owner.feeder,
+        owner: Supervised::spawn("owner", owner::supervise(owner.ended)),
+    }))
 }
 
 async fn start_metrics(listen: &str, snapshot: Arc<Mutex<Snapshot>>) -> Option<Supervised> {
@@ -943,6 +997,8 @@ fn collect<W: Write>(
     emitter.fill(&mut s);
     if let Some(sender) = sender {
         sender.stats.fill(&mut s);
+        sender.feeder.handle().counts().fill(&mut s);
+        s.pipeline_waits = sender.feeder.waits();
     }
     s
 }

@@ -99,6 +99,10 @@ snapshot! {
     login: counter "security_events_login_total", "Login events derived";
     login_evicted: counter "login_tracker_evicted_total",
         "pids the login tracker forgot early (its bounds reached)";
+    /// Times the pipeline waited because the outgoing state's command queue was full (while
+    /// it waits, the line queue fills and the reader drops, counted above).
+    pipeline_waits: counter "pipeline_outgoing_waits_total",
+        "times the pipeline waited for the outgoing state (its command queue full)";
     // The outgoing state: aggregation, the outbox, batching.
     messages_sent: counter "messages_sent_total", "messages accepted by edgeHub";
     bytes_sent: counter "message_bytes_sent_total", "bytes of messages accepted by edgeHub";

@@ -183,8 +183,9 @@ pub struct DebugSettings {
     pub pause_pipeline_after_ms: u64,
     pub pause_pipeline_ms: u64,
     /// Make a long-running task panic `panic_task_after_ms` after start: `reader` (the
-    /// socket reader) or `sender` (the AMQP sender); empty = never. Shows that a task that
-    /// dies ends the module (E-TASK-ENDED) instead of leaving it half alive.
+    /// socket reader), `sender` (the AMQP sender) or `owner` (the outgoing state's thread);
+    /// empty = never. Shows that a task that dies ends the module (E-TASK-ENDED) instead of
+    /// leaving it half alive.
     pub panic_task: String,
     pub panic_task_after_ms: u64,
     /// Accept agent frequencies and aggregation intervals under their minimums
@@ -194,7 +195,7 @@ pub struct DebugSettings {
 }
 
 /// The tasks `debug.panic_task` can name.
-pub const PANIC_TASKS: [&str; 2] = ["reader", "sender"];
+pub const PANIC_TASKS: [&str; 3] = ["reader", "sender", "owner"];
 
 impl Default for AuditSettings {
     /// The coalescer's bounds and timeouts are its own defaults.
@@ -360,7 +361,7 @@ impl Settings {
         }
         let task = self.debug.panic_task.as_str();
         if !task.is_empty() && !PANIC_TASKS.contains(&task) {
-            return bad("debug.panic_task", "must be empty, reader or sender");
+            return bad("debug.panic_task", "must be empty, reader, sender or owner");
         }
         if self.module.aggregation_max_entries == 0 {
             return bad("module.aggregation_max_entries", "must be positive");

@@ -37,7 +37,6 @@ use super::batch::{Batcher, CHUNK, Envelope, FitError, serialize_fitting};
 use crate::config::agent::{AgentConfig, Priority};
 use crate::config::duration::millis as ms;
 use crate::config::stages;
-use crate::edge::amqp::{Outbound, Outbox, OutboxError, Settled};
 use crate::events::operational::{
     Diagnostic, DiagnosticSeverity, DroppedEvents, MessageStatistics, QueueName,
 };
@@ -595,16 +594,17 @@ impl Outgoing {
     /// The outgoing state's part of the counters snapshot: totals since start and what the
     /// store holds now.
     pub fn fill(&self, s: &mut Snapshot) {
-        let t = &self.totals;
-        let (messages, bytes) = self.queued();
-        s.messages_sent = t.messages_sent;
-        s.bytes_sent = t.bytes_sent;
-        s.chunks_sent = t.chunks_sent;
-        s.messages_failed = t.messages_failed;
-        s.dropped_high = t.dropped_high;
-        s.dropped_low = t.dropped_low;
-        s.queued_messages = messages as u64;
-        s.queued_bytes = bytes as u64;
+        self.counts().fill(s);
+    }
+
+    /// The counters the owner thread publishes ([`super::owner::Counts`]).
+    pub fn counts(&self) -> super::owner::Counts {
+        let (queued_messages, queued_bytes) = self.queued();
+        super::owner::Counts {
+            totals: self.totals.clone(),
+            queued_messages,
+            queued_bytes,
+        }
     }
 
     pub fn batch_stats(&self) -> &crate::outgoing::batch::BatchStats {
@@ -612,53 +612,14 @@ impl Outgoing {
     }
 }
 
-/// The telemetry link's view of the outgoing state, shared under a lock.
-impl Outbox for std::sync::Mutex<Outgoing> {
-    async fn next(&self) -> Result<Option<Outbound>, OutboxError> {
-        let m = lock(self)?.next_message().map_err(outbox_error)?;
-        Ok(m.map(|m| Outbound {
-            message_id: m.message_id,
-            body: m.body,
-            high_events: m.high_events,
-            low_events: m.low_events,
-        }))
-    }
-
-    async fn settled(&self, m: &Outbound, how: Settled) -> Result<(), OutboxError> {
-        let stored = StoredMessage {
-            message_id: m.message_id.clone(),
-            body: m.body.clone(),
-            high_events: m.high_events,
-            low_events: m.low_events,
-        };
-        let mut outgoing = lock(self)?;
-        match how {
-            Settled::Delivered => outgoing.sent(&stored),
-            Settled::Rejected => outgoing.rejected(&stored),
-        }
-        .map_err(outbox_error)
-    }
-}
-
-fn lock(
-    m: &std::sync::Mutex<Outgoing>,
-) -> Result<std::sync::MutexGuard<'_, Outgoing>, OutboxError> {
-    m.lock()
-        .map_err(|_| OutboxError("the outgoing state's lock is poisoned".into()))
-}
-
-fn outbox_error(e: StoreError) -> OutboxError {
-    OutboxError(e.to_string())
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::events::process_create::ProcessCreate;
     use crate::outbox::MemoryStore;
     use std::time::Duration;
 
-    fn process(n: u32) -> SecurityEvent {
+    pub(crate) fn process(n: u32) -> SecurityEvent {
         SecurityEvent {
             id: Uuid::from_u128(n.into()),
             time_ms: 1_700_000_000_000,
@@ -687,7 +648,7 @@ mod tests {
         outgoing_with(cache, Box::new(store.unwrap()))
     }
 
-    fn outgoing_with(cache: u64, store: Box<dyn Store + Send>) -> Outgoing {
+    pub(crate) fn outgoing_with(cache: u64, store: Box<dyn Store + Send>) -> Outgoing {
         let mut c = AgentConfig {
             high_priority_message_frequency: Duration::from_secs(1),
             low_priority_message_frequency: Duration::from_secs(1),
@@ -702,7 +663,7 @@ mod tests {
         Outgoing::new(c, env, store, 256, 0)
     }
 
-    fn events_of(m: &StoredMessage) -> Vec<serde_json::Value> {
+    pub(crate) fn events_of(m: &StoredMessage) -> Vec<serde_json::Value> {
         let v: serde_json::Value = serde_json::from_str(&m.body).unwrap();
         v["Events"].as_array().unwrap().clone()
     }

@@ -144,33 +144,44 @@ fn check_config_and_run_refuse_a_token_lifetime_beyond_a_day() {
     }
 }
 
-/// A task that really dies (the socket reader, made to panic by `debug.panic_task`) ends the
-/// module with a non-zero status and E-TASK-ENDED naming it, within a bounded time; before,
-/// nothing watched the tasks and the module stayed up without them.
+/// A task that really dies (the socket reader, and the outgoing state's owner thread, made
+/// to panic by `debug.panic_task`) ends the module with a non-zero status and E-TASK-ENDED
+/// naming it, within a bounded time; before, nothing watched the tasks and the module stayed
+/// up without them.
 #[test]
 fn a_task_that_dies_ends_the_module_non_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let (st, err) = run_without_socket(
-        dir.path(),
-        &["run", "--print"],
-        &[
-            ("AZUREIOTSECURITY_DEBUG__PANIC_TASK", "reader"),
+    for task in ["reader", "owner"] {
+        let dir = tempfile::tempdir().unwrap();
+        // The owner thread runs only when sending: a gateway nobody serves (the sender
+        // keeps retrying; the owner thread is what dies).
+        let port = free_port().to_string();
+        let cs = format!(
+            "HostName={HUB};DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={KEY};GatewayHostName=localhost:{port}"
+        );
+        let mut env = vec![
+            ("AZUREIOTSECURITY_DEBUG__PANIC_TASK", task),
             ("AZUREIOTSECURITY_DEBUG__PANIC_TASK_AFTER_MS", "300"),
-        ],
-        "a dead reader",
-    );
-    assert_eq!(st.code(), Some(2), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.contains("E-TASK-ENDED"))
-        .unwrap_or_else(|| panic!("no E-TASK-ENDED in:\n{err}"));
-    assert!(line.contains("task=\"reader\""), "{line}");
-    assert!(
-        err.contains(
-            "the reader task ended: it panicked: debug.panic_task: the reader task was made to fail"
-        ),
-        "{err}"
-    );
+        ];
+        let args: &[&str] = if task == "owner" {
+            env.push(("EdgeHubConnectionString", &cs));
+            &["run"]
+        } else {
+            &["run", "--print"]
+        };
+        let (st, err) = run_without_socket(dir.path(), args, &env, task);
+        assert_eq!(st.code(), Some(2), "{task}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains("E-TASK-ENDED"))
+            .unwrap_or_else(|| panic!("{task}: no E-TASK-ENDED in:\n{err}"));
+        assert!(line.contains(&format!("task=\"{task}\"")), "{line}");
+        assert!(
+            err.contains(&format!(
+                "the {task} task ended: it panicked: debug.panic_task: the {task} task was made to fail"
+            )),
+            "{err}"
+        );
+    }
 }
 
 /// A gateway that accepts TCP connections and never says a word (no TLS handshake).
