@@ -999,6 +999,7 @@ fn collect<W: Write>(
         sender.stats.fill(&mut s);
         sender.feeder.handle().counts().fill(&mut s);
         s.pipeline_waits = sender.feeder.waits();
+        s.outgoing_backlog = sender.feeder.backlog() as u64;
     }
     s
 }

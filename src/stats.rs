@@ -103,6 +103,9 @@ snapshot! {
     /// it waits, the line queue fills and the reader drops, counted above).
     pipeline_waits: counter "pipeline_outgoing_waits_total",
         "times the pipeline waited for the outgoing state (its command queue full)";
+    /// Commands (events, ticks) waiting for the outgoing state's thread.
+    outgoing_backlog: gauge "outgoing_commands_waiting",
+        "commands waiting for the outgoing state's thread";
     // The outgoing state: aggregation, the outbox, batching.
     messages_sent: counter "messages_sent_total", "messages accepted by edgeHub";
     bytes_sent: counter "message_bytes_sent_total", "bytes of messages accepted by edgeHub";

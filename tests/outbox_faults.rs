@@ -1031,8 +1031,9 @@ fn drop_counts_survive_sigkills_during_an_outage() {
         .filter(|l| !l.is_empty())
         .count() as u64;
 
-    // Run 1: the whole capture, edgeHub away; once every record is read and the cap has
-    // dropped in both queues, a few seconds more (the drops are committed), then SIGKILL.
+    // Run 1: the whole capture, edgeHub away; once every record is read and handed to the
+    // outgoing state and the cap has dropped in both queues, a few seconds more (the drops
+    // are committed), then SIGKILL.
     let metrics_port = free_port();
     let listen = format!("127.0.0.1:{metrics_port}");
     let mut first = settings.to_vec();
@@ -1053,7 +1054,10 @@ fn drop_counts_survive_sigkills_during_an_outage() {
         {
             let dropped = metric(&t, "events_dropped_high_total") > 0
                 && metric(&t, "events_dropped_low_total") > 0;
-            if metric(&t, "audit_records_read_total") == records && dropped {
+            // Read, and handed on: no command waits for the outgoing state's thread, which
+            // stores (or drops) the events after the pipeline read them.
+            let handed_on = metric(&t, "outgoing_commands_waiting") == 0;
+            if metric(&t, "audit_records_read_total") == records && dropped && handed_on {
                 break t;
             }
             assert!(

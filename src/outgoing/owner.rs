@@ -21,8 +21,9 @@ use crate::outbox::{StoreError, StoredMessage};
 use crate::stats::Snapshot;
 
 /// Commands the owner thread can hold before the pipeline waits: each carries the events of
-/// one pass of the pipeline loop, so this is passes, not events.
-pub const CAPACITY: usize = 256;
+/// one pass of the pipeline loop (one chunk of lines), so this is passes, not events. Small:
+/// the byte-bounded line queue before the pipeline is where a backlog waits.
+pub const CAPACITY: usize = 16;
 
 /// What the owner thread is asked to do.
 #[derive(Debug)]
@@ -402,6 +403,12 @@ impl Feeder {
         self.waits.load(Ordering::Relaxed)
     }
 
+    /// Commands waiting for the thread now.
+    pub fn backlog(&self) -> usize {
+        let tx = &self.handle.tx;
+        tx.max_capacity().saturating_sub(tx.capacity())
+    }
+
     pub fn handle(&self) -> &OwnerHandle {
         &self.handle
     }
@@ -638,6 +645,7 @@ mod tests {
         owner.feeder.events(vec![process(1)], 1_000).await.unwrap();
         owner.feeder.events(vec![process(2)], 1_000).await.unwrap();
         assert_eq!(owner.feeder.waits(), 0);
+        assert_eq!(owner.feeder.backlog(), 2);
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(200));
             for _ in 0..10 {
@@ -658,6 +666,7 @@ mod tests {
         )
         .await
         .unwrap();
+        assert_eq!(owner.feeder.backlog(), 0);
         // The three events and the last period's two statistics events (Low by default).
         assert_eq!(owner.handle.counts().totals.collected_low, 3 + 2);
         owner.handle.shutdown().await;
