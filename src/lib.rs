@@ -50,7 +50,8 @@
 //!   - [`edge::amqp`]: AMQP 1.0 to edgeHub: [`edge::amqp::connection`] (TLS, open, session,
 //!     CBS, renewal, reconnect) runs link services: [`edge::amqp::telemetry`] (the telemetry
 //!     sender), [`edge::amqp::request`] (request → reply on a link pair),
-//!     [`edge::amqp::receiver`] (unsolicited messages); [`edge::amqp::cbs`] (put-token
+//!     [`edge::amqp::receiver`] (unsolicited messages), [`edge::amqp::twin`] (the module
+//!     twin: requests and desired-property patches); [`edge::amqp::cbs`] (put-token
 //!     format), [`edge::amqp::backoff`] (schedules).
 //! - [`stats`]: one counters snapshot, filled by each stage, for the statistics line and
 //!   `/metrics`.
