@@ -1,89 +1,15 @@
 //! Aggregation: identical ProcessCreate and ConnectionCreate events within a window become
 //! one event with a hit count.
 //!
-//! # What is aggregated
-//!
-//! Each of the two types is aggregated or not, with its own interval
-//! ([`AggregateConfig::process_create`], [`AggregateConfig::connection_create`]; `None` =
-//! disabled: the events pass through unchanged, at once). Every other event (Login,
-//! operational events) passes through unchanged, at once.
-//!
-//! Events are *identical* when their key fields are equal:
-//!
-//! - ProcessCreate: Executable, CommandLine, UserId, UserName, and the ExtraDetails
-//!   EffectiveUserId (a setuid run is not the same as a plain one).
-//! - ConnectionCreate: Executable, CommandLine, UserId, Direction, RemoteAddress, Protocol,
-//!   the ExtraDetails EffectiveUserId and Status (an in-progress connect is not a completed
-//!   one), and RemotePort for outbound connections only. For an inbound connection the remote
-//!   port is the client's ephemeral port, which differs on every connection: it is not part
-//!   of the key, and the aggregated event says RemotePort `"*"` (the schema's port type
-//!   allows it), also when the window saw a single hit.
-//!
-//! Nothing else is part of the key: ProcessId, ParentProcessId, the Id, the time and the
-//! other ExtraDetails (Cwd, SessionId, …) of the *first* event of a key in the
-//! window are the ones reported; those of later hits are counted, not kept.
-//!
-//! # What comes out
-//!
-//! One event per distinct key per window: the first event of the key in that window (its
-//! Id, time, ProcessId, ParentProcessId, ExtraDetails, …) with these ExtraDetails added, all
-//! strings (the schema's `extradetails` type is string → string):
-//!
-//! - `HitCount`: how many events of the key the window saw (`"1"` for a single hit: every
-//!   aggregated event has the same shape);
-//! - `StartTimeUtc`, `StartTimeLocal`, `EndTimeUtc`, `EndTimeLocal`: the earliest and the
-//!   latest record time of those events, RFC 3339 like the event timestamps
-//!   ([`crate::events::timestamps`]). For records in time order they are the first and the
-//!   last event's times; taking the minimum and the maximum keeps Start ≤ End when records
-//!   arrive slightly out of order.
-//!
-//! The event stays `"Category":"Triggered"` (the classic agents' `"Aggregated"` is not valid
-//! under the published schema). Events leave in first-seen order: a flush emits its entries
-//! in the order their keys were first seen (across both types when both flush at once), so
-//! the same input gives the same output, whatever the hash seeds.
-//!
-//! # Windows
-//!
-//! As in the classic agents, there is one window per event type, not one per key: the
-//! window of a type closes when `now_ms - window_start >= interval`, and then *all* entries
-//! of that type are emitted and the next window starts at that `now_ms`. (The classic agents
-//! compare with `>` on their collection runs; here the window is the half-open
-//! `[window_start, window_start + interval)`, so it closes exactly one interval after it
-//! opened.) The first window of a type opens at the first call that passes a `now_ms` while
-//! the type is enabled; after [`Aggregator::flush`] the next window opens at the next call.
-//!
-//! The stage has no clock: every call that can close windows takes `now_ms`, and nothing
-//! else is read. `run` passes a monotonic clock (device clocks jump when NTP syncs), `replay`
-//! the record time. `now_ms` is only the window clock: the Start/End times reported are the
-//! events' own record times. Should `now_ms` go back (out-of-order record times in a
-//! replay), the open window is re-anchored at the earlier `now_ms`, so it still closes one
-//! interval later instead of waiting for the clock to catch up.
-//!
-//! [`Aggregator::push`] first closes the windows that are due at its `now_ms` (as
-//! [`Aggregator::tick`] does), then handles the event: an event arriving at the deadline
-//! belongs to the next window.
-//!
-//! # Bounds
-//!
-//! The cache of each type is bounded in entries ([`AggregateConfig::max_entries`], default
-//! 256) and in bytes ([`AggregateConfig::max_bytes`], default 1 MiB; command lines can be
-//! 32 KiB each). An entry's bytes are estimated from its strings ([`estimated_bytes`]): only
-//! the first event of a key is kept, later hits only bump counters. When a new key does not
-//! fit, the oldest entries of that type are emitted early — a window cut short, not lost —
-//! and counted in [`TypeStats::evicted_early`]. An event that would not fit even into an
-//! empty cache (larger than `max_bytes`, or `max_entries` 0) is emitted at once as a window of
-//! one and counted in [`TypeStats::not_cached`].
-//!
-//! # Changing the settings at run time
-//!
-//! [`Aggregator::set_config`]: a type that becomes disabled has its entries emitted at once;
-//! a type that becomes enabled opens a window at that `now_ms`; a changed interval applies to
-//! the open window (which may then be due at once); smaller bounds evict the oldest entries
-//! (counted as early evictions).
-//!
-//! Lookups hash the key fields in place (no string is cloned per event) with a per-instance
-//! random seed, so crafted command lines cannot pile up in one bucket; equal hashes are
-//! confirmed by comparing the fields with the stored first event.
+//! Contract: each of the two types is aggregated with its own interval or not at all
+//! ([`AggregateConfig`]; `None` passes its events through at once, as every other type).
+//! One window per type (as the classic agents): when it closes, one event per distinct key
+//! leaves, the first event of the key in that window with the ExtraDetails `HitCount`,
+//! `StartTimeUtc`/`Local` and `EndTimeUtc`/`Local` (strings), still `"Category":"Triggered"`,
+//! in first-seen order, so the same input gives the same output. Time comes in as `now_ms`
+//! (the window clock only; the times reported are the records' own). Each type's cache is
+//! bounded in entries and estimated bytes; a key that does not fit emits the oldest entries
+//! early (counted), never drops them. [`Aggregator::set_config`] applies at run time.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
@@ -106,7 +32,9 @@ pub const ENTRY_OVERHEAD: usize = 256;
 /// Estimated bytes of one ExtraDetails item besides its value (the tree slot).
 pub const EXTRA_DETAIL_OVERHEAD: usize = 48;
 
-/// The RemotePort of aggregated inbound connections.
+/// The RemotePort of aggregated inbound connections: their remote port is the client's
+/// ephemeral port, different on every connection, so it is not part of the key and the
+/// event says `"*"` (the schema's port type allows it), also for a single hit.
 pub const ANY_PORT: &str = "*";
 
 /// Aggregation settings.
@@ -246,10 +174,13 @@ struct Cache {
 }
 
 impl Cache {
-    /// Whether the window is due at `now_ms`; moves the window clock.
+    /// Whether the window is due at `now_ms`; moves the window clock. The first window opens
+    /// at the first `now_ms` seen while the type is enabled.
     fn due(&mut self, interval: u64, now_ms: u64) -> bool {
         match self.window_start {
             Some(start) if now_ms >= start => {
+                // The half-open [start, start + interval): it closes exactly one interval
+                // after it opened (the classic agents compare with `>` on their runs).
                 if now_ms - start >= interval {
                     self.window_start = Some(now_ms);
                     true
@@ -257,7 +188,9 @@ impl Cache {
                     false
                 }
             }
-            // Not anchored yet, or the clock went back: (re)open the window here.
+            // Not anchored yet, or the clock went back (out-of-order record times in a
+            // replay): (re)open the window here, so it still closes one interval later
+            // instead of waiting for the clock to catch up.
             _ => {
                 self.window_start = Some(now_ms);
                 false
@@ -402,7 +335,8 @@ impl Aggregator {
         self.tick(now_ms, out);
     }
 
-    /// Take one event. Due windows are closed first (see [`Aggregator::tick`]). Events of
+    /// Take one event. Due windows are closed first (see [`Aggregator::tick`]): an event
+    /// arriving at the deadline belongs to the next window. Events of
     /// other types, and of disabled types, are appended to `out` unchanged.
     pub fn push(&mut self, ev: SecurityEvent, now_ms: u64, out: &mut Vec<SecurityEvent>) {
         self.tick(now_ms, out);
@@ -420,6 +354,8 @@ impl Aggregator {
         let cache = &mut self.caches[kind.index()];
         if let Some(e) = cache.find(hash, &ev.payload) {
             e.hits = e.hits.saturating_add(1);
+            // The earliest and latest record times, not the first and last event's: Start
+            // stays before End when records arrive slightly out of order.
             e.start_ms = e.start_ms.min(ev.time_ms);
             e.end_ms = e.end_ms.max(ev.time_ms);
             return;
@@ -556,6 +492,11 @@ impl Aggregator {
         out.extend(all.into_values().map(Entry::finish));
     }
 
+    /// The key's hash, computed on the fields in place (no string cloned per event), with a
+    /// per-instance random seed so that crafted command lines cannot pile up in one bucket;
+    /// equal hashes are confirmed by comparing the fields ([`same_key`]). Nothing else is
+    /// part of the key: ProcessId, ParentProcessId, the Id, the time and the other
+    /// ExtraDetails of the first event are reported, those of later hits only counted.
     fn key_hash(&self, p: &Payload) -> u64 {
         #[cfg(test)]
         if self.collide {
