@@ -12,6 +12,8 @@ AZUREIOTSECURITY_BIN="$PWD/target/release/azureiotsecurity" scripts/setup-host.s
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# The module docs' links (a contract at the top of each module links to its neighbours).
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps
 cargo test --all-targets
 if [ -x scripts/fuzz.sh ]; then
   scripts/fuzz.sh "${FUZZ_SECONDS:-60}"

@@ -214,6 +214,7 @@ pub fn agent_config(settings: &Settings) -> (AgentConfig, Vec<ConfigurationError
     }
     if settings.module.tryout {
         tracing::warn!(
+            error_id = "W-TRYOUT",
             "try-out mode: messages every 10 s (high) and 20 s (low), statistics every 30 s, aggregation windows of 15 s"
         );
     }

@@ -1,5 +1,5 @@
 //! The agent configuration: the module twin object [`OBJECT_NAME`] (message frequencies,
-//! sizes, event priorities, aggregation), described by one table of keys ([`KEYS`]: name,
+//! sizes, event priorities, aggregation), described by one table of keys (`KEYS`: name,
 //! kind of value, default) that parsing, checking, the defaults and the reported form read.
 //!
 //! Contract (the published twin schema and DESIGN.md's "Configuration"): [`apply`] is pure
@@ -141,7 +141,7 @@ pub struct AgentConfig {
 }
 
 impl Default for AgentConfig {
-    /// The defaults of [`KEYS`].
+    /// The defaults of the table of keys (`KEYS`).
     fn default() -> Self {
         let mut c = AgentConfig {
             high_priority_message_frequency: Duration::ZERO,

@@ -5,7 +5,7 @@
 //!
 //! Contract: on every connection, a sender then a receiver link on the twin node, both with
 //! the same fresh `com.microsoft:channel-correlation-id` = `twin:<uuid>`, the SDK's
-//! api-version and our client-version, through the [`request`](super::request) helper; then
+//! api-version and our client-version, through the [`super::request`] helper; then
 //! [`TwinEvent::Connected`] on the caller's channel (patches may have been missed while
 //! disconnected: the caller GETs again). The [`Twin`] handle outlives connections:
 //! [`Twin::get`], [`Twin::subscribe_desired`] and [`Twin::report`] each wait for the reply's
