@@ -1046,6 +1046,8 @@ fn drop_counts_survive_sigkills_during_an_outage() {
         &env(&workload, port, &feed, &data, &first),
         &["run"],
     );
+    // What the capture derives: the run below is killed only once it derived as many.
+    let replayed = replay.join().unwrap();
     let start = std::time::Instant::now();
     let text = loop {
         assert!(m.alive(), "{}", m.output());
@@ -1054,15 +1056,23 @@ fn drop_counts_survive_sigkills_during_an_outage() {
         {
             let dropped = metric(&t, "events_dropped_high_total") > 0
                 && metric(&t, "events_dropped_low_total") > 0;
-            // Read, and handed on: no command waits for the outgoing state's thread, which
-            // stores (or drops) the events after the pipeline read them.
+            // Read is not enough: the capture's last events wait in the coalescer for its
+            // idle timeout, and a kill before they are derived loses them uncounted (1 in
+            // 23 k, now and then, before this wait). Derived, then handed on: no command waits
+            // for the outgoing state's thread, which stores (or drops) the events.
+            let derived = metric(&t, "security_events_total") == replayed.len() as u64;
             let handed_on = metric(&t, "outgoing_commands_waiting") == 0;
-            if metric(&t, "audit_records_read_total") == records && dropped && handed_on {
+            if metric(&t, "audit_records_read_total") == records
+                && dropped
+                && derived
+                && handed_on
+            {
                 break t;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(90),
-                "the capture was not read within 90 s:\n{t}"
+                "the capture was not read and derived ({} events) within 90 s:\n{t}",
+                replayed.len()
             );
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -1109,7 +1119,6 @@ fn drop_counts_survive_sigkills_during_an_outage() {
         .collect();
     assert!(m.stop(Duration::from_secs(10)).success(), "{}", m.output());
 
-    let replayed = replay.join().unwrap();
     let want: std::collections::BTreeSet<&String> = replayed.iter().map(|(id, _)| id).collect();
     let delivered = security_events(&events);
     for id in delivered.keys() {
