@@ -4,8 +4,10 @@
 //! # Layout
 //!
 //! ```text
-//! auditd --af_unix socket--> source --lines--> parse --records--> coalesce --audit events-->
-//!   derive (ProcessCreate, ConnectionCreate, Login) --security events--> sink
+//! auditd --af_unix socket--> audit::source --lines--> audit::parse --records-->
+//!   audit::coalesce --audit events--> events::derive --security events-->
+//!   outgoing::aggregate --> outgoing::state --> outbox --> outgoing::batch --messages-->
+//!   edge::amqp::telemetry --AMQP 1.0--> edgeHub
 //! ```
 //!
 //! Every module, along the path (private parts in plain text):

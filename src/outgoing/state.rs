@@ -12,22 +12,7 @@
 //! over. Drops that belong to no queue (the socket queue, coalescer eviction, estimated
 //! kernel loss) go into the ExtraDetails of DroppedEventsStatistics.
 //!
-//! The period's counts survive a kill: every change is handed to the store
-//! ([`Store::stage_counters`]), which commits the latest with each transaction, and a new
-//! `Outgoing` merges those a killed run left ([`Store::take_restored_counters`]) into its
-//! first period. Why a kill between two steps neither loses nor repeats a count:
-//! - add or drop → commit: the event's row, the rows dropped for it and their counts are in
-//!   one transaction; a kill before the commit loses all of them (the event was never
-//!   collected, the dropped ones are still there). Drops the store makes on its own (the disk
-//!   over the cap) go into the counters it writes in the transaction that deletes them.
-//! - snapshot → commit: the statistics events and the reset period are in one transaction; a
-//!   kill before the commit leaves the old counts in the file, reported by the next run.
-//! - build → send → ack → commit: building moves events into a message and changes no count;
-//!   the sent counts are staged before the ack and committed with it. A kill before the ack
-//!   commits sends the message again after the restart (at least once) and counts it once.
-//!   A rejection counts its failure and drops the same way.
-//! - open → first commit: the row is read, not deleted; each commit replaces it with the
-//!   merged counts, so a kill before the first one hands the same counts to the next run.
+//! The period's counts survive a kill: see [`Outgoing`] for why no step loses or repeats one.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -100,6 +85,23 @@ pub struct PeriodStats {
 pub type TotalStats = PeriodStats;
 
 /// The outgoing half of the module.
+///
+/// The period's counts survive a kill: every change is handed to the store
+/// ([`Store::stage_counters`]), which commits the latest with each transaction, and a new
+/// `Outgoing` merges those a killed run left ([`Store::take_restored_counters`]) into its
+/// first period. Why a kill between two steps neither loses nor repeats a count:
+/// - add or drop → commit: the event's row, the rows dropped for it and their counts are in
+///   one transaction; a kill before the commit loses all of them (the event was never
+///   collected, the dropped ones are still there). Drops the store makes on its own (the disk
+///   over the cap) go into the counters it writes in the transaction that deletes them.
+/// - snapshot → commit: the statistics events and the reset period are in one transaction; a
+///   kill before the commit leaves the old counts in the file, reported by the next run.
+/// - build → send → ack → commit: building moves events into a message and changes no count;
+///   the sent counts are staged before the ack and committed with it. A kill before the ack
+///   commits sends the message again after the restart (at least once) and counts it once.
+///   A rejection counts its failure and drops the same way.
+/// - open → first commit: the row is read, not deleted; each commit replaces it with the
+///   merged counts, so a kill before the first one hands the same counts to the next run.
 pub struct Outgoing {
     config: AgentConfig,
     aggregator: Aggregator,
