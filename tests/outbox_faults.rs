@@ -1062,10 +1062,7 @@ fn drop_counts_survive_sigkills_during_an_outage() {
             // for the outgoing state's thread, which stores (or drops) the events.
             let derived = metric(&t, "security_events_total") == replayed.len() as u64;
             let handed_on = metric(&t, "outgoing_commands_waiting") == 0;
-            if metric(&t, "audit_records_read_total") == records
-                && dropped
-                && derived
-                && handed_on
+            if metric(&t, "audit_records_read_total") == records && dropped && derived && handed_on
             {
                 break t;
             }
