@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,6 @@ use azureiotsecurity::edge::amqp::{
     AmqpConfig, AmqpStats, Client, Control, Outbound, Outbox, OutboxError, Settled,
 };
 use azureiotsecurity::edge::credentials::Credentials;
-use azureiotsecurity::edge::identity::Identity;
 use support::certs::Certs;
 use support::inprocess_hub::{Action, HUB, Hub, KEY, Rec, script};
 use tokio::sync::{Notify, watch};
@@ -60,7 +59,7 @@ impl Outbox for TestOutbox {
     async fn next(&self) -> Result<Option<Outbound>, OutboxError> {
         Ok(self.pending.lock().unwrap().front().cloned())
     }
-    async fn settled(&self, m: &Outbound, how: Settled) -> Result<(), OutboxError> {
+    async fn settled(&self, m: Outbound, how: Settled) -> Result<(), OutboxError> {
         self.remove(&m.message_id);
         match how {
             Settled::Delivered => self.delivered.lock().unwrap().push(m.message_id.clone()),
@@ -77,19 +76,7 @@ struct Running {
 }
 
 fn credentials(certs: &Certs, port: u16) -> Arc<Credentials> {
-    let mut env = HashMap::new();
-    env.insert(
-        "IotHubConnectionString".to_string(),
-        format!(
-            "HostName={HUB};DeviceId=dev1;ModuleId=azureiotsecurity;SharedAccessKey={KEY};GatewayHostName=localhost:{port}"
-        ),
-    );
-    env.insert(
-        "EdgeModuleCACertificateFile".to_string(),
-        certs.ca.display().to_string(),
-    );
-    let identity = Identity::from_env(&env).unwrap().unwrap();
-    Arc::new(Credentials::new(identity))
+    certs.module_credentials(HUB, "dev1", "azureiotsecurity", KEY, port)
 }
 
 fn config() -> AmqpConfig {

@@ -12,14 +12,13 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azureiotsecurity::edge::amqp::twin::{self, Operation, TwinError, TwinEvent};
 use azureiotsecurity::edge::amqp::{AmqpConfig, AmqpStats, Connection, Control};
 use azureiotsecurity::edge::credentials::Credentials;
-use azureiotsecurity::edge::identity::Identity;
 use serde_json::{Value, json};
 use support::standin::{self, Certs, DEVICE, EdgeHub, HUB, KEY, MODULE, Workload, hub_options};
 use tokio::sync::{mpsc, watch};
@@ -59,22 +58,8 @@ fn json_line(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-/// The module's identity from a connection string straight to the stand-in (no workload API:
-/// the token is signed here with the same key).
 fn credentials(certs: &Certs, port: u16) -> Arc<Credentials> {
-    let mut env = HashMap::new();
-    env.insert(
-        "IotHubConnectionString".to_string(),
-        format!(
-            "HostName={HUB};DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={KEY};GatewayHostName=localhost:{port}"
-        ),
-    );
-    env.insert(
-        "EdgeModuleCACertificateFile".to_string(),
-        certs.ca.display().to_string(),
-    );
-    let identity = Identity::from_env(&env).unwrap().unwrap();
-    Arc::new(Credentials::new(identity))
+    certs.module_credentials(HUB, DEVICE, MODULE, KEY, port)
 }
 
 fn config() -> AmqpConfig {

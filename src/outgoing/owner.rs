@@ -311,10 +311,10 @@ impl Outbox for OwnerHandle {
         }))
     }
 
-    async fn settled(&self, m: &Outbound, how: Settled) -> Result<(), OutboxError> {
+    async fn settled(&self, m: Outbound, how: Settled) -> Result<(), OutboxError> {
         let stored = StoredMessage {
-            message_id: m.message_id.clone(),
-            body: m.body.clone(),
+            message_id: m.message_id,
+            body: m.body,
             high_events: m.high_events,
             low_events: m.low_events,
         };
@@ -541,7 +541,7 @@ mod tests {
         };
         assert_eq!(pids(&stored), vec![1001, 1002]);
         assert_eq!((m.high_events, m.low_events), (0, 2));
-        within("settled", h.settled(&m, Settled::Delivered))
+        within("settled", h.settled(m.clone(), Settled::Delivered))
             .await
             .unwrap();
         assert_eq!(within("next", h.next()).await.unwrap(), None);
@@ -584,7 +584,7 @@ mod tests {
                     .iter()
                     .map(|e| e["Name"].as_str().unwrap().to_owned()),
             );
-            h.settled(&m, Settled::Delivered).await.unwrap();
+            h.settled(m, Settled::Delivered).await.unwrap();
         }
         names.sort();
         assert_eq!(
@@ -615,7 +615,7 @@ mod tests {
             .unwrap();
         let h = owner.handle.clone();
         let m = within("next", h.next()).await.unwrap().unwrap();
-        let e = within("settled", h.settled(&m, Settled::Delivered))
+        let e = within("settled", h.settled(m.clone(), Settled::Delivered))
             .await
             .unwrap_err();
         assert_eq!(e.0, "the outbox failed: disk I/O error");

@@ -21,6 +21,36 @@ pub struct Certs {
 }
 
 impl Certs {
+    /// The module's identity from a connection string straight to a test edgeHub on
+    /// `localhost:port` that trusts these certificates (no workload API: the token is signed
+    /// with `key_b64` in the test process).
+    pub fn module_credentials(
+        &self,
+        hub: &str,
+        device: &str,
+        module: &str,
+        key_b64: &str,
+        port: u16,
+    ) -> Arc<azureiotsecurity::edge::credentials::Credentials> {
+        use azureiotsecurity::edge::{credentials::Credentials, identity::Identity};
+        let env = std::collections::HashMap::from([
+            (
+                "IotHubConnectionString".to_string(),
+                format!(
+                    "HostName={hub};DeviceId={device};ModuleId={module};SharedAccessKey={key_b64};GatewayHostName=localhost:{port}"
+                ),
+            ),
+            (
+                "EdgeModuleCACertificateFile".to_string(),
+                self.ca.display().to_string(),
+            ),
+        ]);
+        let identity = Identity::from_env(&env)
+            .expect("a valid test identity")
+            .expect("an identity in the environment");
+        Arc::new(Credentials::new(identity))
+    }
+
     /// Makes the certificates and writes `ca.pem`, `server-chain.pem` and `server.key` in
     /// `dir`.
     pub fn make(dir: &Path) -> Certs {

@@ -92,10 +92,11 @@ pub struct OutboxError(pub String);
 pub trait Outbox: Send + Sync + 'static {
     /// The oldest message waiting, if any.
     fn next(&self) -> impl Future<Output = Result<Option<Outbound>, OutboxError>> + Send;
-    /// edgeHub settled `m` for good.
+    /// edgeHub settled `m` for good. By value: the owner keeps nothing of a settled message,
+    /// so its body (up to 256 KiB) is handed back rather than copied.
     fn settled(
         &self,
-        m: &Outbound,
+        m: Outbound,
         how: Settled,
     ) -> impl Future<Output = Result<(), OutboxError>> + Send;
 }

@@ -204,10 +204,11 @@ impl<O: Outbox> Telemetry<O> {
             };
             match settlement(&outcome) {
                 Settlement::Delivered => {
-                    self.outbox.settled(&m, Settled::Delivered).await?;
+                    let (message_id, bytes) = (m.message_id.clone(), m.body.len());
+                    self.outbox.settled(m, Settled::Delivered).await?;
                     AmqpStats::add(&self.stats.delivered, 1);
-                    AmqpStats::add(&self.stats.delivered_bytes, m.body.len() as u64);
-                    tracing::debug!(message_id = %m.message_id, bytes = m.body.len(), "message delivered");
+                    AmqpStats::add(&self.stats.delivered_bytes, bytes as u64);
+                    tracing::debug!(%message_id, bytes, "message delivered");
                 }
                 Settlement::Rejected {
                     condition,
@@ -222,7 +223,7 @@ impl<O: Outbox> Telemetry<O> {
                         low_events = m.low_events,
                         "edgeHub rejected a message: it is dropped and counted as failed"
                     );
-                    self.outbox.settled(&m, Settled::Rejected).await?;
+                    self.outbox.settled(m, Settled::Rejected).await?;
                     AmqpStats::add(&self.stats.rejected, 1);
                 }
                 Settlement::Retry { outcome } => {
