@@ -138,6 +138,10 @@ pub struct AgentConfig {
     /// One per [`AGGREGATED_EVENTS`] entry, same order; read with
     /// [`AgentConfig::aggregation`].
     pub aggregations: [Aggregation; AGGREGATED_EVENTS.len()],
+    /// The IoT Hub's resource id (the twin's `hubResourceId`), sent with each security
+    /// message as the application property `HubResourceId` when set and not empty; `None`
+    /// until the twin gives one (not a schema key with a default).
+    pub hub_resource_id: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -151,6 +155,7 @@ impl Default for AgentConfig {
             max_message_size_in_bytes: 0,
             event_priorities: [Priority::Low; EventKind::ALL.len()],
             aggregations: [DEFAULT_AGGREGATION; AGGREGATED_EVENTS.len()],
+            hub_resource_id: None,
         };
         for spec in &KEYS {
             spec.key.set(&mut c, spec.default);
@@ -1008,6 +1013,7 @@ mod tests {
                 enabled: false,
                 interval: secs(300),
             }; 3],
+            hub_resource_id: None,
         }
     }
 
@@ -2209,6 +2215,7 @@ mod tests {
                 max_message_size_in_bytes: message,
                 event_priorities: priorities,
                 aggregations: [0, 1, 2].map(|i| Aggregation { enabled: enabled[i], interval: intervals[i] }),
+                hub_resource_id: None,
             };
             let applied = apply(&custom(), &c.to_twin_json());
             prop_assert!(!applied.rejected);

@@ -33,6 +33,13 @@ pub enum Command {
         events: Vec<SecurityEvent>,
         now_ms: u64,
     },
+    /// One operational event of another task (a ConfigurationError of the twin), answered
+    /// once it is committed.
+    Push {
+        ev: Box<SecurityEvent>,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Time passes: windows, statistics and messages that are due.
     Tick {
         now_ms: u64,
@@ -193,6 +200,11 @@ fn serve(
                 }
                 publish(&o);
             }
+            Command::Push { ev, now_ms, reply } => {
+                let r = o.push_committed(*ev, now_ms);
+                publish(&o);
+                let _ = reply.send(r);
+            }
             Command::Tick {
                 now_ms,
                 wall_ms,
@@ -268,6 +280,18 @@ impl OwnerHandle {
         self.ask(|reply| Command::Settled {
             message,
             how,
+            reply,
+        })
+        .await?
+    }
+
+    /// One operational event from another task than the pipeline (the twin's
+    /// ConfigurationError): into the outgoing state as the pipeline's events go (priority,
+    /// aggregation, the store), answered once committed, so that the caller knows it is kept.
+    pub async fn push(&self, ev: SecurityEvent, now_ms: u64) -> Result<(), StoreError> {
+        self.ask(|reply| Command::Push {
+            ev: Box::new(ev),
+            now_ms,
             reply,
         })
         .await?
@@ -670,6 +694,69 @@ mod tests {
         // The three events and the last period's two statistics events (Low by default).
         assert_eq!(owner.handle.counts().totals.collected_low, 3 + 2);
         owner.handle.shutdown().await;
+    }
+
+    /// A ConfigurationError of another task (the twin's), pushed through the handle: the
+    /// reply comes after a commit (the store was asked to commit), the event is counted as
+    /// collected in its queue (ConfigurationError is Low by default) and, at the stop, it is
+    /// in a message as given.
+    #[tokio::test]
+    async fn an_event_pushed_through_the_handle_is_committed_then_sent() {
+        use crate::events::operational::ConfigurationErrorType;
+        use crate::events::{ConfigurationError, ExtraDetails, Payload};
+        let (entered, commits) = std_mpsc::channel();
+        let mut store = faulty(false);
+        store.entered = Some(entered);
+        let mut owner = spawn(outgoing_with(1 << 20, store), Arc::new(Notify::new())).unwrap();
+        let h = owner.handle.clone();
+        let ev = SecurityEvent {
+            id: uuid::Uuid::from_u128(42),
+            time_ms: 1_700_000_000_000,
+            payload: Payload::ConfigurationError(vec![ConfigurationError {
+                configuration_name: "snapshotFrequency".into(),
+                error_type: ConfigurationErrorType::TypeMismatch,
+                used_configuration: "PT13H".into(),
+                message: "expected an ISO 8601 duration".into(),
+                extra_details: ExtraDetails::new(),
+            }]),
+        };
+        assert_eq!(commits.try_recv(), Err(std_mpsc::TryRecvError::Empty));
+        within("push", h.push(ev, 500)).await.unwrap();
+        assert_eq!(commits.try_recv(), Ok(()), "answered before any commit");
+        assert_eq!(h.counts().totals.collected_low, 1);
+        within(
+            "finish",
+            owner.feeder.finish(1_000, UpstreamDrops::default()),
+        )
+        .await
+        .unwrap();
+        let mut errors = Vec::new();
+        while let Some(m) = within("next", h.next()).await.unwrap() {
+            let stored = StoredMessage {
+                message_id: m.message_id.clone(),
+                body: m.body.clone(),
+                high_events: m.high_events,
+                low_events: m.low_events,
+            };
+            errors.extend(
+                events_of(&stored)
+                    .into_iter()
+                    .filter(|e| e["Name"] == "ConfigurationError"),
+            );
+            h.settled(m, Settled::Delivered).await.unwrap();
+        }
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0]["Id"], "00000000-0000-0000-0000-00000000002a");
+        assert_eq!(
+            errors[0]["Payload"],
+            serde_json::json!([{
+                "ConfigurationName": "snapshotFrequency",
+                "ErrorType": "TypeMismatch",
+                "UsedConfiguration": "PT13H",
+                "Message": "expected an ISO 8601 duration"
+            }])
+        );
+        h.shutdown().await;
     }
 
     /// A panic of the thread is the supervised task's panic, with its text.

@@ -265,6 +265,14 @@ impl Outgoing {
         }
     }
 
+    /// [`Outgoing::push`], then committed: for an event of another task that should not wait
+    /// for the next tick to be durable (the twin's ConfigurationError). What the pipeline
+    /// pushed before goes into the same transaction, as at a tick.
+    pub fn push_committed(&mut self, ev: SecurityEvent, now_ms: u64) -> Result<(), StoreError> {
+        self.push(ev, now_ms);
+        self.store.commit()
+    }
+
     fn enqueue(&mut self, mut ev: SecurityEvent) {
         let queue = match self.config.priority(ev.payload.kind()) {
             Priority::Off => return,
