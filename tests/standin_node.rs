@@ -43,6 +43,7 @@ fn options(hub: &str, clock_skew_secs: i64) -> EdgeHubOptions {
         outcomes: vec![],
         clock_skew_secs,
         twin_desired: json!({}),
+        ..EdgeHubOptions::default()
     }
 }
 
@@ -849,4 +850,87 @@ fn twin_requests_are_answered_by_edgehubs_rules() {
     );
     assert_eq!(notes[6], "invalid operation 'FOO': not answered");
     assert_eq!(hub.twin()["reported"], want_reported);
+}
+
+#[test]
+fn commands_given_at_start_apply_before_the_first_request_and_an_unpushed_patch_is_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let mut opts = options(HUB, 0);
+    opts.twin_desired = initial_desired();
+    // The first GET fails, from the very first connection on: no race with a client.
+    opts.control_at_start = vec![json!({"cmd": "fail", "operation": "GET", "status": 503})];
+    let hub = EdgeHub::start(dir.path(), &certs, &opts);
+    let requests = json!([
+        {"operation": "GET", "correlation_id": "g1"},
+        {"operation": "GET", "correlation_id": "g2"},
+    ]);
+    let child = twin_client(&hub, "twin:e", "twin:e", &requests, 3.0);
+    hub.wait("the second GET's reply", Duration::from_secs(20), |r| {
+        r.iter()
+            .any(|x| x["kind"] == "twin-reply" && x["correlation_id"] == "g2")
+    });
+    // A patch the client never sees (version 5), then one it does: it sees 4 → 6.
+    let p5 = json!({CONFIG: {"eventPriorityProcessCreate": {"value": "Off"}}});
+    let p6 = json!({CONFIG: {"maxLocalCacheSizeInBytes": {"value": 1048576}}});
+    assert_eq!(
+        hub.set_desired(p5, None, false),
+        json!({"version": 5, "sent": 0})
+    );
+    assert_eq!(
+        hub.set_desired(p6.clone(), None, true),
+        json!({"version": 6, "sent": 1})
+    );
+    let lines = client_output(child);
+    let got: Vec<Value> = lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| json_line(l))
+        .collect();
+    assert_eq!(got.len(), 3, "{lines:#?}");
+    assert_eq!(
+        (
+            &got[0]["correlation_id"],
+            &got[0]["status"],
+            &got[0]["body"]
+        ),
+        (&json!("g1"), &json!(503), &json!("")),
+        "{lines:#?}"
+    );
+    assert_eq!(got[1]["status"], 200);
+    assert_eq!(
+        json_line(got[1]["body"].as_str().unwrap())["desired"],
+        initial_desired()
+    );
+    let mut pushed = p6;
+    pushed["$version"] = 6.into();
+    assert_eq!(got[2]["correlation_id"], Value::Null);
+    assert_eq!(json_line(got[2]["body"].as_str().unwrap()), pushed);
+    // The whole desired document holds both patches, as a fresh GET would return it.
+    let desired = &hub.twin()["desired"];
+    assert_eq!(desired["$version"], 6);
+    assert_eq!(
+        desired[CONFIG]["eventPriorityProcessCreate"]["value"],
+        "Off"
+    );
+    assert_eq!(
+        desired[CONFIG]["maxLocalCacheSizeInBytes"]["value"],
+        1048576
+    );
+    assert_eq!(
+        desired[CONFIG]["highPriorityMessageFrequency"]["value"],
+        "PT7M"
+    );
+    // The start command's own record, written before the client's connection was accepted.
+    let records = hub.records();
+    let first = |kind: &str| {
+        records
+            .iter()
+            .position(|r| r["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} record: {records:#?}"))
+    };
+    assert!(first("control") < first("connection"), "{records:#?}");
+    let start = &records[first("control")];
+    assert_eq!(start["command"]["id"], 0);
+    assert_eq!(start["command"]["cmd"], "fail");
 }

@@ -55,7 +55,8 @@ shared/reference/auditd-here.md part B.
   `$version` = n or the next one, push unless `push` is false), `{"cmd": "fail", "operation":
   "GET"|"PATCH"|"PUT"|"DELETE"|"*", "status": 429 | null (never answer), "count": 1}` (the
   next `count` such requests; an error reply has an empty body, as edgeHub's), `{"cmd":
-  "state"}` (only the record: reads the twin back).
+  "state"}` (only the record: reads the twin back). Commands already in the file when the
+  stand-in starts are applied before it accepts a connection.
 * Messages on the events link are settled as `--outcomes` says, one outcome per transfer
   (accept, release, reject, modify, drop), then accept. `reject` carries the error edgeHub
   sends for a too-large message (EventsLinkHandler.HandleException → AmqpExceptionsHelper:
@@ -443,6 +444,10 @@ class EdgeHub(MessagingHandler):
         acceptor = event.container.listen("amqps://127.0.0.1:%d" % self.args.port)
         self.port = acceptor._selectable._delegate.getsockname()[1]
         if self.args.control:
+            # Commands already in the file apply now, before any client can connect (the
+            # reactor accepts only once on_start returns): a test can start the stand-in with
+            # the twin failing from the first request.
+            self.poll_control()
             event.container.schedule(0.05, ControlPoller(self))
         print("READY %d" % self.port, flush=True)
 

@@ -280,6 +280,7 @@ pub fn hub_options(port: u16) -> EdgeHubOptions {
         outcomes: vec![],
         clock_skew_secs: 0,
         twin_desired: serde_json::json!({}),
+        control_at_start: vec![],
     }
 }
 
@@ -306,6 +307,10 @@ pub struct EdgeHubOptions {
     /// The module twin's initial desired properties (`$version` optional, default 1); the
     /// reported properties start as `{"$version": 1}`.
     pub twin_desired: Value,
+    /// Control commands (see [`EdgeHub::control`]) applied before the stand-in accepts a
+    /// connection, e.g. a twin that fails from the first request; their `control` records
+    /// have the ids `0..n`.
+    pub control_at_start: Vec<Value>,
 }
 
 impl Default for EdgeHubOptions {
@@ -319,6 +324,7 @@ impl Default for EdgeHubOptions {
             outcomes: Vec::new(),
             clock_skew_secs: 0,
             twin_desired: serde_json::json!({}),
+            control_at_start: Vec::new(),
         }
     }
 }
@@ -338,6 +344,17 @@ impl EdgeHub {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let record = dir.join(format!("edgehub-{}-{n}.jsonl", o.port));
         let control = dir.join(format!("edgehub-{}-{n}.control.jsonl", o.port));
+        let at_start: String = o
+            .control_at_start
+            .iter()
+            .enumerate()
+            .map(|(id, c)| {
+                let mut c = c.clone();
+                c["id"] = id.into();
+                format!("{c}\n")
+            })
+            .collect();
+        std::fs::write(&control, at_start).expect("write the control file");
         let mut cmd = Command::new(python());
         cmd.arg(standin("edgehub.py"))
             .args(["--port", &o.port.to_string()])
@@ -363,7 +380,7 @@ impl EdgeHub {
             port,
             record,
             control,
-            control_seq: std::sync::atomic::AtomicU64::new(0),
+            control_seq: std::sync::atomic::AtomicU64::new(o.control_at_start.len() as u64),
         }
     }
 
@@ -406,6 +423,16 @@ impl EdgeHub {
         self.control(serde_json::json!({"cmd": "desired", "patch": patch}))["result"].clone()
     }
 
+    /// Change the desired properties by `patch` at `$version` = `version` (None: the next
+    /// one); pushed to the subscribed clients only when `push` (false: a patch the module
+    /// never sees, as after a dropped link). Returns `{"version", "sent"}`.
+    pub fn set_desired(&self, patch: Value, version: Option<i64>, push: bool) -> Value {
+        self.control(serde_json::json!({
+            "cmd": "desired", "patch": patch, "version": version, "push": push
+        }))["result"]
+            .clone()
+    }
+
     /// The next `count` twin requests `operation` ("*": any) are answered with `status`, or
     /// never when `status` is None.
     pub fn fail_twin(&self, operation: &str, status: Option<u16>, count: u32) {
@@ -431,6 +458,32 @@ impl EdgeHub {
                     || r["kind"].as_str().is_some_and(|k| k.starts_with("twin-"))
             })
             .collect()
+    }
+
+    /// The twin requests of `operation` ("GET", "PATCH", "PUT", "DELETE"), in order.
+    pub fn twin_requests(&self, operation: &str) -> Vec<Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["kind"] == "twin-request" && r["operation"] == operation)
+            .collect()
+    }
+
+    /// Wait (up to `limit`) until the twin's reported properties, as the module's last
+    /// accepted PATCH left them, satisfy `f`; returns them.
+    pub fn wait_reported(&self, what: &str, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let last = |r: &[Value]| {
+            r.iter()
+                .rev()
+                .find(|x| {
+                    x["kind"] == "twin-request"
+                        && x["operation"] == "PATCH"
+                        && x["reply_status"] == 204
+                })
+                .map(|x| x["twin"]["reported"].clone())
+        };
+        let what = format!("reported properties with {what}");
+        let r = self.wait(&what, limit, |r| last(r).is_some_and(|v| f(&v)));
+        last(&r).expect("found above")
     }
 
     pub fn record_path(&self) -> &Path {
