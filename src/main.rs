@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use azureiotsecurity::config::settings::{Settings, SettingsError};
+use azureiotsecurity::config::twin;
 use azureiotsecurity::edge::credentials::Credentials;
 use azureiotsecurity::edge::identity::{self, Identity};
 use azureiotsecurity::{app, rules};
@@ -140,15 +141,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::CheckConfig { file } => {
             let s = Settings::load(file.as_deref())?;
-            let (report, errors) = azureiotsecurity::config::agent::check_report(&s);
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            for e in &errors {
+            // The twin layer: the desired configuration kept in the data directory.
+            let kept = twin::load_kept(&s.module.data_dir);
+            let r = twin::check_report(&s, kept);
+            println!("{}", serde_json::to_string_pretty(&r.report)?);
+            for e in &r.errors {
                 eprintln!(
                     "{:?} {}: {} (in force: {})",
                     e.error_type, e.configuration_name, e.message, e.used_configuration
                 );
             }
-            Ok(if errors.is_empty() {
+            if let Some(e) = &r.kept_error {
+                eprintln!("W-TWIN-KEPT {e}: the configuration shown is without it");
+            }
+            Ok(if r.errors.is_empty() && r.kept_error.is_none() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

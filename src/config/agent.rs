@@ -10,7 +10,6 @@
 //! (the previous configuration stays); the checks between settings fix what they report.
 //! [`AgentConfig::to_twin_json`] is the reported form, and `apply` of it gives it back.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -193,6 +192,11 @@ impl AgentConfig {
             v.insert("value".to_string(), spec.key.get(self).to_json());
             m.insert(spec.name.to_string(), Value::Object(v));
         }
+        if let Some(id) = &self.hub_resource_id {
+            let mut v = Map::new();
+            v.insert("value".to_string(), Value::String(id.clone()));
+            m.insert(HUB_RESOURCE_ID.to_string(), Value::Object(v));
+        }
         Value::Object(m)
     }
 }
@@ -222,96 +226,373 @@ pub fn apply(previous: &AgentConfig, update: &Value) -> Applied {
 /// `debug.short_agent_intervals`, for tests). Every other rule is the same whatever the
 /// update comes from (twin, settings file or environment).
 fn apply_with(previous: &AgentConfig, update: &Value, minimums: bool) -> Applied {
-    let empty = Map::new();
-    let object = match update {
-        Value::Null => &empty,
-        Value::Object(m) => m,
-        other => {
-            return Applied {
-                config: previous.clone(),
-                errors: vec![configuration_error(
-                    OBJECT_NAME,
-                    ConfigurationErrorType::TypeMismatch,
-                    previous.to_twin_json().to_string(),
-                    format!(
-                        "expected an object of settings such as {{\"highPriorityMessageFrequency\": {{\"value\": \"PT7M\"}}}}, found {}",
-                        describe(other)
-                    ),
-                )],
-                rejected: true,
-                ignored: Vec::new(),
-            };
-        }
-    };
-
     // The update is the whole configuration: a missing key means its default, not its
     // previous value, as in the classic agents (removing a key from the twin's desired
-    // properties returns it to the default).
-    let mut next = AgentConfig::default();
-    let mut errors: Vec<(usize, ConfigurationError)> = Vec::new();
-    let mut ignored = Vec::new();
-    // The spelling each key was given with.
-    let mut given: [Option<&str>; KEYS.len()] = [None; KEYS.len()];
-    for (name, value) in object {
-        // Key names match ignoring ASCII case, as the classic C# agent (Json.NET) did, and
-        // because the `config` crate lowercases environment variable names. Unknown keys are
-        // ignored without an error: the schema has no `additionalProperties: false`, and
-        // twins written for the classic agents carry keys we do not implement
-        // (`hubResourceId`, `baselineCustomChecksEnabled`, `eventPriorityOperational`).
-        let Some(index) = KEYS.iter().position(|k| k.name.eq_ignore_ascii_case(name)) else {
-            ignored.push(name.clone());
-            continue;
-        };
-        let Some(key) = KEYS.get(index).map(|s| s.key) else {
-            continue;
-        };
-        let Some(slot) = given.get_mut(index) else {
-            continue;
-        };
-        if let Some(first) = *slot {
-            if !errors.iter().any(|(i, _)| *i == index) {
-                errors.push((
-                    index,
-                    type_mismatch(
-                        key,
-                        previous,
-                        format!(
-                            "given more than once, as {} and {} (key names are matched ignoring case)",
-                            quote(first),
-                            quote(name)
-                        ),
-                    ),
-                ));
-            }
-            continue;
-        }
-        *slot = Some(name.as_str());
-        match parse_entry(key, value) {
-            Ok(Some(setting)) => key.set(&mut next, setting),
-            Ok(None) => {}
-            Err(why) => errors.push((index, type_mismatch(key, previous, why))),
-        }
-    }
-
-    // A type error (not `{"value": …}`, a wrong JSON type, a bad duration or priority, an
-    // integer outside the schema descriptions' range) rejects the whole update: the previous
-    // configuration stays and each bad key gets one TypeMismatch, in key order.
-    if !errors.is_empty() {
-        errors.sort_by_key(|(i, _)| *i);
+    // properties returns it to the default). The twin on a base is [`resolve`].
+    let parsed = Layer::parse(Source::Twin, update, previous);
+    if !parsed.errors.is_empty() {
         return Applied {
             config: previous.clone(),
-            errors: errors.into_iter().map(|(_, e)| e).collect(),
+            errors: parsed.errors,
             rejected: true,
-            ignored,
+            ignored: parsed.ignored,
         };
     }
-
-    let errors = check(&mut next, minimums);
+    let resolved = resolve(&[&parsed.layer], &[], minimums);
     Applied {
-        config: next,
-        errors,
+        config: resolved.config,
+        errors: resolved.errors,
         rejected: false,
-        ignored,
+        ignored: parsed.ignored,
+    }
+}
+
+/// The twin key of the IoT Hub's resource id, read into [`AgentConfig::hub_resource_id`]:
+/// `{"value": "/subscriptions/…/IotHubs/<hub>"}`, as the classic C# agent reads it
+/// (RemoteConfiguration's `hubResourceId`). Not a key of the published schema (which allows
+/// unknown keys), so it has no default and is reported only when set.
+pub const HUB_RESOURCE_ID: &str = "hubResourceId";
+
+/// The longest `hubResourceId` taken, in bytes. An IoT hub's resource id is about 200 bytes
+/// (`/subscriptions/<guid>/resourceGroups/<≤ 90>/providers/Microsoft.Devices/IotHubs/<≤ 50>`);
+/// it rides on every message (counted in the size cap) and in the reported properties,
+/// where a value may hold 4096 bytes at most.
+pub const MAX_HUB_RESOURCE_ID: usize = 1024;
+
+/// Where a value in force came from. The layers, lowest first: the published defaults, the
+/// settings file, the environment, the module twin; try-out (a local debug switch) sits
+/// above the twin for the values it sets; `Check` marks a value a check between settings
+/// replaced (its ConfigurationError says why). `Base` is the configuration a
+/// [`crate::config::twin::DesiredState`] was made with when its layers are not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Default,
+    Base,
+    File,
+    Env,
+    Twin,
+    Tryout,
+    Check,
+}
+
+impl Source {
+    /// As `check-config` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Default => "default",
+            Source::Base => "base",
+            Source::File => "file",
+            Source::Env => "env",
+            Source::Twin => "twin",
+            Source::Tryout => "tryout",
+            Source::Check => "check",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One layer of agent settings, parsed: the values it gives. A key it does not give (absent,
+/// `null`, `{}` or `{"value": null}`) is left to the layers below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layer {
+    source: Source,
+    values: [Option<Setting>; KEYS.len()],
+    /// `Some(None)`: given as `""` (no id, whatever the layers below say).
+    hub_resource_id: Option<Option<String>>,
+}
+
+/// What [`Layer::parse`] made of an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedLayer {
+    /// The values given; empty when `errors` is not.
+    pub layer: Layer,
+    /// Type errors, one per bad key in key order: the whole update is refused.
+    pub errors: Vec<ConfigurationError>,
+    /// Keys that are not settings, as given (ignored; worth a log line).
+    pub ignored: Vec<String>,
+}
+
+impl Layer {
+    /// A layer that gives nothing.
+    pub fn empty(source: Source) -> Layer {
+        Layer {
+            source,
+            values: [None; KEYS.len()],
+            hub_resource_id: None,
+        }
+    }
+
+    /// A layer that gives every value of `c`.
+    pub fn of_config(source: Source, c: &AgentConfig) -> Layer {
+        Layer {
+            source,
+            values: KEYS.map(|s| Some(s.key.get(c))),
+            hub_resource_id: Some(c.hub_resource_id.clone()),
+        }
+    }
+
+    /// A layer that gives the message frequencies, the snapshot frequency and every
+    /// aggregation window (try-out's).
+    pub fn frequencies(
+        source: Source,
+        high: Duration,
+        low: Duration,
+        snapshot: Duration,
+        aggregation_interval: Duration,
+    ) -> Layer {
+        let mut layer = Layer::empty(source);
+        for (spec, value) in KEYS.iter().zip(&mut layer.values) {
+            *value = match spec.key {
+                Key::HighFrequency => Some(Setting::Duration(high)),
+                Key::LowFrequency => Some(Setting::Duration(low)),
+                Key::SnapshotFrequency => Some(Setting::Duration(snapshot)),
+                Key::AggregationInterval(_) => Some(Setting::Duration(aggregation_interval)),
+                _ => None,
+            };
+        }
+        layer
+    }
+
+    /// Where this layer's values come from.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    /// True when it gives no value.
+    pub fn is_empty(&self) -> bool {
+        self.values.iter().all(Option::is_none) && self.hub_resource_id.is_none()
+    }
+
+    /// Parses an update, the content of the twin object [`OBJECT_NAME`] (`{"key": {"value":
+    /// …}, …}`; `null` gives nothing). A type error (not `{"value": …}`, a wrong JSON type, a
+    /// bad duration or priority, an integer outside the schema descriptions' range, a key
+    /// given twice in two cases, an update that is not an object) refuses the whole update:
+    /// one TypeMismatch per bad key, in key order, naming the value of `in_force`.
+    pub fn parse(source: Source, update: &Value, in_force: &AgentConfig) -> ParsedLayer {
+        let mut layer = Layer::empty(source);
+        let empty = Map::new();
+        let object = match update {
+            Value::Null => &empty,
+            Value::Object(m) => m,
+            other => {
+                return ParsedLayer {
+                    layer,
+                    errors: vec![configuration_error(
+                        OBJECT_NAME,
+                        ConfigurationErrorType::TypeMismatch,
+                        in_force.to_twin_json().to_string(),
+                        format!(
+                            "expected an object of settings such as {{\"highPriorityMessageFrequency\": {{\"value\": \"PT7M\"}}}}, found {}",
+                            describe(other)
+                        ),
+                    )],
+                    ignored: Vec::new(),
+                };
+            }
+        };
+        // (index in KEYS, or KEYS.len() for hubResourceId; the error)
+        let mut errors: Vec<(usize, ConfigurationError)> = Vec::new();
+        let mut ignored = Vec::new();
+        // The spelling each key was given with; the last slot is hubResourceId's.
+        let mut given: [Option<&str>; KEYS.len() + 1] = [None; KEYS.len() + 1];
+        for (name, value) in object {
+            // Key names match ignoring ASCII case, as the classic C# agent (Json.NET) did, and
+            // because the `config` crate lowercases environment variable names. Unknown keys
+            // are ignored without an error: the schema has no `additionalProperties: false`,
+            // and twins written for the classic agents carry keys we do not implement
+            // (`baselineCustomChecksEnabled`, `eventPriorityOperational`).
+            let index = if HUB_RESOURCE_ID.eq_ignore_ascii_case(name) {
+                KEYS.len()
+            } else if let Some(i) = KEYS.iter().position(|k| k.name.eq_ignore_ascii_case(name)) {
+                i
+            } else {
+                ignored.push(name.clone());
+                continue;
+            };
+            let Some(slot) = given.get_mut(index) else {
+                continue;
+            };
+            if let Some(first) = *slot {
+                if !errors.iter().any(|(i, _)| *i == index) {
+                    let why = format!(
+                        "given more than once, as {} and {} (key names are matched ignoring case)",
+                        quote(first),
+                        quote(name)
+                    );
+                    errors.push((index, key_type_mismatch(index, in_force, why)));
+                }
+                continue;
+            }
+            *slot = Some(name.as_str());
+            if index == KEYS.len() {
+                match parse_hub_resource_id(value) {
+                    Ok(id) => layer.hub_resource_id = id,
+                    Err(why) => errors.push((index, key_type_mismatch(index, in_force, why))),
+                }
+                continue;
+            }
+            let Some(key) = KEYS.get(index).map(|s| s.key) else {
+                continue;
+            };
+            match parse_entry(key, value) {
+                Ok(setting) => {
+                    if let Some(v) = layer.values.get_mut(index) {
+                        *v = setting;
+                    }
+                }
+                Err(why) => errors.push((index, type_mismatch(key, in_force, why))),
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(|(i, _)| *i);
+            return ParsedLayer {
+                layer: Layer::empty(source),
+                errors: errors.into_iter().map(|(_, e)| e).collect(),
+                ignored,
+            };
+        }
+        ParsedLayer {
+            layer,
+            errors: Vec::new(),
+            ignored,
+        }
+    }
+}
+
+/// A TypeMismatch for the key at `index` of [`Layer::parse`]'s slots.
+fn key_type_mismatch(index: usize, in_force: &AgentConfig, why: String) -> ConfigurationError {
+    match KEYS.get(index) {
+        Some(spec) => type_mismatch(spec.key, in_force, why),
+        None => configuration_error(
+            HUB_RESOURCE_ID,
+            ConfigurationErrorType::TypeMismatch,
+            in_force.hub_resource_id.clone().unwrap_or_default(),
+            why,
+        ),
+    }
+}
+
+/// `hubResourceId`'s JSON: `Ok(None)` when not given, `Ok(Some(None))` for `""`.
+fn parse_hub_resource_id(value: &Value) -> Result<Option<Option<String>>, String> {
+    let expected = format!("a string of at most {MAX_HUB_RESOURCE_ID} bytes");
+    let inner = match value {
+        Value::Null => return Ok(None),
+        Value::Object(m) => match m.get("value") {
+            Some(Value::Null) => return Ok(None),
+            None if m.is_empty() => return Ok(None),
+            None => {
+                let members: Vec<String> = m.keys().take(4).map(|k| quote(k)).collect();
+                return Err(format!(
+                    "expected {{\"value\": …}} holding {expected}, found an object without \"value\" (members: {})",
+                    members.join(", ")
+                ));
+            }
+            Some(v) => v,
+        },
+        other => {
+            return Err(format!(
+                "expected {{\"value\": …}} holding {expected}, found {}",
+                describe(other)
+            ));
+        }
+    };
+    match inner {
+        Value::String(s) if s.len() > MAX_HUB_RESOURCE_ID => Err(format!(
+            "\"value\" is {} bytes long: expected {expected}",
+            s.len()
+        )),
+        Value::String(s) if s.is_empty() => Ok(Some(None)),
+        Value::String(s) => Ok(Some(Some(s.clone()))),
+        other => Err(format!(
+            "\"value\" must be {expected}, found {}",
+            describe(other)
+        )),
+    }
+}
+
+/// The source of each value in force, beside a [`Resolved`] configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    keys: [Source; KEYS.len()],
+    hub_resource_id: Source,
+}
+
+impl Sources {
+    /// Every key of the schema, in its order, then [`HUB_RESOURCE_ID`], with its source.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, Source)> + '_ {
+        KEYS.iter()
+            .zip(self.keys.iter())
+            .map(|(spec, source)| (spec.name, *source))
+            .chain(std::iter::once((HUB_RESOURCE_ID, self.hub_resource_id)))
+    }
+
+    /// The source of the key `name` (the schema's spelling, or [`HUB_RESOURCE_ID`]).
+    pub fn get(&self, name: &str) -> Option<Source> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, s)| s)
+    }
+
+    /// `{"key": "file", …}`, every key.
+    pub fn to_json(&self) -> Value {
+        Value::Object(
+            self.iter()
+                .map(|(n, s)| (n.to_string(), Value::String(s.as_str().to_string())))
+                .collect(),
+        )
+    }
+}
+
+/// The outcome of [`resolve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub config: AgentConfig,
+    /// What the checks between settings fixed or found (Conflict, NotOptimal).
+    pub errors: Vec<ConfigurationError>,
+    pub sources: Sources,
+}
+
+/// The configuration in force from layers: the defaults, then each of `layers` (lowest first)
+/// per key, then the checks between settings (which fix what they report), then each of
+/// `on_top` (try-out: set after the checks, which its short intervals would not pass).
+pub fn resolve(layers: &[&Layer], on_top: &[&Layer], minimums: bool) -> Resolved {
+    let mut c = AgentConfig::default();
+    let mut sources = Sources {
+        keys: [Source::Default; KEYS.len()],
+        hub_resource_id: Source::Default,
+    };
+    let lay = |c: &mut AgentConfig, sources: &mut Sources, layer: &Layer| {
+        for ((spec, value), source) in KEYS.iter().zip(&layer.values).zip(&mut sources.keys) {
+            if let Some(v) = value {
+                spec.key.set(c, *v);
+                *source = layer.source;
+            }
+        }
+        if let Some(id) = &layer.hub_resource_id {
+            c.hub_resource_id = id.clone();
+            sources.hub_resource_id = layer.source;
+        }
+    };
+    for layer in layers {
+        lay(&mut c, &mut sources, layer);
+    }
+    let before = c.clone();
+    let errors = check(&mut c, minimums);
+    for (spec, source) in KEYS.iter().zip(&mut sources.keys) {
+        if spec.key.get(&c) != spec.key.get(&before) {
+            *source = Source::Check;
+        }
+    }
+    for layer in on_top {
+        lay(&mut c, &mut sources, layer);
+    }
+    Resolved {
+        config: c,
+        errors,
+        sources,
     }
 }
 
@@ -425,45 +706,87 @@ fn raise_to_minimums(c: &mut AgentConfig, errors: &mut Vec<ConfigurationError>) 
     }
 }
 
-/// The agent configuration of the settings file and environment (`[agent]`,
-/// `AZUREIOTSECURITY_AGENT__<KEY>`), applied on the defaults.
-///
-/// Plain values are wrapped as `{"value": v}`; tables are taken as they are. The `config`
-/// crate lowercases environment variable names but keeps the file's, so one key may arrive
-/// twice, as `highPriorityMessageFrequency` (file) and `highprioritymessagefrequency`
-/// (environment): the all-lowercase spelling wins, since the environment overrides the file.
-/// Unknown keys are errors here (`TypeMismatch`, the rest still applies), unlike in the
-/// twin, to match the settings file's `deny_unknown_fields`.
-pub fn agent_config_from_settings(s: &Settings) -> Applied {
-    let mut groups: BTreeMap<String, Vec<(&String, &Value)>> = BTreeMap::new();
-    for (name, value) in &s.agent {
-        groups
-            .entry(name.to_ascii_lowercase())
-            .or_default()
-            .push((name, value));
-    }
-    let mut update = Map::new();
-    for (folded, spellings) in &groups {
-        let env = spellings.iter().find(|(name, _)| *name == folded);
-        let chosen: Vec<(&String, &Value)> = match env {
-            Some(one) => vec![*one],
-            None => spellings.clone(),
-        };
-        for (name, value) in chosen {
-            let wrapped = if value.is_object() {
-                value.clone()
-            } else {
-                let mut m = Map::new();
-                m.insert("value".to_string(), value.clone());
-                Value::Object(m)
-            };
-            update.insert(name.clone(), wrapped);
+/// The local layers of the agent configuration: what the settings file and the environment
+/// give (`[agent]`, `AZUREIOTSECURITY_AGENT__<KEY>`), and try-out's values above the twin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalLayers {
+    /// The file's, then the environment's; none when they were refused.
+    pub layers: Vec<Layer>,
+    /// Set after the checks and above the twin: try-out's (`module.tryout`), when on.
+    pub on_top: Vec<Layer>,
+    /// False with `debug.short_agent_intervals` (tests only).
+    pub minimums: bool,
+    /// Type errors in the file or the environment: both are refused as one update (the
+    /// defaults are used), as when they were one merged table.
+    pub errors: Vec<ConfigurationError>,
+    /// One TypeMismatch per unknown key (ignored; the rest applies).
+    pub unknown: Vec<ConfigurationError>,
+    /// Keys that are not settings, as given.
+    pub ignored: Vec<String>,
+}
+
+impl LocalLayers {
+    /// No local setting: the defaults, with the minimums.
+    pub fn none() -> LocalLayers {
+        LocalLayers {
+            layers: Vec::new(),
+            on_top: Vec::new(),
+            minimums: true,
+            errors: Vec::new(),
+            unknown: Vec::new(),
+            ignored: Vec::new(),
         }
     }
-    let minimums = !s.debug.short_agent_intervals;
-    let mut applied = apply_with(&AgentConfig::default(), &Value::Object(update), minimums);
-    for name in &applied.ignored {
-        applied.errors.push(configuration_error(
+
+    /// The configuration these layers make with `twin` (a layer of [`Source::Twin`]) between
+    /// them and `on_top`.
+    pub fn resolve(&self, twin: Option<&Layer>) -> Resolved {
+        let layers: Vec<&Layer> = self.layers.iter().chain(twin).collect();
+        let on_top: Vec<&Layer> = self.on_top.iter().collect();
+        resolve(&layers, &on_top, self.minimums)
+    }
+}
+
+/// The settings file's and the environment's agent configuration as layers (no try-out).
+///
+/// Plain values are wrapped as `{"value": v}`; tables are taken as they are. The file and
+/// the environment are read apart by [`Settings::load_from`] (`Settings::agent_layers`), so
+/// each key's layer is known; settings not loaded from there (built, or deserialized) give
+/// their `agent` table as the file's. Unknown keys are errors here (`TypeMismatch`, the rest
+/// still applies), unlike in the twin, to match the settings file's `deny_unknown_fields`.
+pub fn settings_layers(s: &Settings) -> LocalLayers {
+    let empty = Map::new();
+    let given: [(Source, &Map<String, Value>); 2] = match &s.agent_layers {
+        Some(l) => [(Source::File, &l.file), (Source::Env, &l.env)],
+        None => [(Source::File, &s.agent), (Source::Env, &empty)],
+    };
+    let defaults = AgentConfig::default();
+    let mut local = LocalLayers::none();
+    local.minimums = !s.debug.short_agent_intervals;
+    for (source, table) in given {
+        let update: Map<String, Value> = table
+            .iter()
+            .map(|(name, value)| {
+                let wrapped = if value.is_object() {
+                    value.clone()
+                } else {
+                    let mut m = Map::new();
+                    m.insert("value".to_string(), value.clone());
+                    Value::Object(m)
+                };
+                (name.clone(), wrapped)
+            })
+            .collect();
+        let parsed = Layer::parse(source, &Value::Object(update), &defaults);
+        local.errors.extend(parsed.errors);
+        local.ignored.extend(parsed.ignored);
+        local.layers.push(parsed.layer);
+    }
+    if !local.errors.is_empty() {
+        local.layers.clear();
+    }
+    for name in &local.ignored {
+        local.unknown.push(configuration_error(
             name,
             ConfigurationErrorType::TypeMismatch,
             String::new(),
@@ -473,32 +796,40 @@ pub fn agent_config_from_settings(s: &Settings) -> Applied {
             ),
         ));
     }
-    applied
+    local
 }
 
-/// For `azureiotsecurity check-config`: the effective settings as JSON (the module
-/// settings, with `agent` the agent configuration in force in its twin form) and the
-/// agent configuration's problems.
-pub fn check_report(s: &Settings) -> (Value, Vec<ConfigurationError>) {
-    let applied = agent_config_from_settings(s);
-    let mut report = match serde_json::to_value(s) {
-        Ok(Value::Object(m)) => m,
-        Ok(other) => {
-            let mut m = Map::new();
-            m.insert("settings".to_string(), other);
-            m
-        }
-        Err(e) => {
-            let mut m = Map::new();
-            m.insert(
-                "settings_error".to_string(),
-                Value::String(format!("the module settings cannot be shown as JSON: {e}")),
-            );
-            m
-        }
+/// The agent configuration of the settings file and environment, on the defaults (no
+/// try-out: [`Settings::agent_config`] adds it): the [`settings_layers`] resolved.
+pub fn agent_config_from_settings(s: &Settings) -> Applied {
+    applied_locally(&settings_layers(s))
+}
+
+/// `local` resolved without a twin, as an [`Applied`]: the errors are the type errors (the
+/// local layers refused) or the checks', then one per unknown key.
+pub fn applied_locally(local: &LocalLayers) -> Applied {
+    let resolved = local.resolve(None);
+    let rejected = !local.errors.is_empty();
+    let mut errors = if rejected {
+        local.errors.clone()
+    } else {
+        resolved.errors
     };
-    report.insert("agent".to_string(), applied.config.to_twin_json());
-    (Value::Object(report), applied.errors)
+    errors.extend(local.unknown.iter().cloned());
+    Applied {
+        config: resolved.config,
+        errors,
+        rejected,
+        ignored: local.ignored.clone(),
+    }
+}
+
+/// For `azureiotsecurity check-config` without a kept twin configuration: the effective
+/// settings as JSON and the agent configuration's problems
+/// ([`crate::config::twin::check_report`]).
+pub fn check_report(s: &Settings) -> (Value, Vec<ConfigurationError>) {
+    let r = super::twin::check_report(s, Ok(None));
+    (r.report, r.errors)
 }
 
 /// One setting of the schema.
@@ -1498,14 +1829,12 @@ mod tests {
         ok(&applied);
         let mut want = AgentConfig::default();
         want.set_priority(EventKind::Login, Priority::Off);
+        // hubResourceId is read (issue 12): the classic C# agent's key, not the schema's.
+        want.hub_resource_id = Some("/subscriptions/x".to_string());
         assert_eq!(applied.config, want);
         assert_eq!(
             applied.ignored,
-            vec![
-                "baselineCustomChecksEnabled",
-                "eventPriorityOperational",
-                "hubResourceId"
-            ]
+            vec!["baselineCustomChecksEnabled", "eventPriorityOperational"]
         );
     }
 
@@ -2144,7 +2473,18 @@ mod tests {
         assert_eq!(report["module"], serde_json::to_value(&s.module).unwrap());
         assert_eq!(report["edgehub"], serde_json::to_value(&s.edgehub).unwrap());
         assert_eq!(report["metrics"], serde_json::to_value(&s.metrics).unwrap());
-        assert_eq!(report.as_object().unwrap().len(), 7);
+        // The six sections, the agent configuration, its sources and the twin layer.
+        assert_eq!(report.as_object().unwrap().len(), 9);
+        assert_eq!(
+            report["agent_sources"]["maxMessageSizeInBytes"],
+            json!("file")
+        );
+        assert_eq!(
+            report["agent_sources"]["snapshotFrequency"],
+            json!("default")
+        );
+        assert_eq!(report["twin"]["state"], json!("none"));
+        assert_eq!(report["twin"]["version"], Value::Null);
         assert_eq!(
             report["audit"]["socket_path"],
             json!("/var/run/audispd_events")

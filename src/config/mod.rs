@@ -10,3 +10,4 @@ pub mod agent;
 pub mod duration;
 pub mod settings;
 pub mod stages;
+pub mod twin;

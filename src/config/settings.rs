@@ -43,6 +43,23 @@ pub struct Settings {
     /// matched ignoring case (the environment's are lowercased). Read by
     /// [`crate::config::agent::agent_config_from_settings`].
     pub agent: serde_json::Map<String, serde_json::Value>,
+    /// `[agent]` of the settings file alone and of the environment alone, as
+    /// [`Settings::load_from`] read them: the merged `agent` cannot say which layer a key
+    /// came from (the `config` crate lowercases the environment's names and keeps the
+    /// file's). `None` when these settings were not loaded (built, or deserialized): `agent`
+    /// is then taken as the file's.
+    #[serde(skip)]
+    pub agent_layers: Option<AgentLayers>,
+}
+
+/// The agent settings of each local layer, as given (see [`Settings::agent_layers`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AgentLayers {
+    /// The settings file's `[agent]`.
+    pub file: serde_json::Map<String, serde_json::Value>,
+    /// The environment's `AZUREIOTSECURITY_AGENT__<KEY>` (names lowercased by the `config`
+    /// crate; `__VALUE` suffixes make `{"value": …}` tables).
+    pub env: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where the audit stream comes from and how much of it may be held.
@@ -278,11 +295,14 @@ impl Settings {
     ) -> Result<Settings, SettingsError> {
         let defaults = ::config::Config::try_from(&Settings::default())?;
         let mut b = ::config::Config::builder().add_source(defaults);
+        let mut file_only = ::config::Config::builder();
         if let Some(f) = file {
             if !f.exists() {
                 return Err(SettingsError::MissingFile(f.to_path_buf()));
             }
-            b = b.add_source(::config::File::from(f).format(::config::FileFormat::Toml));
+            let source = ::config::File::from(f).format(::config::FileFormat::Toml);
+            b = b.add_source(source.clone());
+            file_only = file_only.add_source(source);
         }
         let mut envsrc = ::config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("_")
@@ -291,7 +311,17 @@ impl Settings {
         if let Some(map) = env {
             envsrc = envsrc.source(Some(map));
         }
-        let s: Settings = b.add_source(envsrc).build()?.try_deserialize()?;
+        let env_only = ::config::Config::builder().add_source(envsrc.clone());
+        let mut s: Settings = b.add_source(envsrc).build()?.try_deserialize()?;
+        // Each layer's `[agent]` alone, so that each agent value's layer is known (none:
+        // `agent` is empty too, and the settings equal the defaults).
+        let layers = AgentLayers {
+            file: agent_table(file_only)?,
+            env: agent_table(env_only)?,
+        };
+        if layers != AgentLayers::default() {
+            s.agent_layers = Some(layers);
+        }
         s.validate()?;
         Ok(s)
     }
@@ -406,17 +436,40 @@ impl Settings {
     /// ([`agent::agent_config_from_settings`]), then try-out's overrides when
     /// `module.tryout` is set. `check-config` shows `[agent]` without them.
     pub fn agent_config(&self) -> Applied {
-        let mut applied = agent::agent_config_from_settings(self);
+        agent::applied_locally(&self.agent_layers())
+    }
+
+    /// The agent configuration's local layers: the settings file's and the environment's
+    /// `[agent]` ([`agent::settings_layers`]) and, when `module.tryout` is set, try-out's
+    /// values above them and above the twin. Try-out is a local debug switch: a twin
+    /// configuration must not stretch its 10-second messages back to hours, so it stays on
+    /// top, shown as its own source (`tryout`) by `check-config`.
+    pub fn agent_layers(&self) -> agent::LocalLayers {
+        let mut local = agent::settings_layers(self);
         if self.module.tryout {
-            let c = &mut applied.config;
-            c.high_priority_message_frequency = TRYOUT_HIGH_FREQUENCY;
-            c.low_priority_message_frequency = TRYOUT_LOW_FREQUENCY;
-            c.snapshot_frequency = TRYOUT_SNAPSHOT_FREQUENCY;
-            for a in c.aggregations.iter_mut() {
-                a.interval = TRYOUT_AGGREGATION_INTERVAL;
-            }
+            local.on_top.push(agent::Layer::frequencies(
+                agent::Source::Tryout,
+                TRYOUT_HIGH_FREQUENCY,
+                TRYOUT_LOW_FREQUENCY,
+                TRYOUT_SNAPSHOT_FREQUENCY,
+                TRYOUT_AGGREGATION_INTERVAL,
+            ));
         }
-        applied
+        local
+    }
+}
+
+/// The `agent` table of one source (empty when it has none).
+fn agent_table(
+    b: ::config::ConfigBuilder<::config::builder::DefaultState>,
+) -> Result<serde_json::Map<String, serde_json::Value>, SettingsError> {
+    match b
+        .build()?
+        .get::<serde_json::Map<String, serde_json::Value>>("agent")
+    {
+        Ok(m) => Ok(m),
+        Err(::config::ConfigError::NotFound(_)) => Ok(serde_json::Map::new()),
+        Err(e) => Err(e.into()),
     }
 }
 
