@@ -64,6 +64,8 @@
 //!   - [`config::agent`]: the agent configuration (the security module twin's settings).
 //!   - [`config::duration`]: ISO 8601 durations.
 //!   - [`config::stages`]: one function per stage building its small config struct.
+//!   - [`config::twin`]: the twin's desired configuration as the top layer, the kept
+//!     desired file, the reported form.
 //! - [`app`]: wiring of `run` and `replay`: tasks, channels, shutdown.
 //!
 //! Each stage that does the work is a plain synchronous state machine with no I/O and no
