@@ -24,6 +24,8 @@ use crate::audit::source::{self, Chunk, LineQueue, SourceStats};
 use crate::config::agent::AgentConfig;
 use crate::config::settings::Settings;
 use crate::config::stages;
+use crate::config::twin::{DesiredState, Step, load_kept};
+use crate::edge::amqp::backoff::random_unit;
 use crate::edge::amqp::{AmqpConfig, AmqpStats, Client, Control};
 use crate::edge::credentials::Credentials;
 use crate::events::operational::DiagnosticSeverity;
@@ -36,6 +38,7 @@ use crate::outgoing::owner::{self, Feeder};
 use crate::outgoing::{Outgoing, UpstreamDrops, diagnostic_event};
 use crate::pipeline::{Pipeline, PipelineStats};
 use crate::stats::{self, Snapshot};
+use crate::twin::{Machine, TwinTask, TwinTaskStats};
 
 #[derive(Debug, Error)]
 pub enum AppError {
@@ -53,7 +56,8 @@ pub enum AppError {
     Thread(#[source] std::io::Error),
 }
 
-/// A long-running task of `run` (the socket reader, the AMQP sender, the metrics server).
+/// A long-running task of `run` (the socket reader, the AMQP sender, the twin task, the
+/// metrics server).
 /// None of them ends on its own while the module runs, so one that does (a panic, or a
 /// return) ends the module: [`first_ended`] tells `run`, which logs E-TASK-ENDED, flushes
 /// what is in flight and returns [`AppError::TaskEnded`], and the process exits non-zero so
@@ -237,6 +241,9 @@ pub struct Emitter<W: Write> {
     out_blocked: bool,
     /// `--events`: events dropped because `out` was full.
     unprinted_events: u64,
+    /// Sending with the twin: the desired state the outgoing state started from, for the
+    /// twin task to own.
+    desired: Option<DesiredState>,
 }
 
 impl<W: Write> Emitter<W> {
@@ -250,6 +257,7 @@ impl<W: Write> Emitter<W> {
             store_diagnostic: None,
             out_blocked: false,
             unprinted_events: 0,
+            desired: None,
         }
     }
 
@@ -259,6 +267,49 @@ impl<W: Write> Emitter<W> {
         self.outgoing.take()
     }
 
+    /// The desired state the outgoing state started from (sending with the twin), taken
+    /// away for the twin task.
+    pub fn take_desired(&mut self) -> Option<DesiredState> {
+        self.desired.take()
+    }
+
+    /// Sending with the twin: the settings' layers with the desired configuration kept in
+    /// the data directory on top, so that a restart while edgeHub is away starts with the
+    /// cloud's configuration. A kept file that cannot be read is logged and ignored.
+    fn restore_desired(&mut self) -> AgentConfig {
+        let mut state = DesiredState::from_settings(&self.settings);
+        let dir = &self.settings.module.data_dir;
+        match load_kept(dir) {
+            Ok(None) => {}
+            Ok(Some(kept)) => {
+                let version = kept.version;
+                match state.restore(kept) {
+                    Step::Rejected { errors } => tracing::warn!(
+                        error_id = "W-TWIN-KEPT",
+                        dir = %dir.display(),
+                        version,
+                        first = %errors.first().map(|e| e.message.as_str()).unwrap_or(""),
+                        "the kept desired configuration was rejected: starting from the settings"
+                    ),
+                    step => tracing::info!(
+                        version,
+                        changed = matches!(step, Step::Applied { .. }),
+                        "the desired configuration kept from the twin is in force until edgeHub answers"
+                    ),
+                }
+            }
+            Err(e) => tracing::warn!(
+                error_id = "W-TWIN-KEPT",
+                dir = %dir.display(),
+                error = %e,
+                "the kept desired configuration cannot be read: ignored, starting from the settings"
+            ),
+        }
+        let config = state.config().clone();
+        self.desired = Some(state);
+        config
+    }
+
     /// Makes the outgoing half if this mode has one and it is not made yet.
     fn ensure_outgoing(&mut self, now_ms: u64, wall_ms: u64) {
         let Some(agent_id) = self.mode.agent_id() else {
@@ -266,6 +317,10 @@ impl<W: Write> Emitter<W> {
         };
         if self.outgoing.is_none() {
             let (config, errors) = agent_config(&self.settings);
+            let config = match self.mode {
+                Mode::Send { .. } if self.settings.edgehub.twin => self.restore_desired(),
+                _ => config,
+            };
             let cache = usize::try_from(config.max_local_cache_size_in_bytes).unwrap_or(usize::MAX);
             let store = self.store(cache);
             let durable = matches!(self.mode, Mode::Send { .. });
@@ -682,7 +737,7 @@ pub async fn run<W: Write + Send + 'static>(
     let wall_ms = || u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
     let start = Instant::now();
     let now_ms = move || u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut sender = start_sender(&mut emitter, &mode, &settings, now_ms(), wall_ms())?;
+    let mut sender = start_sender(&mut emitter, &mode, &settings, start, wall_ms())?;
     let snapshot = Arc::new(Mutex::new(Snapshot::default()));
     let mut metrics_task = if settings.metrics.enabled {
         start_metrics(&settings.metrics.listen, snapshot.clone()).await
@@ -769,7 +824,11 @@ pub async fn run<W: Write + Send + 'static>(
                 _ = shutdown.notified() => return Ok(()),
                 ended = first_ended(
                     std::iter::once(&mut reader)
-                        .chain(sender.as_mut().into_iter().flat_map(|s| [&mut s.task, &mut s.owner]))
+                        .chain(sender.as_mut().into_iter().flat_map(|s| {
+                            [Some(&mut s.task), Some(&mut s.owner), s.twin.as_mut().map(|t| &mut t.task)]
+                                .into_iter()
+                                .flatten()
+                        }))
                         .chain(metrics_task.as_mut()),
                 ) => return Err(task_ended(ended)),
             }
@@ -877,6 +936,14 @@ struct RunningSender {
     feeder: Feeder,
     /// The owner thread's end, supervised like the tasks.
     owner: Supervised,
+    /// The twin task (`edgehub.twin`).
+    twin: Option<RunningTwin>,
+}
+
+/// The twin task of `Mode::Send` and its counters.
+struct RunningTwin {
+    task: Supervised,
+    stats: Arc<TwinTaskStats>,
 }
 
 impl RunningSender {
@@ -890,6 +957,11 @@ impl RunningSender {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.task.abort();
+        // The twin links went with the connection; a change the twin task is handing over
+        // now would come after the final flush: it ends here.
+        if let Some(t) = &self.twin {
+            t.task.abort();
+        }
     }
 
     /// The owner thread refused a command: when it has ended, that end is the reason
@@ -914,18 +986,19 @@ fn start_sender<W: Write>(
     emitter: &mut Emitter<W>,
     mode: &Mode,
     settings: &Settings,
-    now_ms: u64,
+    start: Instant,
     wall_ms: u64,
 ) -> Result<Option<RunningSender>, AppError> {
     let Mode::Send {
+        agent_id,
         credentials,
         amqp,
         grace,
-        ..
     } = mode
     else {
         return Ok(None);
     };
+    let now_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let Some(outgoing) = emitter.take_outgoing(now_ms, wall_ms) else {
         return Ok(None);
     };
@@ -939,6 +1012,36 @@ fn start_sender<W: Write>(
             handle.fail().await;
         });
     }
+    // The twin links beside telemetry, and the task that owns the desired state.
+    let (twin_service, twin) = match emitter.take_desired() {
+        Some(state) => {
+            let (service, handle, events, service_stats) =
+                crate::edge::amqp::twin::service(amqp.request_timeout, TWIN_EVENTS);
+            let stats = Arc::new(TwinTaskStats::new(service_stats));
+            let task = TwinTask {
+                machine: Machine::new(
+                    state,
+                    *agent_id,
+                    env!("CARGO_PKG_VERSION"),
+                    amqp.reconnect_min,
+                    amqp.reconnect_max,
+                    random_unit,
+                ),
+                twin: handle,
+                events,
+                owner: owner.handle.clone(),
+                stats: stats.clone(),
+                data_dir: settings.module.data_dir.clone(),
+                start,
+            };
+            let running = RunningTwin {
+                task: Supervised::spawn("twin", with_fault(settings, "twin", task.run())),
+                stats,
+            };
+            (Some(service), Some(running))
+        }
+        None => (None, None),
+    };
     let outbox = Arc::new(owner.handle);
     let stats = Arc::new(AmqpStats::default());
     let (control, control_rx) = tokio::sync::watch::channel(Control::Run);
@@ -948,6 +1051,7 @@ fn start_sender<W: Write>(
         outbox,
         wake,
         stats: stats.clone(),
+        twin: twin_service,
     };
     Ok(Some(RunningSender {
         control,
@@ -959,8 +1063,12 @@ fn start_sender<W: Write>(
         grace: *grace,
         feeder: owner.feeder,
         owner: Supervised::spawn("owner", owner::supervise(owner.ended)),
+        twin,
     }))
 }
+
+/// Twin events (connections, desired patches) waiting for the twin task.
+const TWIN_EVENTS: usize = 16;
 
 async fn start_metrics(listen: &str, snapshot: Arc<Mutex<Snapshot>>) -> Option<Supervised> {
     let addr = match listen.parse() {
@@ -999,6 +1107,9 @@ fn collect<W: Write>(
     if let Some(sender) = sender {
         sender.stats.fill(&mut s);
         sender.feeder.handle().counts().fill(&mut s);
+        if let Some(t) = &sender.twin {
+            t.stats.fill(&mut s);
+        }
         s.pipeline_waits = sender.feeder.waits();
         s.outgoing_backlog = sender.feeder.backlog() as u64;
     }

@@ -66,6 +66,7 @@
 //!   - [`config::stages`]: one function per stage building its small config struct.
 //!   - [`config::twin`]: the twin's desired configuration as the top layer, the kept
 //!     desired file, the reported form.
+//! - [`twin`]: the twin task: from edgeHub's module twin to the configuration in force.
 //! - [`app`]: wiring of `run` and `replay`: tasks, channels, shutdown.
 //!
 //! Each stage that does the work is a plain synchronous state machine with no I/O and no
@@ -82,6 +83,7 @@ pub mod outgoing;
 pub mod pipeline;
 pub mod rules;
 pub mod stats;
+pub mod twin;
 pub mod validate;
 
 #[cfg(test)]

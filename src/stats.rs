@@ -132,6 +132,24 @@ snapshot! {
         "messages edgeHub released or modified (sent again)";
     send_timeouts: counter "edgehub_send_timeouts_total",
         "messages edgeHub did not settle in time (the connection is reopened)";
+    // The module twin (edge::amqp::twin, crate::twin).
+    twin_gets: counter "twin_gets_total", "module twin GETs answered (the whole twin read)";
+    twin_patches: counter "twin_patches_total", "desired-property patches received";
+    /// Messages without correlation-id on the twin link that are not a JSON object.
+    twin_bad_patches: counter "twin_bad_patches_total",
+        "messages on the twin link that are not a desired patch (ignored)";
+    /// Desired updates (a GET's document or a patch) that changed the configuration.
+    twin_applied: counter "twin_updates_applied_total",
+        "desired updates that changed the configuration in force";
+    twin_rejected: counter "twin_updates_rejected_total",
+        "desired updates rejected whole (a value of the wrong type)";
+    twin_stale: counter "twin_updates_stale_total",
+        "desired updates older than the version applied (ignored)";
+    twin_gaps: counter "twin_version_gaps_total",
+        "desired patches that skipped a version (the twin is read again)";
+    twin_request_failures: counter "twin_request_failures_total",
+        "twin requests that failed (status, timeout): GET and PUT retried, PATCH at the next change";
+    twin_reports: counter "twin_reports_total", "reported-property PATCHes edgeHub accepted";
 }
 
 impl Snapshot {

@@ -101,6 +101,7 @@ fn start_client(creds: Arc<Credentials>, cfg: AmqpConfig, outbox: Arc<TestOutbox
         outbox,
         wake: Arc::new(Notify::new()),
         stats: stats.clone(),
+        twin: None,
     };
     let task = tokio::spawn(client.run(rx));
     Running {

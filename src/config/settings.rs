@@ -152,6 +152,10 @@ pub struct EdgeHubSettings {
     pub reconnect_max_ms: u64,
     /// On SIGTERM: how long to keep sending what is ready before exiting.
     pub shutdown_grace_ms: u64,
+    /// Open the module twin's links on every connection and take the agent configuration
+    /// from its desired properties (`crate::twin`); off: the settings' `[agent]` only, and
+    /// no kept twin configuration is read at start.
+    pub twin: bool,
 }
 
 impl Default for EdgeHubSettings {
@@ -168,6 +172,7 @@ impl Default for EdgeHubSettings {
             reconnect_min_ms: ms(c.reconnect_min),
             reconnect_max_ms: ms(c.reconnect_max),
             shutdown_grace_ms: 3_000,
+            twin: true,
         }
     }
 }
@@ -200,8 +205,8 @@ pub struct DebugSettings {
     pub pause_pipeline_after_ms: u64,
     pub pause_pipeline_ms: u64,
     /// Make a long-running task panic `panic_task_after_ms` after start: `reader` (the
-    /// socket reader), `sender` (the AMQP sender) or `owner` (the outgoing state's thread);
-    /// empty = never. Shows that a task that dies ends the module (E-TASK-ENDED) instead of
+    /// socket reader), `sender` (the AMQP sender), `owner` (the outgoing state's thread) or
+    /// `twin` (the twin task); empty = never. Shows that a task that dies ends the module (E-TASK-ENDED) instead of
     /// leaving it half alive.
     pub panic_task: String,
     pub panic_task_after_ms: u64,
@@ -212,7 +217,7 @@ pub struct DebugSettings {
 }
 
 /// The tasks `debug.panic_task` can name.
-pub const PANIC_TASKS: [&str; 3] = ["reader", "sender", "owner"];
+pub const PANIC_TASKS: [&str; 4] = ["reader", "sender", "owner", "twin"];
 
 impl Default for AuditSettings {
     /// The coalescer's bounds and timeouts are its own defaults.
@@ -391,7 +396,10 @@ impl Settings {
         }
         let task = self.debug.panic_task.as_str();
         if !task.is_empty() && !PANIC_TASKS.contains(&task) {
-            return bad("debug.panic_task", "must be empty, reader, sender or owner");
+            return bad(
+                "debug.panic_task",
+                "must be empty, reader, sender, owner or twin",
+            );
         }
         if self.module.aggregation_max_entries == 0 {
             return bad("module.aggregation_max_entries", "must be positive");

@@ -144,16 +144,16 @@ fn check_config_and_run_refuse_a_token_lifetime_beyond_a_day() {
     }
 }
 
-/// A task that really dies (the socket reader, and the outgoing state's owner thread, made
-/// to panic by `debug.panic_task`) ends the module with a non-zero status and E-TASK-ENDED
+/// A task that really dies (the socket reader, the outgoing state's owner thread and the
+/// twin task, made to panic by `debug.panic_task`) ends the module with a non-zero status and E-TASK-ENDED
 /// naming it, within a bounded time; before, nothing watched the tasks and the module stayed
 /// up without them.
 #[test]
 fn a_task_that_dies_ends_the_module_non_zero() {
-    for task in ["reader", "owner"] {
+    for task in ["reader", "owner", "twin"] {
         let dir = tempfile::tempdir().unwrap();
-        // The owner thread runs only when sending: a gateway nobody serves (the sender
-        // keeps retrying; the owner thread is what dies).
+        // The owner thread and the twin task run only when sending: a gateway nobody serves
+        // (the sender keeps retrying; the owner thread or the twin task is what dies).
         let port = free_port().to_string();
         let cs = format!(
             "HostName={HUB};DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={KEY};GatewayHostName=localhost:{port}"
@@ -162,7 +162,7 @@ fn a_task_that_dies_ends_the_module_non_zero() {
             ("AZUREIOTSECURITY_DEBUG__PANIC_TASK", task),
             ("AZUREIOTSECURITY_DEBUG__PANIC_TASK_AFTER_MS", "300"),
         ];
-        let args: &[&str] = if task == "owner" {
+        let args: &[&str] = if task == "owner" || task == "twin" {
             env.push(("EdgeHubConnectionString", &cs));
             &["run"]
         } else {

@@ -7,8 +7,9 @@
 //!   (correlated request → reply on a link pair; [`cbs`] uses it), [`twin`] (the module
 //!   twin on that pair: GET, subscribe, report, desired patches) and [`receiver`]
 //!   (unsolicited messages, each accepted or rejected by the caller).
-//! - [`Client`]: the module's connection, telemetry only. `edge/` does not import the outgoing
-//!   state: it reaches it through the [`Outbox`] trait defined here.
+//! - [`Client`]: the module's connection: telemetry, and the twin when the caller gives it a
+//!   [`twin::TwinService`]. `edge/` does not import the outgoing state: it reaches it through
+//!   the [`Outbox`] trait defined here.
 
 pub mod backoff;
 pub mod cbs;
@@ -178,7 +179,8 @@ pub enum Control {
     Finish { deadline: Instant },
 }
 
-/// The module's connection: the telemetry sender only, until told to finish.
+/// The module's connection: the telemetry sender, and beside it the twin links when
+/// `twin` is given, on every connection until told to finish.
 pub struct Client<O: Outbox> {
     pub credentials: Arc<Credentials>,
     pub config: AmqpConfig,
@@ -186,15 +188,19 @@ pub struct Client<O: Outbox> {
     /// Notified when a message may be waiting (the sender also looks every second).
     pub wake: Arc<Notify>,
     pub stats: Arc<AmqpStats>,
+    /// The module twin's link service ([`twin::service`]); None: no twin links.
+    pub twin: Option<twin::TwinService>,
 }
 
 impl<O: Outbox> Client<O> {
     pub async fn run(self, control: watch::Receiver<Control>) {
         let telemetry = Telemetry::new(self.outbox, self.wake, self.stats.clone(), &self.config);
-        Connection::new(self.credentials, self.config, self.stats)
-            .with(telemetry)
-            .run(control)
-            .await
+        let mut connection =
+            Connection::new(self.credentials, self.config, self.stats).with(telemetry);
+        if let Some(twin) = self.twin {
+            connection = connection.with(twin);
+        }
+        connection.run(control).await
     }
 }
 
