@@ -15,3 +15,4 @@ mod lifecycle;
 mod parse_equivalence;
 mod parse_props;
 mod tiers;
+mod twin_readme;
