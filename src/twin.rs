@@ -266,7 +266,7 @@ impl Machine {
                         merge(r, &sent);
                     }
                     tracing::info!(
-                        version = ?self.state.version(),
+                        version = self.state.version(),
                         "reported properties updated"
                     );
                 }
@@ -311,7 +311,7 @@ impl Machine {
                 let changed = changed_keys(before, &config);
                 tracing::info!(
                     source = what,
-                    version = ?version,
+                    version,
                     changed = %changed.join(","),
                     problems = errors.len(),
                     "twin configuration applied"
@@ -331,7 +331,7 @@ impl Machine {
                 tracing::warn!(
                     error_id = "W-TWIN-REJECTED",
                     source = what,
-                    version = ?version,
+                    version,
                     settings = %settings.join(","),
                     first = %errors.first().map(|e| e.message.as_str()).unwrap_or(""),
                     "a desired configuration was rejected whole: the previous one stays"
@@ -341,7 +341,7 @@ impl Machine {
                 }
             }
             Step::Unchanged => {
-                tracing::info!(source = what, version = ?version, "twin configuration unchanged");
+                tracing::info!(source = what, version, "twin configuration unchanged");
             }
             Step::Stale { version, applied } => {
                 self.counts.stale += 1;

@@ -16,3 +16,4 @@ mod parse_equivalence;
 mod parse_props;
 mod tiers;
 mod twin_readme;
+mod twin_task;

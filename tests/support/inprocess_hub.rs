@@ -63,11 +63,15 @@ pub enum Rec {
         address: String,
         channel_correlation_id: Option<String>,
     },
-    /// A message the client sent to a request node (any address but `$cbs` and events).
+    /// A message the client sent to a request node (any address but `$cbs` and events):
+    /// `id` its message-id; a twin request's `correlation_id` and `operation` annotation
+    /// (empty when absent).
     Request {
         conn: usize,
         address: String,
         id: String,
+        correlation_id: String,
+        operation: String,
         body: String,
     },
     /// How the client settled a message the hub sent it.
@@ -458,10 +462,29 @@ pub async fn request_node(
 ) {
     while let Ok(d) = rx.recv::<Body<Value>>().await {
         let m = d.message();
+        let operation = m
+            .message_annotations
+            .as_ref()
+            .and_then(|a| {
+                a.0.iter().find_map(|(k, v)| match (k, v) {
+                    (OwnedKey::Symbol(k), Value::String(v)) if k.0 == "operation" => {
+                        Some(v.clone())
+                    }
+                    _ => None,
+                })
+            })
+            .unwrap_or_default();
         recs.lock().unwrap().push(Rec::Request {
             conn,
             address: address.clone(),
             id: id_text(m.properties.as_ref().and_then(|p| p.message_id.clone())),
+            correlation_id: m
+                .properties
+                .as_ref()
+                .and_then(|p| p.correlation_id.clone())
+                .map(|c| id_text(Some(c)))
+                .unwrap_or_default(),
+            operation,
             body: body_text(&m.body),
         });
         if rx.accept(&d).await.is_err() {
