@@ -2,12 +2,13 @@
 //! sizes, event priorities, aggregation), described by one table of keys (`KEYS`: name,
 //! kind of value, default) that parsing, checking, the defaults and the reported form read.
 //!
-//! Contract (the published twin schema and DESIGN.md's "Configuration"): [`apply`] is pure
-//! and turns an update `{"key": {"value": …}, …}` into the [`AgentConfig`] in force plus one
-//! [`ConfigurationError`] per problem, with the same rules whatever feeds it (the settings
-//! file and environment through [`agent_config_from_settings`], the twin next). The update
-//! is the whole configuration (a missing key is its default); a type error rejects all of it
-//! (the previous configuration stays); the checks between settings fix what they report.
+//! Contract (the published twin schema and DESIGN.md's "Configuration"): parsing is pure
+//! and has the same rules whatever feeds it: [`Layer::parse`] turns an update `{"key":
+//! {"value": …}, …}` into the values it gives, or one [`ConfigurationError`] per type error
+//! (a type error refuses all of it). [`resolve`] lays layers over the defaults per key (the
+//! settings file, the environment, the twin: [`LocalLayers`], [`crate::config::twin`]), runs
+//! the checks between settings (which fix what they report) and records each value's
+//! [`Source`]. [`apply`] is one update on the defaults (a missing key is its default).
 //! [`AgentConfig::to_twin_json`] is the reported form, and `apply` of it gives it back.
 
 use std::fmt;

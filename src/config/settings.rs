@@ -1,8 +1,9 @@
 //! Settings: built-in defaults < a settings file (TOML) < environment variables.
 //!
 //! Environment variables are named `AZUREIOTSECURITY_<SECTION>__<KEY>`, for example
-//! `AZUREIOTSECURITY_AUDIT__SOCKET_PATH=/run/audit/audispd_events`. The module twin (a later
-//! layer) feeds the same struct.
+//! `AZUREIOTSECURITY_AUDIT__SOCKET_PATH=/run/audit/audispd_events`. The module twin is a
+//! layer above these for the agent configuration only (`[agent]`; see
+//! [`crate::config::twin`]): every other setting is local.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
