@@ -34,6 +34,8 @@
 //!   - [`outgoing::aggregate`]: identical events within a window become one with a hit count.
 //!   - [`outgoing::state`]: priorities, the store, statistics ([`outgoing::Outgoing`]).
 //!   - [`outgoing::batch`]: the message envelope and batching events into messages.
+//!   - [`outgoing::properties`]: the application properties of each message
+//!     (`MessagePriority`, `HubResourceId`).
 //!   - [`outgoing::owner`]: the outgoing state on a thread of its own, fed by commands.
 //! - [`outbox`]: where events wait; the [`outbox::Store`] contract.
 //!   - [`outbox::memory`]: the store in memory.

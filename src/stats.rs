@@ -116,6 +116,9 @@ snapshot! {
         "high-priority events dropped (full cache, rejected messages)";
     dropped_low: counter "events_dropped_low_total",
         "low-priority events dropped (full cache, rejected messages)";
+    /// Events of a type whose priority is Off: not collected, not sent (configured out).
+    configured_out: counter "events_configured_out_total",
+        "events of a type whose priority is Off (configured out: not collected, not sent)";
     queued_messages: gauge "queued_messages", "messages in the outbox, waiting to be sent";
     queued_bytes: gauge "queued_bytes", "bytes held in the outbox (pending events and messages)";
     // The AMQP sender (edge::amqp).

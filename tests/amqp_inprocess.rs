@@ -38,6 +38,7 @@ impl TestOutbox {
                 body: format!(r#"{{"AgentId":"a","Events":["{id}"]}}"#),
                 high_events: 2,
                 low_events: 1,
+                application_properties: properties(id),
             });
         }
         Arc::new(o)
@@ -67,6 +68,15 @@ impl Outbox for TestOutbox {
         }
         Ok(())
     }
+}
+
+/// The application properties of the message `id` (synthetic: the sender sends what it is
+/// given; the outgoing state's choice of them is tested in `outgoing::properties`).
+fn properties(id: &str) -> Vec<(String, String)> {
+    vec![
+        ("MessagePriority".into(), "High".into()),
+        ("HubResourceId".into(), format!("/subscriptions/s/{id}")),
+    ]
 }
 
 struct Running {
@@ -190,10 +200,12 @@ async fn delivers_security_messages_after_a_valid_put_token() {
             marker,
             content_type,
             content_encoding,
+            application_properties,
             body,
             ..
         } = r
         {
+            assert_eq!(application_properties, &properties(id));
             assert_eq!(
                 marker,
                 &Some((true, "urn:azureiot:Security:SecurityAgent:1".to_string()))
@@ -400,6 +412,7 @@ async fn a_failed_renewal_reconnects_instead_of_stalling() {
         body: "{}".into(),
         high_events: 1,
         low_events: 0,
+        application_properties: Vec::new(),
     });
     wait_until("m2", Duration::from_secs(10), || {
         outbox.delivered().len() == 2

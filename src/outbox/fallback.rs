@@ -90,6 +90,9 @@ impl Store for Resilient {
             None => self.memory.pending_bytes(q),
         }
     }
+    fn requeue(&mut self, name: &str, to: QueueName) -> Result<u64, StoreError> {
+        self.with(|s| s.requeue(name, to))
+    }
     fn build_message(
         &mut self,
         message_id: &str,

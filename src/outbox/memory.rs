@@ -3,18 +3,29 @@
 
 use std::collections::VecDeque;
 
-use super::{Dropped, Pending, Store, StoreError, StoredMessage, policy};
+use super::{Dropped, Pending, Store, StoreError, StoredMessage, event_name, other, policy};
 use crate::events::operational::QueueName;
+
+/// A pending event in memory.
+#[derive(Debug)]
+struct Held {
+    /// The order of arrival over both queues (what a requeued event keeps).
+    seq: u64,
+    json: String,
+    /// A statistics event ([`Pending::statistics`]).
+    statistics: bool,
+}
 
 /// The store in memory.
 #[derive(Debug)]
 pub struct MemoryStore {
-    /// Pending events: JSON and whether it is a statistics event.
-    high: VecDeque<(String, bool)>,
-    low: VecDeque<(String, bool)>,
+    /// Pending events, oldest first.
+    high: VecDeque<Held>,
+    low: VecDeque<Held>,
     messages: VecDeque<StoredMessage>,
     bytes: usize,
     max_bytes: usize,
+    next_seq: u64,
 }
 
 impl MemoryStore {
@@ -25,17 +36,18 @@ impl MemoryStore {
             messages: VecDeque::new(),
             bytes: 0,
             max_bytes,
+            next_seq: 0,
         }
     }
 
-    fn queue(&self, q: QueueName) -> &VecDeque<(String, bool)> {
+    fn queue(&self, q: QueueName) -> &VecDeque<Held> {
         match q {
             QueueName::High => &self.high,
             QueueName::Low => &self.low,
         }
     }
 
-    fn queue_mut(&mut self, q: QueueName) -> &mut VecDeque<(String, bool)> {
+    fn queue_mut(&mut self, q: QueueName) -> &mut VecDeque<Held> {
         match q {
             QueueName::High => &mut self.high,
             QueueName::Low => &mut self.low,
@@ -48,11 +60,11 @@ impl policy::Queues for MemoryStore {
         self.bytes
     }
     fn oldest_droppable(&self, q: QueueName) -> Option<usize> {
-        self.queue(q).iter().position(|e| !e.1)
+        self.queue(q).iter().position(|e| !e.statistics)
     }
     fn drop_pending(&mut self, q: QueueName, pos: usize) -> Result<(), StoreError> {
-        if let Some((json, _)) = self.queue_mut(q).remove(pos) {
-            self.bytes -= json.len();
+        if let Some(e) = self.queue_mut(q).remove(pos) {
+            self.bytes -= e.json.len();
         }
         Ok(())
     }
@@ -64,20 +76,26 @@ impl Store for MemoryStore {
         let admitted = policy::admit(self, &ev, max)?;
         if admitted.stored {
             self.bytes += ev.json.len();
-            self.queue_mut(ev.queue).push_back((ev.json, ev.statistics));
+            let held = Held {
+                seq: self.next_seq,
+                json: ev.json,
+                statistics: ev.statistics,
+            };
+            self.next_seq += 1;
+            self.queue_mut(ev.queue).push_back(held);
         }
         Ok(admitted.dropped)
     }
 
     fn pending_sizes(&self, q: QueueName) -> Vec<usize> {
-        self.queue(q).iter().map(|e| e.0.len()).collect()
+        self.queue(q).iter().map(|e| e.json.len()).collect()
     }
 
     fn pending_statistics(&self) -> usize {
         self.high
             .iter()
             .chain(self.low.iter())
-            .filter(|e| e.1)
+            .filter(|e| e.statistics)
             .count()
     }
 
@@ -87,7 +105,23 @@ impl Store for MemoryStore {
     }
 
     fn pending_bytes(&self, q: QueueName) -> usize {
-        self.queue(q).iter().map(|e| e.0.len()).sum()
+        self.queue(q).iter().map(|e| e.json.len()).sum()
+    }
+
+    fn requeue(&mut self, name: &str, to: QueueName) -> Result<u64, StoreError> {
+        let (moving, staying): (VecDeque<Held>, VecDeque<Held>) =
+            std::mem::take(self.queue_mut(other(to)))
+                .into_iter()
+                .partition(|e| event_name(&e.json).as_deref() == Some(name));
+        *self.queue_mut(other(to)) = staying;
+        let moved = moving.len() as u64;
+        if moved > 0 {
+            let mut all: Vec<Held> = std::mem::take(self.queue_mut(to)).into();
+            all.extend(moving);
+            all.sort_by_key(|e| e.seq);
+            *self.queue_mut(to) = all.into();
+        }
+        Ok(moved)
     }
 
     fn build_message(
@@ -103,8 +137,8 @@ impl Store for MemoryStore {
         if high + low == 0 {
             return Ok(false);
         }
-        let hs = self.high.range(..high).map(|e| e.0.as_str());
-        let ls = self.low.range(..low).map(|e| e.0.as_str());
+        let hs = self.high.range(..high).map(|e| e.json.as_str());
+        let ls = self.low.range(..low).map(|e| e.json.as_str());
         let events: Vec<&str> = match first {
             QueueName::High => hs.chain(ls).collect(),
             QueueName::Low => ls.chain(hs).collect(),
@@ -201,6 +235,51 @@ mod tests {
         );
         assert_eq!(s.pending_sizes(QueueName::High), vec![4, 5]);
         assert_eq!(s.bytes(), 9);
+    }
+
+    /// Synthetic events with a `Name` (requeue reads nothing else): a type moves to the
+    /// other queue at its age, statistics events keep their mark, bytes do not change.
+    #[test]
+    fn requeue_moves_a_type_to_the_other_queue_at_its_age() {
+        let named = |name: &str, tag: &str| format!(r#"{{"Name":"{name}","e":"{tag}"}}"#);
+        let mut s = MemoryStore::new(1000);
+        let evs = [
+            (QueueName::High, named("Login", "l1"), false),
+            (QueueName::Low, named("ProcessCreate", "p1"), false),
+            (QueueName::High, named("Login", "l2"), false),
+            (
+                QueueName::High,
+                named("DroppedEventsStatistics", "d1"),
+                true,
+            ),
+            (QueueName::Low, named("ConnectionCreate", "c1"), false),
+        ];
+        for (queue, json, statistics) in &evs {
+            let ev = Pending {
+                queue: *queue,
+                json: json.clone(),
+                statistics: *statistics,
+            };
+            s.add_pending(ev).unwrap();
+        }
+        let bytes = s.bytes();
+        assert_eq!(s.requeue("Login", QueueName::Low).unwrap(), 2);
+        assert_eq!(
+            s.requeue("DroppedEventsStatistics", QueueName::Low)
+                .unwrap(),
+            1
+        );
+        assert_eq!(s.requeue("Login", QueueName::Low).unwrap(), 0);
+        assert_eq!(s.requeue("Nothing", QueueName::High).unwrap(), 0);
+        assert_eq!(s.pending_sizes(QueueName::High), Vec::<usize>::new());
+        assert_eq!(s.bytes(), bytes);
+        assert_eq!(s.pending_statistics(), 1);
+        s.build_message("m", QueueName::Low, 0, 9, &mut |evs| evs.join(","))
+            .unwrap();
+        let m = s.next_message().unwrap().unwrap();
+        let order: Vec<&str> = evs.iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(m.body, order.join(","));
+        assert_eq!((m.high_events, m.low_events), (0, 5));
     }
 
     #[test]

@@ -49,6 +49,24 @@ pub struct Pending {
     pub statistics: bool,
 }
 
+/// The queue that is not `q`.
+pub fn other(q: QueueName) -> QueueName {
+    match q {
+        QueueName::High => QueueName::Low,
+        QueueName::Low => QueueName::High,
+    }
+}
+
+/// The `Name` of an event's JSON (`None` when it is not an object with a string `Name`).
+fn event_name(json: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        #[serde(rename = "Name")]
+        name: String,
+    }
+    serde_json::from_str::<Named>(json).ok().map(|n| n.name)
+}
+
 impl Pending {
     /// An ordinary event.
     pub fn event(queue: QueueName, json: String) -> Pending {
@@ -114,6 +132,13 @@ pub trait Store {
     fn set_max_bytes(&mut self, max_bytes: usize) -> Result<Dropped, StoreError>;
     /// Bytes of pending events of a queue.
     fn pending_bytes(&self, q: QueueName) -> usize;
+    /// A type's priority changed between High and Low (configuration): its pending events
+    /// (those whose JSON `Name` is `name`, statistics events included) move from the other
+    /// queue into `to`, keeping their age among the events already there (the oldest is still
+    /// sent first), their bytes and their statistics mark; returns how many moved. In one
+    /// step: on disk one statement of the open transaction, committed with the next commit
+    /// (a kill before it leaves them where they were: sent under the old priority, not lost).
+    fn requeue(&mut self, name: &str, to: QueueName) -> Result<u64, StoreError>;
     /// When a priority is due, or a message is full; the batcher builds one only when none is
     /// waiting, so while edgeHub is away the events stay pending, where the drop rule can
     /// choose among them.

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::events::connection_create::{ConnectionCreate, Direction};
 use crate::events::process_create::ProcessCreate;
-use crate::events::{Payload, SecurityEvent, timestamps};
+use crate::events::{EventKind, Payload, SecurityEvent, timestamps};
 
 /// The classic agents' default interval (`PT1H`), in milliseconds.
 pub const DEFAULT_INTERVAL_MS: u64 = 60 * 60 * 1000;
@@ -115,6 +115,13 @@ impl Kind {
         match self {
             Kind::Process => 0,
             Kind::Connection => 1,
+        }
+    }
+
+    fn event_kind(self) -> EventKind {
+        match self {
+            Kind::Process => EventKind::ProcessCreate,
+            Kind::Connection => EventKind::ConnectionCreate,
         }
     }
 }
@@ -333,6 +340,27 @@ impl Aggregator {
             }
         }
         self.tick(now_ms, out);
+    }
+
+    /// Close the open window of `kind` now (its priority changes): its entries are appended
+    /// to `out` in first-seen order, and its next window opens at `now_ms`. Other types, and
+    /// types that are not aggregated, are not touched.
+    pub fn close(&mut self, kind: EventKind, now_ms: u64, out: &mut Vec<SecurityEvent>) {
+        let Some(k) = KINDS.into_iter().find(|k| k.event_kind() == kind) else {
+            return;
+        };
+        let mut which = [false; 2];
+        which[k.index()] = true;
+        self.emit_all(which, out);
+        if self.cfg.interval(k).is_some() {
+            self.caches[k.index()].window_start = Some(now_ms);
+        }
+    }
+
+    /// How many aggregated events left the windows since start, all causes and types
+    /// together: when it moved, a checkpoint of the open windows is out of date.
+    pub fn emitted(&self) -> u64 {
+        self.stats.process_create.aggregated_out + self.stats.connection_create.aggregated_out
     }
 
     /// Take one event. Due windows are closed first (see [`Aggregator::tick`]): an event

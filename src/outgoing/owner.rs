@@ -47,9 +47,10 @@ pub enum Command {
         upstream: UpstreamDrops,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    /// The oldest message waiting.
+    /// The oldest message waiting, with its application properties under the configuration
+    /// in force now.
     Next {
-        reply: oneshot::Sender<Result<Option<StoredMessage>, StoreError>>,
+        reply: oneshot::Sender<Result<Option<Outbound>, StoreError>>,
     },
     /// edgeHub settled a message for good.
     Settled {
@@ -95,6 +96,7 @@ impl Counts {
         s.messages_failed = t.messages_failed;
         s.dropped_high = t.dropped_high;
         s.dropped_low = t.dropped_low;
+        s.configured_out = t.configured_out;
         s.queued_messages = self.queued_messages as u64;
         s.queued_bytes = self.queued_bytes as u64;
     }
@@ -217,7 +219,15 @@ fn serve(
                 announce(&o);
             }
             Command::Next { reply } => {
-                let _ = reply.send(o.next_message());
+                let _ = reply.send(o.next_message().map(|m| {
+                    m.map(|m| Outbound {
+                        application_properties: o.application_properties(&m),
+                        message_id: m.message_id,
+                        body: m.body,
+                        high_events: m.high_events,
+                        low_events: m.low_events,
+                    })
+                }));
             }
             Command::Settled {
                 message,
@@ -270,8 +280,8 @@ impl OwnerHandle {
         answer.await.map_err(|_| stopped())
     }
 
-    /// The oldest message waiting.
-    pub async fn next_message(&self) -> Result<Option<StoredMessage>, StoreError> {
+    /// The oldest message waiting, with its application properties.
+    pub async fn next_message(&self) -> Result<Option<Outbound>, StoreError> {
         self.ask(|reply| Command::Next { reply }).await?
     }
 
@@ -326,15 +336,10 @@ impl OwnerHandle {
 
 impl Outbox for OwnerHandle {
     async fn next(&self) -> Result<Option<Outbound>, OutboxError> {
-        let m = self.next_message().await.map_err(outbox_error)?;
-        Ok(m.map(|m| Outbound {
-            message_id: m.message_id,
-            body: m.body,
-            high_events: m.high_events,
-            low_events: m.low_events,
-        }))
+        self.next_message().await.map_err(outbox_error)
     }
 
+    /// The properties go with the message (the store keeps none).
     async fn settled(&self, m: Outbound, how: Settled) -> Result<(), OutboxError> {
         let stored = StoredMessage {
             message_id: m.message_id,
@@ -476,6 +481,9 @@ mod tests {
         fn pending_bytes(&self, q: QueueName) -> usize {
             self.inner.pending_bytes(q)
         }
+        fn requeue(&mut self, name: &str, to: QueueName) -> Result<u64, StoreError> {
+            self.inner.requeue(name, to)
+        }
         fn build_message(
             &mut self,
             message_id: &str,
@@ -565,6 +573,10 @@ mod tests {
         };
         assert_eq!(pids(&stored), vec![1001, 1002]);
         assert_eq!((m.high_events, m.low_events), (0, 2));
+        assert_eq!(
+            m.application_properties,
+            [("MessagePriority".to_owned(), "Low".to_owned())]
+        );
         within("settled", h.settled(m.clone(), Settled::Delivered))
             .await
             .unwrap();

@@ -19,13 +19,14 @@ use uuid::Uuid;
 
 use super::aggregate::Aggregator;
 use super::batch::{Batcher, CHUNK, Envelope, FitError, serialize_fitting};
+use super::properties;
 use crate::config::agent::{AgentConfig, Priority};
 use crate::config::duration::millis as ms;
 use crate::config::stages;
 use crate::events::operational::{
     Diagnostic, DiagnosticSeverity, DroppedEvents, MessageStatistics, QueueName,
 };
-use crate::events::{ExtraDetails, Payload, SecurityEvent};
+use crate::events::{EventKind, ExtraDetails, Payload, SecurityEvent};
 use crate::outbox::{Counters, Pending, Store, StoreError, StoredMessage};
 use crate::stats::Snapshot;
 
@@ -74,6 +75,12 @@ pub struct PeriodStats {
     pub collected_low: u64,
     pub dropped_high: u64,
     pub dropped_low: u64,
+    /// Events of a type whose priority is `Off`: configured out, neither collected nor
+    /// dropped (they belong to no queue, and a drop would read as a full cache or a
+    /// rejection), but counted, so that what the pipeline derived still adds up: reported as
+    /// `ConfiguredOutEvents` in DroppedEventsStatistics' ExtraDetails and as
+    /// `events_configured_out_total`.
+    pub configured_out: u64,
     pub messages_sent: u64,
     pub messages_under_4kb: u64,
     pub messages_failed: u64,
@@ -102,6 +109,14 @@ pub type TotalStats = PeriodStats;
 ///   A rejection counts its failure and drops the same way.
 /// - open → first commit: the row is read, not deleted; each commit replaces it with the
 ///   merged counts, so a kill before the first one hands the same counts to the next run.
+/// - window closed → commit: an entry that left a window (closed, evicted, a configuration)
+///   is a pending event, so the checkpoint that still holds it is replaced before the next
+///   commit, whichever step commits ([`Aggregator::emitted`] tells it moved); a kill
+///   before that commit loses neither (the old checkpoint comes back as pending events).
+/// - configuration → commit: closed windows, requeued events and the drops of a smaller
+///   cache are committed together by [`Outgoing::set_config`]; a requeue changes no count,
+///   and a kill before the commit leaves the events in their old queue (sent under the old
+///   priority, not lost).
 pub struct Outgoing {
     config: AgentConfig,
     aggregator: Aggregator,
@@ -118,6 +133,10 @@ pub struct Outgoing {
     last_snapshot_ms: u64,
     snapshot_seq: u64,
     last_checkpoint_ms: u64,
+    /// [`Aggregator::emitted`] when the windows were last checkpointed: when it moved, the
+    /// checkpoint still holds entries that are pending events now, and is replaced before
+    /// the next commit (else a kill would restore them a second time).
+    checkpointed_emitted: u64,
     /// The last event that entered the store made it drop others.
     cache_full: bool,
     /// See [`Outgoing::set_run_salt`].
@@ -175,7 +194,11 @@ impl Outgoing {
         let restored = store.take_restored_counters().unwrap_or_default();
         let mut o = Outgoing {
             aggregator: Aggregator::new(stages::aggregate(&config, max_aggregation_entries)),
-            batcher: Batcher::new(stages::batch(&config, 0), envelope, now_ms),
+            batcher: Batcher::new(
+                stages::batch(&config, properties::bytes(&config)),
+                envelope,
+                now_ms,
+            ),
             config,
             store,
             period: restored.period,
@@ -186,6 +209,7 @@ impl Outgoing {
             last_snapshot_ms: now_ms,
             snapshot_seq: 0,
             last_checkpoint_ms: now_ms,
+            checkpointed_emitted: 0,
             cache_full: false,
             salt: Uuid::nil(),
             max_aggregation_entries,
@@ -221,18 +245,69 @@ impl Outgoing {
         &self.config
     }
 
-    /// A new configuration (settings or twin): windows that no longer apply are flushed.
+    /// A new configuration (settings or twin), applied live; nothing collected is lost or
+    /// sent twice, every drop is counted. An equal configuration changes nothing. Else, in
+    /// this order:
+    /// - a type whose priority changes has its open aggregation window closed and emitted
+    ///   under the old priority (also when it becomes `Off`: its events were collected);
+    /// - its pending events move to the new queue when it changes between High and Low
+    ///   ([`Store::requeue`]: sent under the new priority); pending events of a type now
+    ///   `Off` stay and are sent under the old one; from now on events of an `Off` type are
+    ///   not collected (counted as configured out, see [`PeriodStats::configured_out`]);
+    /// - aggregation switched off closes and emits the open window (with its HitCount);
+    ///   switched on opens one now; a new interval applies to the open window (closed at
+    ///   once when it is already longer);
+    /// - frequencies and the message size apply to the next message built (a shorter
+    ///   frequency makes what is due go at the next tick; messages already built stay as
+    ///   they are), and so do the application properties' bytes ([`properties::bytes`]);
+    /// - a smaller `maxLocalCacheSizeInBytes` drops by the rule, counted per queue;
+    /// - `snapshotFrequency` applies from the period in progress.
+    ///
+    /// Then the windows checkpoint is brought up to date and everything is committed in one
+    /// transaction (a failure is logged; the next tick commits again).
     pub fn set_config(&mut self, config: AgentConfig, now_ms: u64) {
+        if config == self.config {
+            return;
+        }
+        self.now_ms = now_ms;
         let mut out = Vec::new();
-        self.aggregator.set_config(
-            stages::aggregate(&config, self.max_aggregation_entries),
-            now_ms,
-            &mut out,
-        );
-        self.batcher.set_config(stages::batch(&config, 0));
+        let changed: Vec<EventKind> = EventKind::ALL
+            .into_iter()
+            .filter(|&k| self.config.priority(k) != config.priority(k))
+            .collect();
+        for &kind in &changed {
+            self.aggregator.close(kind, now_ms, &mut out);
+        }
+        // Still under the old configuration: the windows' events go to the old queue, and
+        // move on with the rest of their type below.
+        for ev in out.drain(..) {
+            self.enqueue(ev);
+        }
+        for &kind in &changed {
+            let to = match (self.config.priority(kind), config.priority(kind)) {
+                (Priority::Low, Priority::High) => QueueName::High,
+                (Priority::High, Priority::Low) => QueueName::Low,
+                _ => continue,
+            };
+            match self.store.requeue(kind.name(), to) {
+                Ok(moved) => {
+                    tracing::info!(event = kind.name(), queue = ?to, moved, "priority changed: pending events moved to the new queue");
+                }
+                Err(e) => {
+                    tracing::error!(error_id = "E-STORE-REFUSED", event = kind.name(), error = %e, "the pending events of a type whose priority changed could not be moved: they are sent under the old priority")
+                }
+            }
+        }
         let cache = config.max_local_cache_size_in_bytes;
         let cache_changed = cache != self.config.max_local_cache_size_in_bytes;
         self.config = config;
+        self.aggregator.set_config(
+            stages::aggregate(&self.config, self.max_aggregation_entries),
+            now_ms,
+            &mut out,
+        );
+        self.batcher
+            .set_config(stages::batch(&self.config, properties::bytes(&self.config)));
         if cache_changed {
             match self
                 .store
@@ -250,12 +325,22 @@ impl Outgoing {
         for ev in out {
             self.enqueue(ev);
         }
+        if let Err(e) = self.refresh_checkpoint().and_then(|()| self.store.commit()) {
+            tracing::error!(error_id = "E-STORE-REFUSED", error = %e, "the new configuration's changes to the outbox could not be committed now: the next tick tries again");
+        }
+    }
+
+    /// The application properties of `m` under the configuration in force
+    /// ([`properties::of`]).
+    pub fn application_properties(&self, m: &StoredMessage) -> Vec<(String, String)> {
+        properties::of(&self.config, m.high_events > 0)
     }
 
     /// A security event from the deriver (or an operational one).
     pub fn push(&mut self, ev: SecurityEvent, now_ms: u64) {
         self.now_ms = now_ms;
         if self.config.priority(ev.payload.kind()) == Priority::Off {
+            self.count_configured_out();
             return;
         }
         let mut out = Vec::new();
@@ -270,12 +355,18 @@ impl Outgoing {
     /// pushed before goes into the same transaction, as at a tick.
     pub fn push_committed(&mut self, ev: SecurityEvent, now_ms: u64) -> Result<(), StoreError> {
         self.push(ev, now_ms);
+        self.refresh_checkpoint()?;
         self.store.commit()
     }
 
     fn enqueue(&mut self, mut ev: SecurityEvent) {
         let queue = match self.config.priority(ev.payload.kind()) {
-            Priority::Off => return,
+            // Not reached by the events of a type switched Off (push leaves them out, and
+            // set_config emits the type's window before the switch); counted all the same.
+            Priority::Off => {
+                self.count_configured_out();
+                return;
+            }
             Priority::High => QueueName::High,
             Priority::Low => QueueName::Low,
         };
@@ -358,7 +449,27 @@ impl Outgoing {
                 }
             }
         }
-        self.store.checkpoint_windows(pending)
+        self.store.checkpoint_windows(pending)?;
+        self.checkpointed_emitted = self.aggregator.emitted();
+        Ok(())
+    }
+
+    /// Replace the windows checkpoint when windows emitted events since it was taken (an
+    /// event that closed a due window, a full cache, a configuration): called before every
+    /// commit, so that no commit has an entry both pending and in the checkpoint.
+    fn refresh_checkpoint(&mut self) -> Result<(), StoreError> {
+        if self.aggregator.emitted() != self.checkpointed_emitted {
+            self.last_checkpoint_ms = self.now_ms;
+            self.checkpoint_windows()?;
+        }
+        Ok(())
+    }
+
+    fn count_configured_out(&mut self) {
+        for p in [&mut self.period, &mut self.totals] {
+            p.configured_out += 1;
+        }
+        self.stage();
     }
 
     fn count_collected(&mut self, q: QueueName, n: u64) {
@@ -398,15 +509,17 @@ impl Outgoing {
         self.stage();
         let mut out = Vec::new();
         self.aggregator.tick(now_ms, &mut out);
-        let closed = !out.is_empty();
         for ev in out {
             self.enqueue(ev);
         }
-        // The open windows are checkpointed every few seconds, and at once when some closed
-        // (so that a restored checkpoint never repeats an event that went on).
-        if closed || now_ms.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_EVERY_MS {
+        // The open windows are checkpointed every few seconds, and at once when some emitted
+        // events since the last checkpoint (here or between ticks: so that a restored
+        // checkpoint never repeats an event that went on).
+        if now_ms.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_EVERY_MS {
             self.last_checkpoint_ms = now_ms;
             self.checkpoint_windows()?;
+        } else {
+            self.refresh_checkpoint()?;
         }
         let snapshot_ms = ms(self.config.snapshot_frequency);
         if now_ms.saturating_sub(self.last_snapshot_ms) >= snapshot_ms {
@@ -481,6 +594,7 @@ impl Outgoing {
             "EstimatedKernelLoss",
             drops.estimated_kernel_loss.to_string(),
         );
+        extra.insert("ConfiguredOutEvents", p.configured_out.to_string());
         let dropped = SecurityEvent {
             id: id("DroppedEventsStatistics", self.snapshot_seq),
             time_ms: wall_ms,
@@ -512,11 +626,10 @@ impl Outgoing {
                 extra_details: mextra,
             }),
         };
-        // Straight into the queues: statistics are not aggregated.
+        // Straight into the queues: statistics are not aggregated. A statistics type set to
+        // Off is not sent (counted as configured out, in the next period).
         for ev in [stats, dropped] {
-            if self.config.priority(ev.payload.kind()) != Priority::Off {
-                self.enqueue(ev);
-            }
+            self.enqueue(ev);
         }
     }
 
@@ -528,6 +641,7 @@ impl Outgoing {
             self.enqueue(ev);
         }
         self.store.checkpoint_windows(Vec::new())?;
+        self.checkpointed_emitted = self.aggregator.emitted();
         self.batcher.flush(self.store.as_mut())?;
         self.store.commit()
     }
@@ -539,6 +653,8 @@ impl Outgoing {
 
     /// The message was delivered.
     pub fn sent(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+        // The ack commits: the checkpoint first (see `refresh_checkpoint`).
+        self.refresh_checkpoint()?;
         // Counted before the ack, so the count is committed in the ack's transaction; taken
         // back when the store fails.
         let before = (self.period.clone(), self.totals.clone());
@@ -567,6 +683,8 @@ impl Outgoing {
 
     /// The message was rejected (final): its events are dropped.
     pub fn rejected(&mut self, m: &StoredMessage) -> Result<(), StoreError> {
+        // The removal commits: the checkpoint first (see `refresh_checkpoint`).
+        self.refresh_checkpoint()?;
         // Counted before the removal, so the counts are committed in its transaction; taken
         // back when the store fails or no longer had the message (then nothing committed).
         let before = (self.period.clone(), self.totals.clone());
@@ -940,5 +1058,426 @@ pub(crate) mod tests {
             o.period.dropped_low + o.store.pending_sizes(QueueName::Low).len() as u64,
             100
         );
+    }
+
+    // ---- a configuration applied live (issue 12, point 2). The events are synthetic
+    // ProcessCreate and Diagnostic events: these tests are about priorities, windows and
+    // sizes, not about what the events say.
+
+    /// Every message the outgoing state builds from now until `until_ms` (a tick a second),
+    /// each settled as delivered at once.
+    fn drain(o: &mut Outgoing, from_ms: u64, until_ms: u64) -> Vec<StoredMessage> {
+        let mut all = Vec::new();
+        for now in (from_ms..=until_ms).step_by(1_000) {
+            o.tick(now, now, UpstreamDrops::default()).unwrap();
+            while let Some(m) = o.next_message().unwrap() {
+                o.sent(&m).unwrap();
+                all.push(m);
+            }
+        }
+        all
+    }
+
+    fn named<'a>(events: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+        events.iter().filter(|e| e["Name"] == name).collect()
+    }
+
+    fn hit_count(e: &serde_json::Value) -> Option<&str> {
+        e["Payload"][0]["ExtraDetails"]["HitCount"].as_str()
+    }
+
+    /// `c` with ProcessCreate and ConnectionCreate aggregated over `secs`.
+    fn aggregating(c: &AgentConfig, secs: u64) -> AgentConfig {
+        let mut c = c.clone();
+        for a in c.aggregations.iter_mut() {
+            a.enabled = true;
+            a.interval = Duration::from_secs(secs);
+        }
+        c
+    }
+
+    fn with_priority(c: &AgentConfig, kind: EventKind, p: Priority) -> AgentConfig {
+        let mut c = c.clone();
+        c.set_priority(kind, p);
+        c
+    }
+
+    fn diagnostic(n: u64) -> SecurityEvent {
+        // Two digits: every one the same size.
+        let mut ev = diagnostic_event(
+            DiagnosticSeverity::Warning,
+            format!("d{n:02}"),
+            1_700_000_000_000,
+        );
+        ev.id = Uuid::from_u128(u128::from(n) + 1_000);
+        ev
+    }
+
+    /// An equal configuration is no change: the open window is neither closed nor restarted
+    /// (it closes when it would have), nothing is stored, nothing counted.
+    #[test]
+    fn an_equal_configuration_changes_nothing() {
+        let mut o = outgoing(1_000_000);
+        let c = aggregating(o.config(), 60);
+        o.set_config(c, 0);
+        for _ in 0..3 {
+            o.push(process(1), 0);
+        }
+        let period = o.period.clone();
+        let emitted = o.aggregator.emitted();
+        o.set_config(o.config().clone(), 59_000);
+        assert_eq!(o.aggregator.len().0, 1);
+        assert_eq!(o.aggregator.emitted(), emitted);
+        assert_eq!(o.store.pending_sizes(QueueName::Low).len(), 0);
+        assert_eq!(o.period, period);
+        let before: Vec<_> = drain(&mut o, 59_999, 59_999)
+            .iter()
+            .flat_map(events_of)
+            .collect();
+        assert_eq!(named(&before, "ProcessCreate").len(), 0);
+        assert_eq!(o.aggregator.len().0, 1, "the window is not due before 60 s");
+        let after: Vec<_> = drain(&mut o, 60_000, 61_000)
+            .iter()
+            .flat_map(events_of)
+            .collect();
+        assert_eq!(
+            o.aggregator.len().0,
+            0,
+            "the window opened at 0 closes at 60 s"
+        );
+        let processes = named(&after, "ProcessCreate");
+        assert_eq!(processes.len(), 1);
+        assert_eq!(hit_count(processes[0]), Some("3"));
+    }
+
+    /// Off: the open window of the type is closed and emitted under its old priority (the
+    /// commit replaces the checkpoint, so a kill right after repeats nothing); new events of
+    /// it are not collected, counted as configured out and reported; what was pending is
+    /// sent.
+    #[test]
+    fn a_type_switched_off_emits_its_window_stops_being_collected_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        {
+            let mut o = outgoing_on(&path, 1_000_000);
+            let c = aggregating(o.config(), 60);
+            o.set_config(c, 0);
+            o.push(process(1), 0);
+            o.push(process(1), 0);
+            o.push(process(2), 0);
+            // The checkpoint (every 5 s) holds the two entries, committed.
+            o.tick(5_000, 5_000, UpstreamDrops::default()).unwrap();
+            assert_eq!(o.store.pending_sizes(QueueName::Low).len(), 0);
+            let off = with_priority(o.config(), EventKind::ProcessCreate, Priority::Off);
+            o.set_config(off, 6_000);
+            assert_eq!(o.aggregator.len().0, 0);
+            assert_eq!(o.store.pending_sizes(QueueName::Low).len(), 2);
+            assert_eq!(o.period.collected_low, 2);
+        } // killed right after the configuration's commit
+        let mut o = outgoing_on(&path, 1_000_000);
+        let off = with_priority(
+            &aggregating(o.config(), 60),
+            EventKind::ProcessCreate,
+            Priority::Off,
+        );
+        o.set_config(off, 0);
+        assert_eq!(
+            o.store.pending_sizes(QueueName::Low).len(),
+            2,
+            "the checkpoint did not come back beside the closed window's events"
+        );
+        o.push(process(3), 1_000);
+        o.push(diagnostic(1), 1_000);
+        assert_eq!(o.period.configured_out, 1);
+        assert_eq!(o.totals().configured_out, 1);
+        let mut snapshot = Snapshot::default();
+        o.fill(&mut snapshot);
+        assert_eq!(snapshot.configured_out, 1, "events_configured_out_total");
+        let events: Vec<_> = drain(&mut o, 1_000, 12_000)
+            .iter()
+            .flat_map(events_of)
+            .collect();
+        let processes = named(&events, "ProcessCreate");
+        let hits: Vec<_> = processes.iter().map(|e| hit_count(e)).collect();
+        assert_eq!(hits, [Some("2"), Some("1")]);
+        assert_eq!(named(&events, "Diagnostic").len(), 1);
+        let dropped = named(&events, "DroppedEventsStatistics");
+        assert_eq!(dropped.len(), 1);
+        for q in dropped[0]["Payload"].as_array().unwrap() {
+            assert_eq!(q["ExtraDetails"]["ConfiguredOutEvents"], "1", "{q}");
+            assert_eq!(q["DroppedEvents"], 0, "{q}");
+        }
+    }
+
+    /// Pending events of a type already `Off` are still sent, under their old queue.
+    #[test]
+    fn events_pending_when_their_type_is_switched_off_are_still_sent() {
+        let mut o = outgoing(1_000_000);
+        for n in 1..=3 {
+            o.push(process(n), 0);
+        }
+        let off = with_priority(o.config(), EventKind::ProcessCreate, Priority::Off);
+        o.set_config(off, 100);
+        o.push(process(4), 200);
+        let m = drain(&mut o, 1_000, 1_000);
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].high_events, m[0].low_events), (0, 3));
+        let pids: Vec<_> = events_of(&m[0])
+            .iter()
+            .map(|e| e["Payload"][0]["ProcessId"].as_i64().unwrap())
+            .collect();
+        assert_eq!(pids, [1001, 1002, 1003]);
+        assert_eq!(o.period.configured_out, 1);
+    }
+
+    /// Low → High: the pending events of the type and its open window move to the High
+    /// queue and go out as High (due at the High frequency, counted as High, the message's
+    /// MessagePriority High); other types stay Low.
+    #[test]
+    fn a_type_whose_priority_changes_is_sent_under_the_new_one_window_included() {
+        let mut o = outgoing(1_000_000);
+        // High every second, Low every 100 s.
+        let mut c = o.config().clone();
+        c.low_priority_message_frequency = Duration::from_secs(100);
+        o.set_config(c, 0);
+        o.push(process(1), 0);
+        o.push(diagnostic(1), 0);
+        o.push(process(2), 0);
+        let mut c = aggregating(o.config(), 60);
+        c.aggregations[1].enabled = false; // ConnectionCreate: only ProcessCreate matters
+        o.set_config(c, 100);
+        o.push(process(3), 200);
+        o.push(process(3), 300);
+        assert_eq!(o.store.pending_sizes(QueueName::Low).len(), 3);
+        let high = with_priority(o.config(), EventKind::ProcessCreate, Priority::High);
+        o.set_config(high, 400);
+        assert_eq!(o.aggregator.len().0, 0);
+        assert_eq!(o.store.pending_sizes(QueueName::High).len(), 3);
+        assert_eq!(o.store.pending_sizes(QueueName::Low).len(), 1);
+        o.tick(1_000, 1_000, UpstreamDrops::default()).unwrap();
+        let m = o.next_message().unwrap().unwrap();
+        let events = events_of(&m);
+        let pids: Vec<_> = named(&events, "ProcessCreate")
+            .iter()
+            .map(|e| e["Payload"][0]["ProcessId"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            pids,
+            [1001, 1002, 1003],
+            "oldest first, the window's event last"
+        );
+        assert_eq!(hit_count(named(&events, "ProcessCreate")[2]), Some("2"));
+        // The Low diagnostic fills the message's 4 KB chunk (the batching rule).
+        assert_eq!((m.high_events, m.low_events), (3, 1));
+        assert_eq!(
+            o.application_properties(&m),
+            [("MessagePriority".to_owned(), "High".to_owned())]
+        );
+        o.sent(&m).unwrap();
+        // Back to Low: a new event of the type waits for the Low frequency.
+        let low = with_priority(o.config(), EventKind::ProcessCreate, Priority::Low);
+        o.set_config(low, 1_500);
+        o.push(process(4), 1_600);
+        o.flush().unwrap();
+        let m = o.next_message().unwrap().unwrap();
+        assert_eq!((m.high_events, m.low_events), (0, 1));
+        assert_eq!(
+            o.application_properties(&m),
+            [("MessagePriority".to_owned(), "Low".to_owned())]
+        );
+    }
+
+    /// A shorter frequency: what is already due by it goes at the next tick, not after the
+    /// old period.
+    #[test]
+    fn a_shorter_frequency_sends_what_is_due_at_the_next_tick() {
+        let mut o = outgoing(1_000_000);
+        let mut c = o.config().clone();
+        c.low_priority_message_frequency = Duration::from_secs(100);
+        o.set_config(c, 0);
+        o.push(process(1), 0);
+        o.tick(10_000, 10_000, UpstreamDrops::default()).unwrap();
+        assert_eq!(o.next_message().unwrap(), None, "not due under 100 s");
+        let mut c = o.config().clone();
+        c.low_priority_message_frequency = Duration::from_secs(5);
+        o.set_config(c, 10_500);
+        o.tick(11_000, 11_000, UpstreamDrops::default()).unwrap();
+        let m = o.next_message().unwrap().expect("due under 5 s");
+        assert_eq!(named(&events_of(&m), "ProcessCreate").len(), 1);
+    }
+
+    /// Aggregation switched off: the open window is emitted with its HitCounts, then events
+    /// pass one by one; a shorter interval closes a window that is already longer.
+    #[test]
+    fn aggregation_off_emits_the_open_window_and_new_events_pass_without_it() {
+        let mut o = outgoing(1_000_000);
+        let c = aggregating(o.config(), 3_600);
+        o.set_config(c, 0);
+        for _ in 0..3 {
+            o.push(process(1), 0);
+        }
+        o.push(process(2), 0);
+        let mut shorter = o.config().clone();
+        shorter.aggregations[0].interval = Duration::from_secs(10);
+        o.set_config(shorter, 20_000);
+        assert_eq!(o.aggregator.len().0, 0, "the window was over 10 s old");
+        assert_eq!(o.store.pending_sizes(QueueName::Low).len(), 2);
+        o.push(process(1), 21_000);
+        o.push(process(1), 21_000);
+        let mut off = o.config().clone();
+        off.aggregations[0].enabled = false;
+        o.set_config(off, 22_000);
+        o.push(process(1), 23_000);
+        o.flush().unwrap();
+        let mut events = Vec::new();
+        while let Some(m) = o.next_message().unwrap() {
+            events.extend(events_of(&m));
+            o.sent(&m).unwrap();
+        }
+        let hits: Vec<_> = named(&events, "ProcessCreate")
+            .iter()
+            .map(|e| hit_count(e))
+            .collect();
+        assert_eq!(hits, [Some("3"), Some("1"), Some("2"), None]);
+    }
+
+    /// A smaller cache drops by the rule (Low first, then High), counted per queue, and
+    /// DroppedEventsStatistics reports exactly those drops.
+    #[test]
+    fn a_smaller_cache_drops_by_the_rule_and_the_statistics_report_it_per_queue() {
+        let mut o = outgoing(1_000_000);
+        let high = with_priority(o.config(), EventKind::Diagnostic, Priority::High);
+        o.set_config(high, 0);
+        for n in 0..20 {
+            o.push(diagnostic(n), 0);
+            o.push(process(n as u32), 0);
+        }
+        let (high_len, low_len) = (
+            o.store.pending_sizes(QueueName::High),
+            o.store.pending_sizes(QueueName::Low),
+        );
+        // Room for 5 High events: every Low one goes, and 15 High ones.
+        let mut smaller = o.config().clone();
+        smaller.max_local_cache_size_in_bytes = high_len[..5].iter().sum::<usize>() as u64;
+        o.set_config(smaller, 100);
+        assert_eq!(o.store.pending_sizes(QueueName::Low), Vec::<usize>::new());
+        assert_eq!(o.store.pending_sizes(QueueName::High), high_len[15..]);
+        assert_eq!(
+            (o.period.dropped_high, o.period.dropped_low),
+            (15, low_len.len() as u64)
+        );
+        let mut bigger = o.config().clone();
+        bigger.max_local_cache_size_in_bytes = 1_000_000;
+        o.set_config(bigger, 200);
+        let events: Vec<_> = drain(&mut o, 1_000, 10_000)
+            .iter()
+            .flat_map(events_of)
+            .collect();
+        let reports = dropped_in(&events);
+        assert_eq!(
+            reports,
+            [("High".to_owned(), 20, 15), ("Low".to_owned(), 20, 20)]
+        );
+        assert_eq!(named(&events, "Diagnostic").len(), 5);
+    }
+
+    /// A smaller maxMessageSizeInBytes: the message already built stays as it is; the next
+    /// ones are built under the new size, properties counted; nothing is lost.
+    #[test]
+    fn a_smaller_message_size_applies_to_the_next_messages_built() {
+        let mut o = outgoing(1_000_000);
+        for n in 0..20 {
+            o.push(process(n), 0);
+        }
+        o.tick(1_000, 1_000, UpstreamDrops::default()).unwrap();
+        let first = o.next_message().unwrap().unwrap();
+        assert!(first.body.len() > 4_096, "{}", first.body.len());
+        for n in 20..40 {
+            o.push(process(n), 1_200);
+        }
+        let mut smaller = o.config().clone();
+        smaller.max_message_size_in_bytes = 4_096;
+        smaller.hub_resource_id = Some("/subscriptions/s/resourceGroups/rg/hub".into());
+        o.set_config(smaller, 1_500);
+        let limit = 4_096 - properties::bytes(o.config());
+        assert_eq!(
+            o.batcher.config().app_properties_bytes,
+            properties::bytes(o.config())
+        );
+        assert_eq!(o.batcher.config().body_limit(), limit);
+        o.tick(2_000, 2_000, UpstreamDrops::default()).unwrap();
+        assert_eq!(
+            o.next_message().unwrap().unwrap(),
+            first,
+            "built before: unchanged"
+        );
+        o.sent(&first).unwrap();
+        let rest = drain(&mut o, 3_000, 8_000);
+        // 20 events of over 300 bytes: more than one message under 4 KB.
+        assert!(rest.len() >= 2, "{}", rest.len());
+        for m in &rest {
+            assert!(m.body.len() <= limit, "{} > {limit}", m.body.len());
+        }
+        let n = events_of(&first).len()
+            + rest
+                .iter()
+                .map(|m| named(&events_of(m), "ProcessCreate").len())
+                .sum::<usize>();
+        assert_eq!(n, 40);
+    }
+
+    /// snapshotFrequency applies from the period in progress: longer, the next snapshot
+    /// waits for it; shorter, it comes at the next tick past it.
+    #[test]
+    fn the_next_statistics_period_uses_the_new_snapshot_frequency() {
+        let mut o = outgoing(1_000_000);
+        let mut longer = o.config().clone();
+        longer.snapshot_frequency = Duration::from_secs(60);
+        o.set_config(longer, 5_000);
+        let snapshots = |o: &mut Outgoing, from, to| {
+            let events: Vec<_> = drain(o, from, to).iter().flat_map(events_of).collect();
+            named(&events, "MessageStatistics").len()
+        };
+        assert_eq!(snapshots(&mut o, 6_000, 59_000), 0, "not due under 60 s");
+        assert_eq!(snapshots(&mut o, 60_000, 60_000), 1);
+        let mut shorter = o.config().clone();
+        shorter.snapshot_frequency = Duration::from_secs(2);
+        o.set_config(shorter, 61_000);
+        assert_eq!(snapshots(&mut o, 62_000, 62_000), 1);
+        assert_eq!(snapshots(&mut o, 63_000, 63_000), 0);
+        assert_eq!(snapshots(&mut o, 64_000, 64_000), 1);
+    }
+
+    /// A window closed by an event between two ticks, then an acknowledgement's commit: the
+    /// checkpoint is replaced first, so a kill right after brings back the next window's
+    /// entry, not the closed window's a second time.
+    #[test]
+    fn a_window_closed_between_ticks_is_not_restored_twice_after_a_kill() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.sqlite");
+        let none = UpstreamDrops::default();
+        {
+            let mut o = outgoing_on(&path, 1_000_000);
+            let mut c = aggregating(o.config(), 10);
+            c.snapshot_frequency = Duration::from_secs(3_600);
+            o.set_config(c, 0);
+            o.push(diagnostic(1), 0);
+            o.push(process(1), 0);
+            o.tick(1_000, 1_000, none).unwrap();
+            let waiting = o.next_message().unwrap().unwrap();
+            o.tick(5_000, 5_000, none).unwrap(); // the checkpoint: process(1)'s entry
+            o.push(process(2), 10_500); // closes the window, opens the next
+            o.sent(&waiting).unwrap(); // commits
+        } // killed
+        let mut o = outgoing_on(&path, 1_000_000);
+        o.flush().unwrap();
+        let mut pids = Vec::new();
+        while let Some(m) = o.next_message().unwrap() {
+            for e in events_of(&m) {
+                pids.push(e["Payload"][0]["ProcessId"].as_i64().unwrap());
+            }
+            o.sent(&m).unwrap();
+        }
+        assert_eq!(pids, [1001, 1002]);
     }
 }

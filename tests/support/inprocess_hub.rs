@@ -87,6 +87,9 @@ pub enum Rec {
         marker: Option<(bool, String)>,
         content_type: Option<String>,
         content_encoding: Option<String>,
+        /// The application properties in their order: a string value as itself, any other
+        /// type as `not a string: …`.
+        application_properties: Vec<(String, String)>,
         body: String,
         action: Action,
     },
@@ -555,6 +558,21 @@ pub async fn events_link(
                 })
             })
         });
+        let application_properties = m
+            .application_properties
+            .as_ref()
+            .map(|a| {
+                a.0.iter()
+                    .map(|(k, v)| {
+                        let value = match v {
+                            SimpleValue::String(s) => s.clone(),
+                            other => format!("not a string: {other:?}"),
+                        };
+                        (k.clone(), value)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let body = match &m.body {
             Body::Data(batch) => batch
                 .iter()
@@ -574,6 +592,7 @@ pub async fn events_link(
             marker,
             content_type: p.content_type.map(|s| s.0),
             content_encoding: p.content_encoding.map(|s| s.0),
+            application_properties,
             body,
             action,
         });

@@ -71,6 +71,10 @@ pub struct Outbound {
     /// How many of its events came from each queue (said when edgeHub rejects it).
     pub high_events: u64,
     pub low_events: u64,
+    /// The AMQP application properties it is sent with (string keys, string values, in
+    /// this order), e.g. `MessagePriority`; chosen by the outbox when it hands the message
+    /// over, under the configuration in force then.
+    pub application_properties: Vec<(String, String)>,
 }
 
 /// How edgeHub settled a message for good (Released/Modified are not final: a retry).

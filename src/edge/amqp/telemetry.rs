@@ -8,9 +8,9 @@
 
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
-    Data, Message, MessageAnnotations, MessageId, Outcome, Properties,
+    ApplicationProperties, Data, Message, MessageAnnotations, MessageId, Outcome, Properties,
 };
-use fe2o3_amqp::types::primitives::{Binary, Symbol, Value};
+use fe2o3_amqp::types::primitives::{Binary, SimpleValue, Symbol, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,7 +69,8 @@ pub fn message_id(id: &str) -> MessageId {
 /// The AMQP message for a stored security message. `to` is the link's address, as the Node
 /// SDK sets it on every telemetry message. A unique, stable message-id (the store's, so a
 /// retry carries the same id), content-type `application/json`, content-encoding `utf-8`, the
-/// body in one `data` section, and the security marker.
+/// body in one `data` section, the security marker, and the message's application
+/// properties (none: no section).
 pub fn security_message(m: &Outbound, to: &str) -> Message<Data> {
     // The marker's key must be an AMQP **symbol** and its value an AMQP **string**: edgeHub
     // looks the key up as a symbol and reads the value `as string`; anything else is dropped
@@ -87,9 +88,20 @@ pub fn security_message(m: &Outbound, to: &str) -> Message<Data> {
         content_encoding: Some(Symbol::from(CONTENT_ENCODING)),
         ..Default::default()
     };
+    // Keys are AMQP strings (the section's map is string-keyed) and values AMQP strings, as
+    // the Node SDK's `message.properties.add(k, v)` sends a string value (compared on the
+    // wire by tests/edgehub_interop.rs); edgeHub hands them on as the message's properties.
+    let application_properties = (!m.application_properties.is_empty()).then(|| {
+        let mut b = ApplicationProperties::builder();
+        for (k, v) in &m.application_properties {
+            b = b.insert(k.clone(), SimpleValue::String(v.clone()));
+        }
+        b.build()
+    });
     Message::builder()
         .properties(properties)
         .message_annotations(annotations)
+        .application_properties(application_properties)
         .data(Binary::from(m.body.as_bytes().to_vec()))
         .build()
 }
@@ -324,6 +336,7 @@ mod tests {
             body: r#"{"AgentId":"x"}"#.into(),
             high_events: 1,
             low_events: 0,
+            application_properties: Vec::new(),
         }
     }
 
@@ -357,6 +370,31 @@ mod tests {
         assert_eq!(p.content_encoding, Some(Symbol::from("utf-8")));
         assert_eq!(m.body.0.as_slice(), br#"{"AgentId":"x"}"#);
         assert!(m.application_properties.is_none());
+    }
+
+    /// The message's properties become the application-properties section, in their order,
+    /// string keys with string values.
+    #[test]
+    fn application_properties_are_string_pairs_in_their_order() {
+        let mut m = stored();
+        m.application_properties = vec![
+            ("MessagePriority".into(), "High".into()),
+            ("HubResourceId".into(), "/subscriptions/s/x".into()),
+        ];
+        let msg = security_message(&m, "/devices/d/messages/events");
+        let props = msg.application_properties.as_ref().unwrap();
+        let pairs: Vec<(&str, &SimpleValue)> =
+            props.0.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("MessagePriority", &SimpleValue::String("High".into())),
+                (
+                    "HubResourceId",
+                    &SimpleValue::String("/subscriptions/s/x".into())
+                ),
+            ]
+        );
     }
 
     #[test]
