@@ -118,16 +118,30 @@ fn secrets_absent(output: &str, what: &str) {
     }
 }
 
+/// The twin's `hubResourceId` in the wire test (synthetic: the shape of an IoT hub's id).
+const HUB_RESOURCE_ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Devices/IotHubs/hub";
+
 #[test]
 fn module_wire_equals_the_node_sdks_and_messages_arrive_valid() {
-    let s = setup(KEY, hub_options(0));
+    let mut opts = hub_options(0);
+    opts.twin_desired = serde_json::json!({
+        "ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration": {
+            "hubResourceId": {"value": HUB_RESOURCE_ID}
+        }
+    });
+    let s = setup(KEY, opts);
     let env = standin::edge_env(&s.workload, HUB, DEVICE, MODULE, s.hub.port);
 
-    // The reference: the official Node SDK, the way a module sends a security message.
-    let node = standin::node_send(
+    // The reference: the official Node SDK, the way a module sends a security message, with
+    // the application properties the classic C# agent adds (`message.properties.add`).
+    let node = standin::node_send_with(
         &env,
         r#"{"AgentVersion":"node-sdk","Events":[]}"#,
         "8d6c1a4e-7b1f-5c3a-9e2d-0f1e2d3c4b5a",
+        &[
+            ("MessagePriority", "Low"),
+            ("HubResourceId", HUB_RESOURCE_ID),
+        ],
     );
     assert!(
         node.status.success(),
@@ -160,6 +174,16 @@ fn module_wire_equals_the_node_sdks_and_messages_arrive_valid() {
         },
     );
     let mod_conn = conns(&recs)[1];
+    // The twin's configuration is in force once the module reported it (its PATCH).
+    s.hub.wait(
+        "the module's reported properties",
+        Duration::from_secs(30),
+        |r| {
+            r.iter().any(|x| {
+                x["kind"] == "twin-request" && x["conn"] == mod_conn && x["operation"] == "PATCH"
+            })
+        },
+    );
     std::thread::sleep(Duration::from_secs(2)); // the replay is read and coalesced
     let st = module.stop(Duration::from_secs(10));
     assert!(
@@ -208,7 +232,13 @@ fn module_wire_equals_the_node_sdks_and_messages_arrive_valid() {
     let events_link = |c| {
         let a: Vec<Value> = only(&recs, "attach", c)
             .into_iter()
-            .filter(|a| a["role"] == "sender" && a["address"] != "$cbs")
+            // The module's connection also carries the twin's sender link.
+            .filter(|a| {
+                a["role"] == "sender"
+                    && a["address"]
+                        .as_str()
+                        .is_some_and(|x| x.ends_with("/messages/events"))
+            })
             .collect();
         assert_eq!(a.len(), 1, "one telemetry link on connection {c}: {a:#?}");
         a[0].clone()
@@ -229,6 +259,10 @@ fn module_wire_equals_the_node_sdks_and_messages_arrive_valid() {
     let sdk_msg = only(&recs, "message", sdk_conn)[0].clone();
     let mod_msgs = only(&recs, "message", mod_conn);
     assert!(!mod_msgs.is_empty(), "the module sent messages:\n{output}");
+    assert_eq!(
+        sdk_msg["application_properties"],
+        serde_json::json!({"MessagePriority": "Low", "HubResourceId": HUB_RESOURCE_ID})
+    );
     for m in &mod_msgs {
         for field in [
             "content_type",
@@ -236,11 +270,25 @@ fn module_wire_equals_the_node_sdks_and_messages_arrive_valid() {
             "to",
             "message_id_type",
             "annotations",
-            "application_properties",
+            "application_property_types",
             "body_section",
         ] {
             assert_eq!(m[field], sdk_msg[field], "message {field}");
         }
+        // The application properties: the same keys, string keys and values (above), the
+        // twin's resource id, and the priority of what the message holds (High with any
+        // event of a type High by default).
+        let body: Value = serde_json::from_str(m["body"].as_str().unwrap()).unwrap();
+        let high = body["Events"].as_array().unwrap().iter().any(|e| {
+            ["ListeningPorts", "LocalUsers", "Login"].contains(&e["Name"].as_str().unwrap())
+        });
+        let priority = if high { "High" } else { "Low" };
+        assert_eq!(
+            m["application_properties"],
+            serde_json::json!({"MessagePriority": priority, "HubResourceId": HUB_RESOURCE_ID}),
+            "message {}",
+            m["message_id"]
+        );
         assert_eq!(
             m["annotations"]["iothub-interface-id"],
             serde_json::json!({"key_type": "symbol", "value": "urn:azureiot:Security:SecurityAgent:1", "value_type": "string"})

@@ -581,12 +581,27 @@ pub fn edge_env(
 /// Send one security message with the official Node.js SDK (tests/standin/node/send.js).
 /// Runs with only `env` and PATH (no IOTEDGE_* or connection string of the caller leaks in).
 pub fn node_send(env: &[(String, String)], body: &str, message_id: &str) -> std::process::Output {
+    node_send_with(env, body, message_id, &[])
+}
+
+/// [`node_send`] with application properties, each added as the SDK's
+/// `message.properties.add(key, value)`.
+pub fn node_send_with(
+    env: &[(String, String)],
+    body: &str,
+    message_id: &str,
+    properties: &[(&str, &str)],
+) -> std::process::Output {
     require_node();
     let dir = root().join("tests/standin/node");
+    let properties: serde_json::Map<String, Value> = properties
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
     Command::new("node")
         .current_dir(&dir)
         .arg("send.js")
-        .args([body, message_id])
+        .args([body, message_id, &Value::Object(properties).to_string()])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

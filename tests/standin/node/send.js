@@ -10,7 +10,10 @@
 // with hostname = the host part (so the AMQP Open hostname and the TLS name are "localhost"
 // for "localhost:12345"). So the stand-in can run on any free port; no need for 5671.
 //
-//   node send.js [body] [messageId]
+//   node send.js [body] [messageId] [properties]
+// properties: a JSON object of string keys and string values, each added with
+// `message.properties.add(key, value)` (the application properties an IoT Edge module sets,
+// e.g. MessagePriority as the classic agents send it).
 // Prints "sent <messageId> <result class>" and exits 0, or prints the error and exits 1.
 'use strict';
 const { ModuleClient, Message } = require('azure-iot-device');
@@ -18,6 +21,13 @@ const { Amqp } = require('azure-iot-device-amqp');
 
 const body = process.argv[2] || '{"AgentVersion":"node-sdk","Events":[]}';
 const messageId = process.argv[3] || '8d6c1a4e-7b1f-5c3a-9e2d-0f1e2d3c4b5a';
+let properties = {};
+try {
+  properties = JSON.parse(process.argv[4] || '{}');
+} catch (e) {
+  console.error('properties: not JSON: ' + e.message);
+  process.exit(1);
+}
 
 function fail(what, err) {
   console.error(what + ': ' + (err && (err.stack || err.message || err)));
@@ -35,6 +45,9 @@ ModuleClient.fromEnvironment(Amqp, (err, client) => {
     m.messageId = messageId;
     m.contentType = 'application/json';
     m.contentEncoding = 'utf-8';
+    for (const [k, v] of Object.entries(properties)) {
+      m.properties.add(k, v);
+    }
     m.setAsSecurityMessage();
     client.sendEvent(m, (err, result) => {
       if (err) return fail('sendEvent', err);
