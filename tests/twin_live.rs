@@ -336,6 +336,8 @@ fn ids_of<'a>(events: &'a [(String, String)], name: &str) -> BTreeSet<&'a str> {
 struct Msg {
     time: f64,
     body: Value,
+    properties: Value,
+    property_types: Value,
 }
 
 impl Msg {
@@ -364,6 +366,8 @@ fn messages(hub: &EdgeHub) -> Vec<Msg> {
             time: r["time"].as_f64().expect("a record time"),
             body: serde_json::from_str(r["body"].as_str().expect("a text body"))
                 .unwrap_or_else(|e| panic!("a message body that is not JSON ({e}): {r}")),
+            properties: r["application_properties"].clone(),
+            property_types: r["application_property_types"].clone(),
         })
         .collect()
 }
@@ -888,4 +892,86 @@ fn the_reported_properties_say_what_is_in_force_and_a_new_connection_reports_not
     assert_eq!(later.len(), 1, "only the new version's PATCH: {patches:#?}");
     assert_eq!(later[0]["twin"]["reported"][STATUS]["appliedVersion"], 4);
     assert!(m.stop(Duration::from_secs(15)).success(), "{}", m.output());
+}
+
+// ------------------------------------------------------------------ f. message properties
+
+#[test]
+fn messages_carry_message_priority_and_the_twins_hub_resource_id() {
+    let rig = Rig::new();
+    let twin = json!({CONFIG: {}, "$version": 1});
+    let hub = rig.hub(0, twin, |_| {});
+    let feed = StagedFeed::start(rig.dir.path());
+    let agent = [
+        ("eventPriorityProcessCreate", "High"),
+        ("eventPriorityConnectionCreate", "Low"),
+        ("highPriorityMessageFrequency", "PT10S"),
+        ("lowPriorityMessageFrequency", "PT10S"),
+        ("aggregationEnabledProcessCreate", "false"),
+        ("aggregationEnabledConnectionCreate", "false"),
+    ];
+    let mut m = rig.module("properties", hub.port, &feed.path, &agent);
+    wait_applied(&hub, 1);
+
+    // Before hubResourceId: net_tcp.log (1 ProcessCreate High, 7 ConnectionCreate Low).
+    let net = capture("net_tcp.log");
+    let net_ids = replay(rig.dir.path(), &net);
+    feed.send(&net, Duration::ZERO);
+    let all_in = |want: &[(String, String)]| {
+        let got: BTreeSet<String> = delivered(&hub)
+            .iter()
+            .map(|e| e["Id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        want.iter().all(|(id, _)| got.contains(id))
+    };
+    hub.wait("net_tcp delivered", WAIT, |_| all_in(&net_ids));
+
+    let resource = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/Microsoft.Devices/IotHubs/hub";
+    hub.push_desired(desired(&[("hubResourceId", json!(resource))]));
+    let (applied, _) = wait_applied(&hub, 2);
+    let exec = capture("exec_args.log");
+    let exec_ids = replay(rig.dir.path(), &exec);
+    feed.send(&exec, Duration::ZERO);
+    hub.wait("exec_args delivered", WAIT, |_| all_in(&exec_ids));
+    assert!(m.stop(Duration::from_secs(15)).success(), "{}", m.output());
+
+    let msgs = messages(&hub);
+    let (mut high, mut low) = (0, 0);
+    for msg in &msgs {
+        let p = &msg.properties;
+        let prio = p["MessagePriority"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no MessagePriority: {p} {}", msg.body));
+        assert_eq!(
+            msg.property_types["MessagePriority"]["value_type"], "string",
+            "{}",
+            msg.property_types
+        );
+        // High when the message holds a high-priority event (ProcessCreate here); a
+        // message of Low events only (ConnectionCreate, statistics) is Low.
+        let has_high = msg.security().iter().any(|e| e["Name"] == "ProcessCreate");
+        assert_eq!(prio, if has_high { "High" } else { "Low" }, "{}", msg.body);
+        if prio == "High" {
+            high += 1;
+        } else {
+            low += 1;
+        }
+        // HubResourceId: on the messages with events collected after it was applied, never
+        // on one accepted before.
+        let after = msg
+            .security()
+            .iter()
+            .any(|e| exec_ids.iter().any(|(id, _)| e["Id"] == id.as_str()));
+        if after {
+            assert_eq!(p["HubResourceId"], resource, "{p}");
+            assert_eq!(msg.property_types["HubResourceId"]["value_type"], "string");
+        }
+        if msg.time < applied {
+            assert_eq!(p.get("HubResourceId"), None, "{p}");
+        }
+    }
+    assert!(
+        high > 0 && low > 0,
+        "both priorities seen: {high} High, {low} Low"
+    );
 }
