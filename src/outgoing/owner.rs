@@ -771,6 +771,35 @@ mod tests {
         h.shutdown().await;
     }
 
+    /// The properties are those of the configuration in force when the message is handed
+    /// over, not when it was built: a hubResourceId set after the build is on it.
+    #[tokio::test]
+    async fn next_gives_the_properties_of_the_configuration_in_force() {
+        let mut owner = spawn(memory(), Arc::new(Notify::new())).unwrap();
+        owner.feeder.events(vec![process(1)], 0).await.unwrap();
+        let h = owner.handle.clone();
+        within("flush", h.flush()).await.unwrap();
+        let before = within("next", h.next()).await.unwrap().unwrap();
+        let low = ("MessagePriority".to_owned(), "Low".to_owned());
+        assert_eq!(before.application_properties, [low.clone()]);
+        let mut c = AgentConfig::default();
+        c.hub_resource_id = Some("/subscriptions/s/hub".into());
+        within("set_config", h.set_config(c, 10)).await.unwrap();
+        let after = within("next", h.next()).await.unwrap().unwrap();
+        assert_eq!(after.message_id, before.message_id);
+        assert_eq!(
+            after.application_properties,
+            [
+                low,
+                (
+                    "HubResourceId".to_owned(),
+                    "/subscriptions/s/hub".to_owned()
+                )
+            ]
+        );
+        h.shutdown().await;
+    }
+
     /// A panic of the thread is the supervised task's panic, with its text.
     #[tokio::test]
     async fn a_panic_of_the_thread_ends_its_supervised_task_with_the_text() {
