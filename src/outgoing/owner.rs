@@ -775,7 +775,7 @@ mod tests {
     /// over, not when it was built: a hubResourceId set after the build is on it.
     #[tokio::test]
     async fn next_gives_the_properties_of_the_configuration_in_force() {
-        let mut owner = spawn(memory(), Arc::new(Notify::new())).unwrap();
+        let owner = spawn(memory(), Arc::new(Notify::new())).unwrap();
         owner.feeder.events(vec![process(1)], 0).await.unwrap();
         let h = owner.handle.clone();
         within("flush", h.flush()).await.unwrap();
