@@ -781,9 +781,11 @@ mod tests {
         within("flush", h.flush()).await.unwrap();
         let before = within("next", h.next()).await.unwrap().unwrap();
         let low = ("MessagePriority".to_owned(), "Low".to_owned());
-        assert_eq!(before.application_properties, [low.clone()]);
-        let mut c = AgentConfig::default();
-        c.hub_resource_id = Some("/subscriptions/s/hub".into());
+        assert_eq!(before.application_properties, std::slice::from_ref(&low));
+        let c = AgentConfig {
+            hub_resource_id: Some("/subscriptions/s/hub".into()),
+            ..AgentConfig::default()
+        };
         within("set_config", h.set_config(c, 10)).await.unwrap();
         let after = within("next", h.next()).await.unwrap().unwrap();
         assert_eq!(after.message_id, before.message_id);
