@@ -467,49 +467,43 @@ fn entrypoint(name: &str) -> Vec<String> {
         .unwrap_or_else(|e| panic!("{name}: ENTRYPOINT is not the exec form: {e}"))
 }
 
-#[test]
-fn both_dockerfiles_build_the_static_musl_binary_from_the_lock_file() {
-    for (name, target) in [
-        ("Dockerfile.amd64", "x86_64-unknown-linux-musl"),
-        ("Dockerfile.arm32v7", "armv7-unknown-linux-musleabihf"),
-    ] {
-        let ins = instructions(name);
-        let runs: Vec<&String> = ins
-            .iter()
-            .filter(|(k, _)| k == "RUN")
-            .map(|(_, a)| a)
-            .collect();
-        assert!(
-            runs.iter()
-                .any(|r| r.contains(&format!("rustup target add {target}"))),
-            "{name}: no rustup target add {target}"
-        );
-        let build = runs
-            .iter()
-            .find(|r| r.contains("cargo build"))
-            .unwrap_or_else(|| panic!("{name}: no cargo build"));
-        for flag in [
-            "--release",
-            "--locked",
-            &format!("--target {target}"),
-            "--bin azureiotsecurity",
-        ] {
-            assert!(
-                build.contains(flag),
-                "{name}: cargo build without {flag}: {build}"
-            );
+/// The platforms the image is built for: the dev tools' name (module.json, the image tag's
+/// suffix, `Dockerfile.<name>`), Docker's `--platform`, and the Rust target the Dockerfile
+/// cross-compiles for.
+const PLATFORMS: [(&str, &str, &str); 3] = [
+    ("amd64", "linux/amd64", "x86_64-unknown-linux-musl"),
+    ("arm32v7", "linux/arm/v7", "armv7-unknown-linux-musleabihf"),
+    ("arm64v8", "linux/arm64", "aarch64-unknown-linux-musl"),
+];
+
+/// The `ENV` assignments of a Dockerfile (`ENV K=V K2="V 2"` forms), quotes removed.
+fn env_assignments(ins: &[(String, String)]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (_, args) in ins.iter().filter(|(k, _)| k == "ENV") {
+        let mut rest = args.trim();
+        while !rest.is_empty() {
+            let (key, after) = rest.split_once('=').unwrap_or_else(|| panic!("ENV {args}"));
+            let (value, after) = match after.strip_prefix('"') {
+                Some(quoted) => {
+                    let (v, a) = quoted
+                        .split_once('"')
+                        .unwrap_or_else(|| panic!("ENV {args}"));
+                    (v, a)
+                }
+                None => after.split_once(char::is_whitespace).unwrap_or((after, "")),
+            };
+            out.insert(key.trim().to_owned(), value.to_owned());
+            rest = after.trim();
         }
-        assert!(
-            build.contains(&format!("target/{target}/release/azureiotsecurity")),
-            "{name}: the binary is not taken from target/{target}/release: {build}"
-        );
-        // The C parts are compiled for musl, by musl-gcc.
-        let cc_var = format!("CC_{}=musl-gcc", target.replace('-', "_"));
-        assert!(
-            ins.iter().any(|(k, a)| k == "ENV" && a.contains(&cc_var)),
-            "{name}: no ENV {cc_var}"
-        );
-        // The image holds the binary and nothing else.
+    }
+    out
+}
+
+#[test]
+fn every_dockerfile_cross_compiles_the_static_musl_binary_from_the_lock_file() {
+    for (platform, docker_platform, target) in PLATFORMS {
+        let name = format!("Dockerfile.{platform}");
+        let ins = instructions(&name);
         let froms: Vec<&String> = ins
             .iter()
             .filter(|(k, _)| k == "FROM")
@@ -520,7 +514,87 @@ fn both_dockerfiles_build_the_static_musl_binary_from_the_lock_file() {
             2,
             "{name}: a build stage and the image: {froms:?}"
         );
+        // The compiler runs on the builder's platform (no emulation), whatever the image's.
+        assert!(
+            froms[0].starts_with("--platform=$BUILDPLATFORM "),
+            "{name}: the build stage is not on the builder's platform: {}",
+            froms[0]
+        );
+        // The image holds the binary and nothing else.
         assert_eq!(froms[1], "scratch", "{name}");
+        // buildx's target platform is declared in the stage and must be this file's.
+        assert!(
+            ins.iter().any(|(k, a)| k == "ARG" && a == "TARGETPLATFORM"),
+            "{name}: no ARG TARGETPLATFORM"
+        );
+        let runs: Vec<&String> = ins
+            .iter()
+            .filter(|(k, _)| k == "RUN")
+            .map(|(_, a)| a)
+            .collect();
+        assert!(
+            runs.iter().any(|r| {
+                let r = r.split_whitespace().collect::<Vec<_>>().join(" ");
+                r.starts_with(&format!(
+                    "[ \"$TARGETPLATFORM\" = {docker_platform} ] || {{"
+                )) && r.contains("exit 1")
+            }),
+            "{name}: does not refuse a --platform other than {docker_platform}"
+        );
+        // The ARM recipe: rust-src for build-std, zig and cargo-zigbuild pinned from PyPI.
+        assert!(
+            runs.iter()
+                .any(|r| r.contains("rustup component add rust-src")),
+            "{name}: no rust-src"
+        );
+        let pip = runs
+            .iter()
+            .find(|r| r.contains("pip install"))
+            .unwrap_or_else(|| panic!("{name}: no pip install"));
+        for pinned in ["ziglang==", "cargo-zigbuild=="] {
+            assert!(pip.contains(pinned), "{name}: {pinned} not pinned: {pip}");
+        }
+        let env = env_assignments(&ins);
+        assert_eq!(
+            env.get("RUSTC_BOOTSTRAP").map(String::as_str),
+            Some("1"),
+            "{name}"
+        );
+        assert_eq!(
+            env.get("RUSTFLAGS").map(String::as_str),
+            Some("-C link-self-contained=no"),
+            "{name}"
+        );
+        let build = runs
+            .iter()
+            .find(|r| r.contains("cargo zigbuild"))
+            .unwrap_or_else(|| panic!("{name}: no cargo zigbuild"));
+        let words: Vec<&str> = build.split_whitespace().collect();
+        for flag in [
+            "--release",
+            "--locked",
+            "-Zbuild-std=std,panic_abort",
+            "--bin",
+            "--target",
+        ] {
+            assert!(
+                words.contains(&flag),
+                "{name}: cargo zigbuild without {flag}: {build}"
+            );
+        }
+        let after = |flag: &str| {
+            words
+                .iter()
+                .position(|w| *w == flag)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+        };
+        assert_eq!(after("--target"), Some(target), "{name}: {build}");
+        assert_eq!(after("--bin"), Some("azureiotsecurity"), "{name}: {build}");
+        assert!(
+            build.contains(&format!("target/{target}/release/azureiotsecurity")),
+            "{name}: the binary is not taken from target/{target}/release: {build}"
+        );
         // No OpenSSL is installed or built against (comments aside).
         for (k, a) in &ins {
             let a = a.to_ascii_lowercase();
@@ -545,7 +619,7 @@ fn both_dockerfiles_build_the_static_musl_binary_from_the_lock_file() {
             .map(|(_, a)| a.as_str())
             .unwrap();
         let dest = copy.split_whitespace().last().unwrap();
-        assert_eq!(entrypoint(name)[0], dest, "{name}: {copy}");
+        assert_eq!(entrypoint(&name), [dest], "{name}: {copy}");
     }
     // Nothing in the dependency graph links OpenSSL or native TLS.
     let lock = read("Cargo.lock");
@@ -557,28 +631,121 @@ fn both_dockerfiles_build_the_static_musl_binary_from_the_lock_file() {
     }
 }
 
+/// A Dockerfile's `CMD`, in the exec form.
+fn cmd(name: &str) -> Vec<String> {
+    let all: Vec<String> = instructions(name)
+        .into_iter()
+        .filter(|(k, _)| k == "CMD")
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(all.len(), 1, "{name}: {all:?}");
+    serde_json::from_str(&all[0])
+        .unwrap_or_else(|e| panic!("{name}: CMD is not the exec form: {e}"))
+}
+
 #[test]
-fn both_dockerfiles_start_the_readmes_run_command() {
+fn every_dockerfile_starts_the_program_with_the_readmes_run_command_by_default() {
     let readme = readme_run_command();
     assert_eq!(readme, ["azureiotsecurity", "run"]);
-    let amd64 = entrypoint("Dockerfile.amd64");
-    assert_eq!(amd64, entrypoint("Dockerfile.arm32v7"));
-    let program = Path::new(&amd64[0]);
-    assert!(
-        program.is_absolute(),
-        "{amd64:?}: scratch has no PATH to search"
-    );
-    assert_eq!(program.file_name().unwrap(), readme[0].as_str());
-    assert_eq!(amd64[1..], readme[1..]);
-    // And the binary takes those arguments: `azureiotsecurity run --help` is the module's.
+    for (platform, _, _) in PLATFORMS {
+        let name = format!("Dockerfile.{platform}");
+        // The entry point is the program alone, so a manifest's Cmd chooses the command.
+        let program = entrypoint(&name);
+        assert_eq!(program.len(), 1, "{name}: {program:?}");
+        let program = Path::new(&program[0]);
+        assert!(
+            program.is_absolute(),
+            "{program:?}: scratch has no PATH to search"
+        );
+        assert_eq!(program.file_name().unwrap(), readme[0].as_str());
+        assert_eq!(cmd(&name), readme[1..], "{name}: the default command");
+    }
+    // And the binary takes that command: `azureiotsecurity run --help` is the module's.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
-        .args(&amd64[1..])
+        .args(&readme[1..])
         .arg("--help")
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let help = String::from_utf8(out.stdout).unwrap();
     assert!(help.starts_with("Run the module"), "{help}");
+}
+
+#[test]
+fn module_json_is_the_dev_tools_layout_for_this_version_and_every_dockerfile() {
+    let m: Value =
+        serde_json::from_str(&read("module.json")).unwrap_or_else(|e| panic!("module.json: {e}"));
+    assert_eq!(m["$schema-version"], "0.0.1", "{m}");
+    assert!(
+        m["description"].as_str().is_some_and(|d| !d.is_empty()),
+        "{m}"
+    );
+    let image = &m["image"];
+    // iotedgedev tags `{repository lower-cased}:{version}-{platform}`: the registry is the
+    // placeholder its .env fills, the name the module's.
+    assert_eq!(
+        image["repository"], "${CONTAINER_REGISTRY_SERVER}/azureiotsecurity",
+        "{m}"
+    );
+    assert_eq!(
+        image["tag"]["version"],
+        env!("CARGO_PKG_VERSION"),
+        "module.json's version is Cargo.toml's"
+    );
+    let platforms = image["tag"]["platforms"]
+        .as_object()
+        .unwrap_or_else(|| panic!("module.json has no image.tag.platforms: {m}"));
+    let expected: BTreeMap<String, String> = PLATFORMS
+        .iter()
+        .map(|(p, _, _)| (p.to_string(), format!("./Dockerfile.{p}")))
+        .collect();
+    let got: BTreeMap<String, String> = platforms
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(got, expected);
+    // The build context is the repository root, where the Dockerfiles' COPY sources are.
+    assert_eq!(image["contextPath"], "./", "{m}");
+    assert!(image["buildOptions"].is_array(), "{m}");
+    // Every Dockerfile in the repository is one module.json builds.
+    let on_disk: BTreeSet<String> = std::fs::read_dir(crate::support::root())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("Dockerfile"))
+        .map(|n| format!("./{n}"))
+        .collect();
+    assert_eq!(on_disk, expected.values().cloned().collect());
+}
+
+#[test]
+fn the_readme_builds_each_platforms_image_with_its_dockerfile_and_tag() {
+    let readme = read("README.md");
+    let version = env!("CARGO_PKG_VERSION");
+    for (platform, docker_platform, _) in PLATFORMS {
+        let line = readme
+            .lines()
+            .find(|l| {
+                l.contains("docker buildx build")
+                    && l.contains(&format!("-f Dockerfile.{platform} "))
+            })
+            .unwrap_or_else(|| panic!("README has no docker buildx line for {platform}"));
+        assert!(
+            line.contains(&format!("--platform {docker_platform} ")),
+            "{line}"
+        );
+        assert!(
+            line.contains(&format!("/azureiotsecurity:{version}-{platform} ")),
+            "the tag iotedgedev would give: {line}"
+        );
+        // And the Dockerfile's own usage comment says the same.
+        let text = read(&format!("Dockerfile.{platform}"));
+        assert!(
+            text.contains(&format!(
+                "--platform {docker_platform} -f Dockerfile.{platform}"
+            )) && text.contains(&format!("azureiotsecurity:{version}-{platform}")),
+            "Dockerfile.{platform}'s usage comment"
+        );
+    }
 }
 
 // ---- resource limits ----
