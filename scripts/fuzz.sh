@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Fuzz the audit parser, the coalescer + pipeline and the decoders (cargo-fuzz, libFuzzer).
+# Fuzz the audit parser, the coalescer + pipeline, the decoders and the twin's apply step
+# (cargo-fuzz, libFuzzer).
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     default: 60 s each for parse, coalesce, decode
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     default: 60 s each for parse, coalesce, decode, twin
 #
 # Installs cargo-fuzz when missing, seeds fuzz/corpus/<target>/ from the real captures in
-# tests/data (plus the committed regression inputs in fuzz/regressions/<target>/), then runs
+# tests/data (plus the committed regression inputs in fuzz/regressions/<target>/; twin's seeds
+# are only those: the published default desired document and hand-written patches), then runs
 # each target for SECONDS on stable Rust without a sanitizer (`-s none`: sanitizers need
 # nightly). Debug assertions and overflow checks are on. Exits non-zero if any target
 # crashed; the crashing input is in fuzz/artifacts/<target>/. fuzz/corpus and
@@ -17,7 +19,7 @@ shift || true
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  targets=(parse coalesce decode)
+  targets=(parse coalesce decode twin)
 fi
 case "$secs" in
   ''|*[!0-9]*) echo "fuzz.sh: SECONDS must be a number, got '$secs'" >&2; exit 2 ;;
