@@ -550,6 +550,16 @@ fn patches_pushed_while_events_flow_change_what_arrives_and_every_event_arrives_
         account(&d, "ProcessCreate") >= want("ProcessCreate")
             && account(&d, "ConnectionCreate") >= want("ConnectionCreate")
     });
+    // The module's own account: it derived the whole capture, and what it did not collect
+    // (part 3's ConnectionCreate, Off) it counted as configured out, not as lost.
+    let whole_count = whole.len() as u64;
+    let off = ids_of(&replayed[2], "ConnectionCreate").len() as u64;
+    let t = rig.wait_metrics(&mut m, "the whole capture derived", |t| {
+        t.get("security_events_total") == whole_count && t.get("outgoing_commands_waiting") == 0
+    });
+    assert_eq!(t.get("events_configured_out_total"), off, "{}", t.0);
+    assert_eq!(t.get("events_dropped_high_total"), 0, "{}", t.0);
+    assert_eq!(t.get("events_dropped_low_total"), 0, "{}", t.0);
     assert!(m.stop(Duration::from_secs(15)).success(), "{}", m.output());
 
     let events = delivered(&hub);
@@ -830,6 +840,7 @@ fn the_reported_properties_say_what_is_in_force_and_a_new_connection_reports_not
     ];
     let mut m = rig.module("reported", hub.port, &feed.path, &agent);
     let (_, reported) = wait_applied(&hub, 3);
+    let first_conn = hub.twin_requests("PATCH")[0]["conn"].clone();
 
     // The configuration in force, every key of the published schema twin-shaped: the twin's
     // values, the environment's where the twin says nothing, the defaults elsewhere.
@@ -868,10 +879,18 @@ fn the_reported_properties_say_what_is_in_force_and_a_new_connection_reports_not
 
     // A message (dropped once, then sent again on a new connection) with the same AgentId.
     feed.send(&capture("exec_args.log"), Duration::ZERO);
-    hub.wait("a message accepted on a second connection", WAIT, |r| {
+    let records = hub.wait("a message accepted on a second connection", WAIT, |r| {
         r.iter()
-            .any(|x| x["kind"] == "message" && x["outcome"] == "accept" && x["conn"] != 1)
+            .any(|x| x["kind"] == "message" && x["outcome"] == "accept" && x["conn"] != first_conn)
     });
+    let dropped = records
+        .iter()
+        .find(|x| x["kind"] == "message" && x["outcome"] == "drop")
+        .expect("the stand-in dropped the first transfer");
+    assert_eq!(
+        dropped["conn"], first_conn,
+        "the report came before the drop"
+    );
     let agent_id = messages(&hub)[0].body["AgentId"].clone();
     assert_eq!(status["agentId"], agent_id);
 
@@ -880,15 +899,15 @@ fn the_reported_properties_say_what_is_in_force_and_a_new_connection_reports_not
     // connection's GET and any report it calls for).
     hub.wait("a GET answered on the second connection", WAIT, |r| {
         r.iter()
-            .any(|x| x["kind"] == "twin-reply" && x["conn"] != 1 && x["status"] == 200)
+            .any(|x| x["kind"] == "twin-reply" && x["conn"] != first_conn && x["status"] == 200)
     });
     hub.push_desired(desired(&[("eventPriorityLogin", json!("Low"))]));
     let (_, reported) = wait_applied(&hub, 4);
     assert_eq!(reported_value(&reported, "eventPriorityLogin"), "Low");
     let patches = hub.twin_requests("PATCH");
-    let per_conn = |c: u64| patches.iter().filter(|p| p["conn"] == c).count();
-    assert_eq!(per_conn(1), 1, "{patches:#?}");
-    let later: Vec<&Value> = patches.iter().filter(|p| p["conn"] != 1).collect();
+    let on_first = patches.iter().filter(|p| p["conn"] == first_conn).count();
+    assert_eq!(on_first, 1, "{patches:#?}");
+    let later: Vec<&Value> = patches.iter().filter(|p| p["conn"] != first_conn).collect();
     assert_eq!(later.len(), 1, "only the new version's PATCH: {patches:#?}");
     assert_eq!(later[0]["twin"]["reported"][STATUS]["appliedVersion"], 4);
     assert!(m.stop(Duration::from_secs(15)).success(), "{}", m.output());
