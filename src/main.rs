@@ -339,10 +339,13 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The machine name of the running kernel (`uname -m`), from the uname syscall: the module's
+/// image is a scratch image without a `uname` program.
 fn uname_machine() -> Result<String> {
-    let out = std::process::Command::new("uname")
-        .arg("-m")
-        .output()
-        .context("running uname -m")?;
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let uts = rustix::system::uname();
+    let machine = uts
+        .machine()
+        .to_str()
+        .context("uname: machine name not UTF-8")?;
+    Ok(machine.to_string())
 }

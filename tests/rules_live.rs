@@ -90,6 +90,38 @@ fn normalization_of_expected_lines() {
     );
 }
 
+/// `rules` without an architecture reads this machine's from the uname syscall, not from a
+/// `uname` program: the module's scratch image has none. With PATH empty (and no other
+/// environment) it must still print exactly this machine's rules.
+#[test]
+fn rules_without_a_uname_program() {
+    let machine = stdout_of("uname", &["-m"]);
+    let Some(arch) = Arch::from_uname(machine.trim()) else {
+        panic!("this machine's architecture {machine:?} is not supported");
+    };
+    let out = match Command::new(BIN)
+        .arg("rules")
+        .env_clear()
+        .env("PATH", "")
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => panic!("cannot run {BIN} rules: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "rules with PATH empty failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), rules::render(arch));
+    // The same text as naming the architecture explicitly.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        stdout_of(BIN, &["rules", "--arch", machine.trim()])
+    );
+}
+
 #[test]
 fn native_rules_load_and_list_exactly() {
     assert_eq!(
