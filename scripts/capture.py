@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 
-DEFAULT_SOCKET = "/var/run/audispd_events"
+DEFAULT_SOCKET = "/run/audit/audispd_events"
 
 
 def other_client_connected(path):

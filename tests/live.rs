@@ -1,7 +1,7 @@
 //! Live tests: `azureiotsecurity run` against the real auditd of this machine.
 //!
-//! They need root, auditd running with its af_unix plugin on `/var/run/audispd_events` and the
-//! module's rules loaded (`scripts/setup-host.sh`; `scripts/test.sh` does it on CI), and the
+//! They need root, auditd running with its af_unix plugin on `/run/audit/audispd_events` and
+//! the module's rules loaded (`scripts/setup-host.sh`; `scripts/test.sh` does it on CI), and the
 //! programs of `scripts/install-test-deps.sh` (gcc-multilib, openssh-server, sshpass,
 //! pamtester, sudo). A missing auditd, socket or rule set FAILS them; they never skip.
 //!

@@ -2488,7 +2488,7 @@ mod tests {
         assert_eq!(report["twin"]["version"], Value::Null);
         assert_eq!(
             report["audit"]["socket_path"],
-            json!("/var/run/audispd_events")
+            json!("/run/audit/audispd_events")
         );
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].error_type, ConfigurationErrorType::NotOptimal);

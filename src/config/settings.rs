@@ -67,8 +67,10 @@ pub struct AgentLayers {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditSettings {
-    /// auditd's af_unix plugin socket (`/var/run/audispd_events` on auditd 3.0,
-    /// `/run/audit/audispd_events` on newer ones).
+    /// auditd's af_unix plugin socket. `scripts/setup-host.sh` puts it in its own directory,
+    /// `/run/audit/` (auditd's own default only from 4.1.2; older ones ship
+    /// `/var/run/audispd_events`), so the container can bind the directory read-only: auditd
+    /// re-creates the socket (a new inode) on every restart, which a file bind would miss.
     pub socket_path: PathBuf,
     /// First reconnect delay, doubled up to `reconnect_max_ms`.
     pub reconnect_min_ms: u64,
@@ -225,7 +227,7 @@ impl Default for AuditSettings {
     fn default() -> Self {
         let c = CoalesceConfig::default();
         AuditSettings {
-            socket_path: PathBuf::from("/var/run/audispd_events"),
+            socket_path: PathBuf::from("/run/audit/audispd_events"),
             reconnect_min_ms: 100,
             reconnect_max_ms: 5_000,
             queue_max_bytes: 16 << 20,
@@ -510,7 +512,7 @@ mod tests {
         assert_eq!(s, Settings::default());
         assert_eq!(
             s.audit.socket_path,
-            PathBuf::from("/var/run/audispd_events")
+            PathBuf::from("/run/audit/audispd_events")
         );
     }
 

@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::support;
 
 /// auditd's af_unix socket as `scripts/setup-host.sh` configures it.
-pub const SOCKET: &str = "/var/run/audispd_events";
+pub const SOCKET: &str = "/run/audit/audispd_events";
 /// The rule key of the module's audit rules.
 pub const RULE_KEY: &str = "azureiotsecurity";
 
