@@ -30,8 +30,9 @@
 set -euo pipefail
 
 KEY=azureiotsecurity
-SOCKET_DIR=/run/audit
-SOCKET=$SOCKET_DIR/audispd_events
+# The socket (tests/quick/deployment_manifest.rs reads this line) and its directory.
+SOCKET=/run/audit/audispd_events
+SOCKET_DIR=${SOCKET%/*}
 PLUGIN=/etc/audit/plugins.d/af_unix.conf
 TMPFILES=/etc/tmpfiles.d/azureiotsecurity.conf
 STATE=/var/backups/azureiotsecurity-host-setup
