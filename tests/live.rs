@@ -1731,3 +1731,94 @@ fn run_prints_valid_messages_within_a_minute() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.lines().filter(|l| *l == "ok").count(), messages.len());
 }
+
+// ------------------------------------------------------------------------------------------
+// 6. auditd restarts under the running module
+// ------------------------------------------------------------------------------------------
+
+/// auditd re-creates its socket (a new inode) on every start; the module, reading it by path,
+/// reconnects with back-off and events flow again without restarting it. This is why the
+/// container binds the directory `/run/audit` and not the socket file: a file bind would keep
+/// the old inode, which nobody listens on any more.
+///
+/// What is counted across the restart: a connection that ends mid-line (`partial_lines`),
+/// lines dropped in the module's queue (`lines_dropped_queue_full`), each connection
+/// (`audit_connects`), and gaps in the kernel's serials (`estimated_kernel_loss`). What is not
+/// counted by the module: records auditd 3.0.9's plugin discarded while no client was
+/// connected (between auditd's start and the module's reconnect) show only as such a serial
+/// gap, and the kernel's own losses while no auditd runs are in `auditctl -s` (`lost`), which
+/// this test checks did not move.
+#[test]
+fn auditd_restart_reconnects_without_restarting_the_module() {
+    let _serial = serial();
+    harness::require_auditd();
+    let lost_before = kernel_lost();
+    let inode_before = harness::socket_inode();
+    let mut m = Module::start(&[]);
+    let module_pid = m.pid().expect("the module runs");
+    let before = format!(
+        "/bin/true azureiotsecurity-before-restart-{}",
+        harness::nonce(6)
+    );
+    run_ok("/bin/true", &[before.trim_start_matches("/bin/true ")]);
+    assert!(
+        m.wait_event(Duration::from_secs(30), |e| harness::is_exec_of(e, &before))
+            .is_some(),
+        "the exec before the restart was not reported:\n{}",
+        m.stderr()
+    );
+
+    // The module has been connected for a while when auditd restarts under it, as in the
+    // field: a connection that ends within a second (`STABLE_CONNECTION`) counts as flapping
+    // instead (W-AUDIT-FLAPPING, with back-off), which is not what this test is about.
+    std::thread::sleep(Duration::from_secs(2));
+    harness::restart_auditd();
+    let inode_after = harness::socket_inode();
+    assert_ne!(
+        inode_after,
+        inode_before,
+        "auditd's restart did not re-create {} (same inode)",
+        harness::SOCKET
+    );
+    assert!(
+        m.wait_log(Duration::from_secs(30), "E-AUDIT-CLOSED"),
+        "the module did not notice that auditd went away:\n{}",
+        m.stderr()
+    );
+
+    // A program run after the restart reaches the same module process (the marker is run
+    // until the module reports it: the first records after auditd's start may go before the
+    // module has reconnected).
+    m.wait_marker("after-restart");
+    assert_eq!(m.pid(), Some(module_pid), "the module was restarted");
+    let after = m.marker("after-restart");
+    let fin = m.finish();
+
+    // Exactly two connections, both lasting (no flapping against the new socket).
+    assert_eq!(
+        fin.stat("audit_connects"),
+        2,
+        "{:?}\n{}",
+        fin.stats,
+        fin.stderr
+    );
+    assert_eq!(fin.stat("short_connections"), 0, "{:?}", fin.stats);
+    // auditd stops between records: no line was cut off, and none was dropped in the module.
+    assert_eq!(fin.stat("partial_lines"), 0, "{:?}", fin.stats);
+    assert_eq!(fin.stat("lines_dropped_queue_full"), 0, "{:?}", fin.stats);
+    assert_eq!(
+        fin.stderr.matches("E-AUDIT-CLOSED").count(),
+        1,
+        "one closed connection expected:\n{}",
+        fin.stderr
+    );
+    // Both execs, once each.
+    assert_eq!(fin.select(|e| harness::is_exec_of(e, &before)).len(), 1);
+    assert_eq!(fin.select(|e| harness::is_exec_of(e, &after)).len(), 1);
+    assert_eq!(kernel_lost(), lost_before, "the kernel lost audit records");
+    eprintln!(
+        "restart: socket inode {inode_before} -> {inode_after}; estimated_kernel_loss = {} (records \
+         auditd handled while no client was connected)",
+        fin.stat("estimated_kernel_loss")
+    );
+}

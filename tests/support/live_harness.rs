@@ -288,6 +288,11 @@ impl Module {
         }
     }
 
+    /// Its process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its log so far.
     pub fn stderr(&self) -> String {
         self.shared.lock().stderr.clone()
@@ -562,4 +567,66 @@ pub fn compile(program: &str, dir: &Path, extra_flags: &[&str]) -> std::path::Pa
     args.extend(["-O2", "-Wall", "-Wextra", "-o", exe_s, src_s]);
     run_ok("gcc", &args);
     exe
+}
+
+/// The pid auditd registered with the kernel (`auditctl -s`), 0 when none.
+pub fn auditd_pid() -> u32 {
+    run_ok("auditctl", &["-s"])
+        .lines()
+        .find_map(|l| l.strip_prefix("pid "))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The inode of the audit socket (auditd re-creates the socket on every start).
+pub fn socket_inode() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(SOCKET)
+        .unwrap_or_else(|e| panic!("{SOCKET}: {e}"))
+        .ino()
+}
+
+/// Restart auditd as `scripts/setup-host.sh` starts it: SIGTERM, wait for it to leave, start
+/// `/sbin/auditd` again and wait until it is registered and its socket is there. auditd keeps
+/// every descriptor it inherits, so it is started with none but stdin/out/err (the test runs
+/// under `flock /tmp/auditd-live.lock`, whose descriptor it would otherwise hold for good).
+pub fn restart_auditd() {
+    let pid = auditd_pid();
+    assert_ne!(pid, 0, "auditd is not running");
+    run_ok("kill", &["-TERM", &pid.to_string()]);
+    let gone = wait_until(Duration::from_secs(20), || {
+        auditd_pid() == 0 && !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    assert!(
+        gone,
+        "auditd (pid {pid}) did not exit within 20 s of SIGTERM"
+    );
+    run_ok(
+        "bash",
+        &[
+            "-c",
+            r#"for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done; exec /sbin/auditd </dev/null >/dev/null 2>&1"#,
+        ],
+    );
+    let up = wait_until(Duration::from_secs(20), || {
+        auditd_pid() != 0 && std::fs::metadata(SOCKET).is_ok_and(|m| m.file_type().is_socket())
+    });
+    assert!(
+        up,
+        "auditd did not come back with its socket {SOCKET} within 20 s"
+    );
+}
+
+/// Poll `cond` every 50 ms until it holds; false after `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
