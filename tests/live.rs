@@ -1844,7 +1844,7 @@ fn a_bind_of_the_socket_file_goes_stale_on_auditd_restart() {
     let bound_s = bound.to_str().expect("utf-8 path").to_string();
     run_ok("mount", &["--bind", harness::SOCKET, &bound_s]);
     let _mount = BindMount(bound.clone());
-    let mut m = Module::start(&[("AZUREIOTSECURITY_AUDIT__SOCKET_PATH", &bound_s)]);
+    let m = Module::start(&[("AZUREIOTSECURITY_AUDIT__SOCKET_PATH", &bound_s)]);
     // Connected for longer than a flapping connection (see the test above).
     std::thread::sleep(Duration::from_secs(2));
     harness::restart_auditd();
