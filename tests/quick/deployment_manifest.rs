@@ -1,10 +1,14 @@
-//! The deployment files agree with the code: `deployment.template.json` mounts the socket and
-//! the data directory where the settings look for them, routes what the module sends, keeps
-//! the module's least privilege, and sets only settings the module accepts; the Dockerfiles
-//! build the static musl binary from the lock file and start it with the README's command.
-//! The module's CPU, memory and pids limits are there (that the module holds to them under
-//! the load capture, with the Proton stand-in, is `tests/deployment_load.rs`). File reading
-//! and library calls only (plus `--help` of the built binary).
+//! The deployment files agree with the code: both templates (`deployment.template.json`,
+//! production, and `deployment.debug.template.json`) mount the socket's directory and the data
+//! directory where the settings look for them, route what the module sends, keep every module's
+//! least privilege, and set only settings the module accepts (the library's loader and the
+//! binary's `check-config`); the debug one is the production one plus debug logging, try-out
+//! and the echo module from the same image running the binary's `echo`; `module.json` and the
+//! Dockerfiles build the static musl binary from the lock file for each platform and start it
+//! with the README's command. The module's CPU, memory and pids limits are there (that the
+//! module holds to them under the load capture, with the Proton stand-in, is
+//! `tests/deployment_load.rs`). File reading and library calls only (plus `--help` and
+//! `check-config` of the built binary).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,21 +20,31 @@ use azureiotsecurity::config::settings::{ENV_PREFIX, Settings};
 use azureiotsecurity::edge::amqp::telemetry::events_address;
 
 use crate::support::manifest::{
-    LIMIT_KEYS, MODULE, agent_desired, at, create_options, limits, manifest, module,
-    modules_content, read,
+    DEBUG_TEMPLATE, ECHO, LIMIT_KEYS, MODULE, TEMPLATE, TEMPLATES, agent_desired, at,
+    create_options, debug_manifest, limits, limits_of, manifest, module, module_named,
+    module_names, modules_content, read, routes, template,
 };
 
-/// The placeholders the template leaves to the operator (`envsubst` form).
-const PLACEHOLDERS: [&str; 4] = [
-    "CONTAINER_REGISTRY_ADDRESS",
+/// The environment variables the templates leave to the operator (`envsubst` form; iotedgedev
+/// fills them from its `.env`).
+const ENV_PLACEHOLDERS: [&str; 3] = [
+    "CONTAINER_REGISTRY_SERVER",
     "CONTAINER_REGISTRY_USERNAME",
     "CONTAINER_REGISTRY_PASSWORD",
-    "IMAGE_AZUREIOTSECURITY",
 ];
 
-/// The module's environment as the container gets it.
-fn module_env(m: &Value) -> HashMap<String, String> {
-    at(module(m), &["env"])
+/// The image placeholder: iotedgedev's `${MODULEDIR<relative path>}` (`constants.py`
+/// `moduledir_placeholder_pattern`), the image it builds from the `module.json` in that
+/// directory for the platform asked for; this repository is that directory.
+const IMAGE_PLACEHOLDER: &str = "${MODULEDIR<.>}";
+
+/// The directory the audit socket is in, on the host and in the container (agreed for issue
+/// 13: auditd's own default from 4.1.2; `scripts/setup-host.sh` puts it there on older ones).
+const SOCKET_DIR: &str = "/run/audit";
+
+/// A module's environment as the container gets it.
+fn env_of(module: &Value) -> HashMap<String, String> {
+    at(module, &["env"])
         .as_object()
         .unwrap()
         .iter()
@@ -45,14 +59,24 @@ fn module_env(m: &Value) -> HashMap<String, String> {
         .collect()
 }
 
-/// The settings the module runs with under the manifest's environment (defaults < env).
-fn effective_settings(m: &Value) -> Settings {
-    let env: HashMap<String, String> = module_env(m)
+/// The module's environment as the container gets it.
+fn module_env(m: &Value) -> HashMap<String, String> {
+    env_of(module(m))
+}
+
+/// The settings a module runs with under its environment (defaults < env).
+fn settings_of(module: &Value) -> Settings {
+    let env: HashMap<String, String> = env_of(module)
         .into_iter()
         .filter(|(k, _)| k.starts_with(ENV_PREFIX))
         .collect();
     Settings::load_from(None, Some(env))
         .unwrap_or_else(|e| panic!("the manifest's environment is refused by the settings: {e}"))
+}
+
+/// The settings the module runs with under the manifest's environment (defaults < env).
+fn effective_settings(m: &Value) -> Settings {
+    settings_of(module(m))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,230 +141,541 @@ fn host_socket_of_setup_script() -> PathBuf {
 }
 
 #[test]
-fn the_template_is_a_schema_1_1_manifest_with_the_runtime_and_the_module() {
-    let m = manifest();
-    let content = modules_content(&m);
-    assert!(content.contains_key("$edgeAgent") && content.contains_key("$edgeHub"));
-    assert_eq!(at(agent_desired(&m), &["schemaVersion"]), "1.1");
-    assert_eq!(
-        at(
-            &m,
-            &[
-                "modulesContent",
-                "$edgeHub",
-                "properties.desired",
-                "schemaVersion"
-            ]
-        ),
-        "1.1"
-    );
-    let system = at(agent_desired(&m), &["systemModules"]);
-    for (name, image) in [
-        ("edgeAgent", "mcr.microsoft.com/azureiotedge-agent:"),
-        ("edgeHub", "mcr.microsoft.com/azureiotedge-hub:"),
+fn the_templates_are_schema_1_1_manifests_with_the_runtime_and_their_modules() {
+    for (name, expected) in [
+        (TEMPLATE, vec![MODULE]),
+        (DEBUG_TEMPLATE, vec![MODULE, ECHO]),
     ] {
-        let got = at(system, &[name, "settings", "image"]).as_str().unwrap();
-        assert!(got.starts_with(image), "{name} image {got}");
-        create_options(at(system, &[name]));
+        let m = template(name);
+        let content = modules_content(&m);
+        assert!(content.contains_key("$edgeAgent") && content.contains_key("$edgeHub"));
+        assert_eq!(at(agent_desired(&m), &["schemaVersion"]), "1.1", "{name}");
+        assert_eq!(
+            at(
+                &m,
+                &[
+                    "modulesContent",
+                    "$edgeHub",
+                    "properties.desired",
+                    "schemaVersion"
+                ]
+            ),
+            "1.1",
+            "{name}"
+        );
+        let system = at(agent_desired(&m), &["systemModules"]);
+        for (sys, image) in [
+            ("edgeAgent", "mcr.microsoft.com/azureiotedge-agent:"),
+            ("edgeHub", "mcr.microsoft.com/azureiotedge-hub:"),
+        ] {
+            let got = at(system, &[sys, "settings", "image"]).as_str().unwrap();
+            assert!(got.starts_with(image), "{name}: {sys} image {got}");
+            create_options(at(system, &[sys]));
+        }
+        assert_eq!(module_names(&m), expected, "{name}: the modules deployed");
+        for module_name in expected {
+            let module = module_named(&m, module_name);
+            assert_eq!(at(module, &["type"]), "docker");
+            assert_eq!(at(module, &["status"]), "running");
+            assert_eq!(at(module, &["restartPolicy"]), "always");
+            // Every module is the image module.json builds (the echo is the same binary).
+            assert_eq!(
+                at(module, &["settings", "image"]),
+                IMAGE_PLACEHOLDER,
+                "{name}: {module_name}"
+            );
+        }
     }
-    let modules = at(agent_desired(&m), &["modules"]).as_object().unwrap();
+}
+
+/// `text` with the placeholders replaced as the README's substitution does: the image
+/// placeholder by `image` (sed), and the environment variables the README's `envsubst`
+/// format names by `value` (envsubst replaces only those, so `$upstream`, `$edgeAgent` and
+/// `$edgeHub` stay).
+fn fill_as_the_readme_says(text: &str, image: &str, value: &str) -> String {
+    let readme = read("README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.contains("envsubst '"))
+        .expect("README has the envsubst command with its variables");
+    let format = line
+        .split("envsubst '")
+        .nth(1)
+        .and_then(|rest| rest.split('\'').next())
+        .unwrap();
+    let named: BTreeSet<&str> = format
+        .split_whitespace()
+        .map(|v| v.trim_start_matches('$'))
+        .collect();
     assert_eq!(
-        modules.keys().collect::<Vec<_>>(),
-        [MODULE],
-        "the template deploys the module and nothing else"
+        named,
+        ENV_PLACEHOLDERS.into_iter().collect(),
+        "the README's envsubst names exactly the templates' variables: {line}"
     );
-    let module = module(&m);
-    assert_eq!(at(module, &["type"]), "docker");
-    assert_eq!(at(module, &["status"]), "running");
-    assert_eq!(at(module, &["restartPolicy"]), "always");
-    assert_eq!(
-        at(module, &["settings", "image"]),
-        "${IMAGE_AZUREIOTSECURITY}"
+    assert!(
+        line.contains("s|\\${MODULEDIR<.>}|"),
+        "the README's sed fills the image placeholder: {line}"
     );
+    let mut filled = text.replace(IMAGE_PLACEHOLDER, image);
+    for p in named {
+        filled = filled.replace(&format!("${{{p}}}"), value);
+    }
+    filled
 }
 
 #[test]
-fn placeholders_are_the_documented_ones_and_never_look_like_settings() {
-    let text = read("deployment.template.json");
-    let found: BTreeSet<&str> = text
-        .split("${")
-        .skip(1)
-        .map(|rest| rest.split('}').next().unwrap())
-        .collect();
-    assert_eq!(found, PLACEHOLDERS.into_iter().collect());
-    for p in PLACEHOLDERS {
-        // An exported AZUREIOTSECURITY_* variable is read as a setting (and an unknown one
-        // stops the module), so the template's variables must not use that prefix.
-        assert!(!p.starts_with(ENV_PREFIX), "{p}");
+fn placeholders_are_the_dev_tools_ones_never_settings_and_the_readme_fills_them() {
+    for name in TEMPLATES {
+        let text = read(name);
+        let found: BTreeSet<String> = text
+            .split("${")
+            .skip(1)
+            .map(|rest| format!("${{{}}}", rest.split('}').next().unwrap()))
+            .collect();
+        let expected: BTreeSet<String> = ENV_PLACEHOLDERS
+            .iter()
+            .map(|p| format!("${{{p}}}"))
+            .chain([IMAGE_PLACEHOLDER.to_owned()])
+            .collect();
+        assert_eq!(found, expected, "{name}");
+        for p in ENV_PLACEHOLDERS {
+            // An exported AZUREIOTSECURITY_* variable is read as a setting (and an unknown one
+            // stops the module), so the template's variables must not use that prefix.
+            assert!(!p.starts_with(ENV_PREFIX), "{p}");
+        }
+        // `${MODULEDIR<.>}`: module.json is in that directory.
+        assert!(
+            crate::support::root()
+                .join(".")
+                .join("module.json")
+                .is_file(),
+            "{IMAGE_PLACEHOLDER} names the directory of module.json"
+        );
+        let filled = fill_as_the_readme_says(&text, "reg.example/azureiotsecurity:x", "example");
+        let filled: Value =
+            serde_json::from_str(&filled).unwrap_or_else(|e| panic!("{name} filled: {e}"));
+        for module_name in module_names(&filled) {
+            assert_eq!(
+                at(module_named(&filled, &module_name), &["settings", "image"]),
+                "reg.example/azureiotsecurity:x"
+            );
+        }
+        assert_eq!(
+            at(
+                agent_desired(&filled),
+                &[
+                    "runtime",
+                    "settings",
+                    "registryCredentials",
+                    "registry",
+                    "address"
+                ]
+            ),
+            "example"
+        );
+        // What is not a placeholder survives the substitution.
+        assert!(
+            routes(&filled)
+                .iter()
+                .all(|(_, r)| r.ends_with("INTO $upstream") || r.contains("BrokeredEndpoint(")),
+            "{:?}",
+            routes(&filled)
+        );
+        assert_eq!(routes(&filled), routes(&template(name)));
     }
-    let mut filled = text.clone();
-    for p in PLACEHOLDERS {
-        filled = filled.replace(&format!("${{{p}}}"), "example");
-    }
-    let filled: Value = serde_json::from_str(&filled).unwrap();
-    assert_eq!(at(module(&filled), &["settings", "image"]), "example");
 }
 
 #[test]
-fn the_socket_mounted_is_the_one_the_settings_read_and_the_setup_script_makes() {
-    let m = manifest();
-    let settings = effective_settings(&m);
-    // The template relies on the defaults: if they change, the mounts must follow.
-    assert_eq!(
-        settings.audit.socket_path,
-        Settings::default().audit.socket_path
-    );
-    let socket = settings.audit.socket_path;
-    assert_eq!(socket, host_socket_of_setup_script());
+fn the_socket_directory_mounted_is_the_one_the_settings_read_and_the_setup_script_makes() {
+    for name in TEMPLATES {
+        let m = template(name);
+        let settings = effective_settings(&m);
+        // The templates rely on the defaults: if they change, the mounts must follow.
+        assert_eq!(
+            settings.audit.socket_path,
+            Settings::default().audit.socket_path
+        );
+        let socket = settings.audit.socket_path;
+        assert_eq!(socket, host_socket_of_setup_script());
+        assert_eq!(socket.parent(), Some(Path::new(SOCKET_DIR)), "{name}");
 
-    let all = mounts(&create_options(module(&m)));
-    let covering: Vec<&Mount> = all
-        .iter()
-        .filter(|mt| mt.kind == "bind" && socket.starts_with(&mt.target))
-        .collect();
-    assert_eq!(
-        covering.len(),
-        1,
-        "one bind mount reaches {socket:?}: {all:?}"
-    );
-    let mt = covering[0];
-    // The host's socket appears at the same path in the container.
-    assert_eq!(Path::new(&mt.source), mt.target, "{mt:?}");
-    // Either the socket itself or a directory of its own: never a whole /run (docker.sock,
-    // the IoT Edge sockets), which would undo the least privilege the module promises.
-    for broad in ["/", "/run", "/var/run", "/var"] {
-        assert_ne!(mt.target, Path::new(broad), "{mt:?} mounts all of {broad}");
+        let all = mounts(&create_options(module(&m)));
+        let covering: Vec<&Mount> = all
+            .iter()
+            .filter(|mt| mt.kind == "bind" && socket.starts_with(&mt.target))
+            .collect();
+        assert_eq!(
+            covering.len(),
+            1,
+            "{name}: one bind mount reaches {socket:?}: {all:?}"
+        );
+        let mt = covering[0];
+        // The socket's own directory, not the socket file: auditd re-creates the socket (a
+        // new inode) on every restart, and a file bind keeps the old one.
+        assert_eq!(mt.target, Path::new(SOCKET_DIR), "{name}: {mt:?}");
+        // The host's directory appears at the same path in the container.
+        assert_eq!(Path::new(&mt.source), mt.target, "{name}: {mt:?}");
+        // Never a whole /run (docker.sock, the IoT Edge sockets), which would undo the least
+        // privilege the module promises.
+        for broad in ["/", "/run", "/var/run", "/var"] {
+            assert_ne!(
+                mt.target,
+                Path::new(broad),
+                "{name}: {mt:?} mounts all of {broad}"
+            );
+        }
+        assert!(
+            mt.read_only,
+            "{name}: the socket is mounted read-only: {mt:?}"
+        );
     }
-    assert!(mt.read_only, "the socket is mounted read-only: {mt:?}");
 }
 
 #[test]
 fn the_data_directory_is_a_writable_volume_where_the_settings_keep_the_outbox() {
-    let m = manifest();
-    let settings = effective_settings(&m);
-    assert_eq!(
-        settings.module.data_dir,
-        Settings::default().module.data_dir
-    );
-    let all = mounts(&create_options(module(&m)));
-    let data: Vec<&Mount> = all
-        .iter()
-        .filter(|mt| mt.target == settings.module.data_dir)
-        .collect();
-    assert_eq!(data.len(), 1, "{all:?}");
-    assert_eq!(data[0].kind, "volume", "{:?}", data[0]);
-    assert!(!data[0].source.is_empty(), "a named volume: {:?}", data[0]);
-    assert!(!data[0].read_only);
+    for name in TEMPLATES {
+        let m = template(name);
+        let settings = effective_settings(&m);
+        assert_eq!(
+            settings.module.data_dir,
+            Settings::default().module.data_dir
+        );
+        let all = mounts(&create_options(module(&m)));
+        let data: Vec<&Mount> = all
+            .iter()
+            .filter(|mt| mt.target == settings.module.data_dir)
+            .collect();
+        assert_eq!(data.len(), 1, "{name}: {all:?}");
+        assert_eq!(data[0].kind, "volume", "{name}: {:?}", data[0]);
+        assert!(!data[0].source.is_empty(), "a named volume: {:?}", data[0]);
+        assert!(!data[0].read_only);
+    }
 }
 
 #[test]
-fn the_module_runs_with_least_privilege() {
-    let create = create_options(module(&manifest()));
-    let host = at(&create, &["HostConfig"]);
-    assert_ne!(host.get("Privileged"), Some(&Value::Bool(true)));
-    assert_eq!(
-        host.get("NetworkMode"),
-        None,
-        "the edge network, not the host's"
-    );
-    assert_eq!(
-        host.get("PidMode"),
-        None,
-        "the module reads no other process"
-    );
-    assert_eq!(at(host, &["CapDrop"]), &serde_json::json!(["ALL"]));
-    assert_eq!(host.get("CapAdd"), None);
-    assert_eq!(at(host, &["ReadonlyRootfs"]), true);
-    assert!(
-        at(host, &["SecurityOpt"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o
-                .as_str()
-                .is_some_and(|o| o.starts_with("no-new-privileges"))),
-        "{host}"
-    );
-    // With a read-only root, SQLite's temporary files need a writable /tmp.
-    assert!(at(host, &["Tmpfs"]).get("/tmp").is_some(), "{host}");
-    assert_eq!(
-        host.get("PortBindings"),
-        None,
-        "nothing published on the host"
-    );
-    assert_eq!(host.get("Devices"), None);
-    // Only the socket and the data volume.
-    let targets: BTreeSet<PathBuf> = mounts(&create).into_iter().map(|m| m.target).collect();
-    let settings = Settings::default();
-    assert_eq!(
-        targets,
-        [settings.audit.socket_path, settings.module.data_dir]
-            .into_iter()
-            .collect()
-    );
+fn every_module_runs_with_least_privilege() {
+    for name in TEMPLATES {
+        let m = template(name);
+        for module_name in module_names(&m) {
+            let create = create_options(module_named(&m, &module_name));
+            let host = at(&create, &["HostConfig"]);
+            let what = format!("{name}: {module_name}");
+            assert_ne!(host.get("Privileged"), Some(&Value::Bool(true)), "{what}");
+            assert_eq!(
+                host.get("NetworkMode"),
+                None,
+                "{what}: the edge network, not the host's"
+            );
+            assert_eq!(
+                host.get("PidMode"),
+                None,
+                "{what}: the module reads no other process"
+            );
+            assert_eq!(
+                at(host, &["CapDrop"]),
+                &serde_json::json!(["ALL"]),
+                "{what}"
+            );
+            assert_eq!(host.get("CapAdd"), None, "{what}");
+            assert_eq!(at(host, &["ReadonlyRootfs"]), true, "{what}");
+            assert!(
+                at(host, &["SecurityOpt"])
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|o| o
+                        .as_str()
+                        .is_some_and(|o| o.starts_with("no-new-privileges"))),
+                "{what}: {host}"
+            );
+            assert_eq!(
+                host.get("PortBindings"),
+                None,
+                "{what}: nothing published on the host"
+            );
+            assert_eq!(host.get("Devices"), None, "{what}");
+            let targets: BTreeSet<PathBuf> =
+                mounts(&create).into_iter().map(|m| m.target).collect();
+            if module_name == MODULE {
+                // With a read-only root, SQLite's temporary files need a writable /tmp.
+                assert!(at(host, &["Tmpfs"]).get("/tmp").is_some(), "{what}: {host}");
+                // Only the socket's directory and the data volume.
+                let settings = Settings::default();
+                assert_eq!(
+                    targets,
+                    [PathBuf::from(SOCKET_DIR), settings.module.data_dir]
+                        .into_iter()
+                        .collect(),
+                    "{what}"
+                );
+            } else {
+                // The echo reads nothing from the host and keeps nothing: no mounts at all.
+                assert_eq!(targets, BTreeSet::new(), "{what}");
+            }
+        }
+    }
 }
 
 #[test]
 fn every_setting_in_the_environment_is_accepted_and_metrics_are_exposed_where_served() {
-    let m = manifest();
-    let env = module_env(&m);
-    assert!(env.contains_key("RuntimeLogLevel"), "{env:?}");
-    let settings = effective_settings(&m);
-    let (_, errors) = agent_config::check_report(&settings);
-    assert!(errors.is_empty(), "agent settings refused: {errors:?}");
-    // The template turns /metrics on; the port the module listens on is the one exposed.
-    assert!(settings.metrics.enabled);
-    let port = settings
-        .metrics
-        .listen
-        .parse::<std::net::SocketAddr>()
-        .unwrap()
-        .port();
-    let create = create_options(module(&m));
-    let exposed: Vec<&String> = at(&create, &["ExposedPorts"])
-        .as_object()
-        .unwrap()
-        .keys()
-        .collect();
-    assert_eq!(exposed, [&format!("{port}/tcp")]);
+    for name in TEMPLATES {
+        let m = template(name);
+        let env = module_env(&m);
+        assert!(env.contains_key("RuntimeLogLevel"), "{name}: {env:?}");
+        let settings = effective_settings(&m);
+        let (_, errors) = agent_config::check_report(&settings);
+        assert!(
+            errors.is_empty(),
+            "{name}: agent settings refused: {errors:?}"
+        );
+        // The template turns /metrics on; the port the module listens on is the one exposed.
+        assert!(settings.metrics.enabled, "{name}");
+        let port = settings
+            .metrics
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .port();
+        let create = create_options(module(&m));
+        let exposed: Vec<&String> = at(&create, &["ExposedPorts"])
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        assert_eq!(exposed, [&format!("{port}/tcp")], "{name}");
+    }
+}
+
+/// `azureiotsecurity check-config` run with exactly a module's environment (what the container
+/// gets from the manifest), as its JSON; a failure names the template and the module.
+fn check_config_with_env_of(what: &str, module: &Value) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_of(module);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        .arg("check-config")
+        .env_clear()
+        .envs(&env)
+        // The kept twin configuration is read from the data directory: a fresh one here, so
+        // nothing on this machine decides the result (only when the manifest leaves it).
+        .env(
+            "AZUREIOTSECURITY_MODULE__DATA_DIR",
+            env.get("AZUREIOTSECURITY_MODULE__DATA_DIR")
+                .cloned()
+                .unwrap_or_else(|| dir.path().display().to_string()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: check-config refuses the manifest's environment {env:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{what}: check-config: {e}"))
 }
 
 #[test]
-fn the_route_takes_what_the_module_sends_upstream() {
-    let m = manifest();
+fn the_binarys_check_config_accepts_every_modules_environment_in_both_templates() {
+    for name in TEMPLATES {
+        let m = template(name);
+        for module_name in module_names(&m) {
+            let module = module_named(&m, &module_name);
+            let what = format!("{name}: {module_name}");
+            let effective = check_config_with_env_of(&what, module);
+            // Every variable is RuntimeLogLevel (edgeAgent's) or a setting of the module's.
+            for key in env_of(module).keys() {
+                assert!(
+                    key == "RuntimeLogLevel" || key.starts_with(ENV_PREFIX),
+                    "{what}: {key} is neither RuntimeLogLevel nor a setting"
+                );
+            }
+            if module_name == MODULE {
+                let settings = settings_of(module);
+                assert_eq!(
+                    effective["audit"]["socket_path"],
+                    settings.audit.socket_path.display().to_string(),
+                    "{what}"
+                );
+                assert_eq!(
+                    effective["module"]["tryout"],
+                    name == DEBUG_TEMPLATE,
+                    "{what}: try-out is on in the debug template only"
+                );
+                assert_eq!(effective["metrics"]["enabled"], true, "{what}");
+            }
+        }
+    }
+    // The check is real: an unknown setting is refused by the binary.
+    let bad = serde_json::json!({"env": {"AZUREIOTSECURITY_MODULE__TRYOTU": {"value": "true"}}});
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        .arg("check-config")
+        .env_clear()
+        .envs(env_of(&bad))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+}
+
+#[test]
+fn the_debug_template_is_the_production_one_with_debug_logging_tryout_and_the_echo() {
+    let (prod, debug) = (manifest(), debug_manifest());
+    // The runtime, edgeAgent and edgeHub are the production ones.
+    for path in [
+        &["runtime"][..],
+        &["systemModules"][..],
+        &["schemaVersion"][..],
+    ] {
+        assert_eq!(
+            at(agent_desired(&prod), path),
+            at(agent_desired(&debug), path)
+        );
+    }
+    let hub = |m: &Value| {
+        let mut h = at(m, &["modulesContent", "$edgeHub", "properties.desired"]).clone();
+        h.as_object_mut().unwrap().remove("routes");
+        h
+    };
+    assert_eq!(hub(&prod), hub(&debug));
+    // The module: the same entry but for its environment.
+    let strip_env = |m: &Value| {
+        let mut e = module(m).clone();
+        e.as_object_mut().unwrap().remove("env");
+        e
+    };
+    assert_eq!(strip_env(&prod), strip_env(&debug));
+    let (mut prod_env, mut debug_env) = (module_env(&prod), module_env(&debug));
+    assert_eq!(prod_env.remove("RuntimeLogLevel").as_deref(), Some("info"));
+    assert_eq!(
+        debug_env.remove("RuntimeLogLevel").as_deref(),
+        Some("debug")
+    );
+    let tryout = format!("{ENV_PREFIX}_MODULE__TRYOUT");
+    assert_eq!(
+        prod_env.get(&tryout),
+        None,
+        "production: the published intervals"
+    );
+    assert_eq!(debug_env.remove(&tryout).as_deref(), Some("true"));
+    assert_eq!(
+        prod_env, debug_env,
+        "the rest of the environment is the same"
+    );
+    assert!(effective_settings(&debug).module.tryout);
+    assert!(!effective_settings(&prod).module.tryout);
+    // No twin for the echo: it has no agent configuration.
+    assert!(!modules_content(&debug).contains_key(ECHO));
+}
+
+/// The binary's subcommands, from `azureiotsecurity --help`.
+fn subcommands() -> BTreeSet<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let help = String::from_utf8(out.stdout).unwrap();
+    help.split("Commands:")
+        .nth(1)
+        .expect("--help lists Commands:")
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        // A subcommand's line is indented by two; its wrapped description by more.
+        .filter(|l| !l[2..].starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_echo_module_runs_the_binarys_echo_command_and_listens_where_the_route_delivers() {
+    let m = debug_manifest();
+    let echo = module_named(&m, ECHO);
+    let create = create_options(echo);
+    let command: Vec<String> = serde_json::from_value(at(&create, &["Cmd"]).clone())
+        .expect("the echo's Cmd is a list of strings");
+    assert_eq!(
+        command.first().map(String::as_str),
+        Some("echo"),
+        "{command:?}"
+    );
+    // The image's entry point takes the default command.
+    let commands = subcommands();
+    assert!(commands.contains("run"), "{commands:?}");
+    // The module's entry has no Cmd: the image's default, `run`.
+    assert_eq!(create_options(module(&m)).get("Cmd"), None);
+    // The route's input is one the echo takes (all of them unless --inputs names some).
+    let inputs: Option<Vec<String>> = command
+        .iter()
+        .position(|a| a == "--inputs")
+        .map(|i| command[i + 1].split(',').map(str::to_owned).collect());
+    for (_, route) in routes(&m) {
+        if let Some(input) = route
+            .split(&format!("BrokeredEndpoint(\"/modules/{ECHO}/inputs/"))
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+        {
+            assert!(
+                inputs.as_ref().is_none_or(|i| i.iter().any(|i| i == input)),
+                "{route}: the echo takes {inputs:?}"
+            );
+        }
+    }
+    // Limits, as for the module.
+    let l = limits_of(echo);
+    assert!(l.memory >= 6 << 20 && l.memory_swap == l.memory, "{l:?}");
+    assert!(l.nano_cpus > 0 && l.pids > 0, "{l:?}");
+}
+
+#[test]
+fn the_routes_take_what_the_module_sends_upstream_and_in_debug_to_the_echo() {
     // What the module's sender link targets, and edgeHub's name for that source.
     let address = events_address("device", Some(MODULE));
     assert!(
         address.ends_with(&format!("/modules/{MODULE}/messages/events")),
         "{address}"
     );
-    let routes = at(
-        &m,
-        &["modulesContent", "$edgeHub", "properties.desired", "routes"],
-    )
-    .as_object()
-    .unwrap();
-    let texts: Vec<String> = routes
-        .values()
-        .map(|r| match r {
-            Value::String(s) => s.clone(),
-            other => at(other, &["route"]).as_str().unwrap().to_owned(),
-        })
-        .collect();
-    assert_eq!(
-        texts,
-        [format!("FROM /messages/modules/{MODULE}/* INTO $upstream")]
+    let upstream = format!("FROM /messages/modules/{MODULE}/* INTO $upstream");
+    let to_echo = format!(
+        "FROM /messages/modules/{MODULE}/* INTO BrokeredEndpoint(\"/modules/{ECHO}/inputs/input1\")"
     );
-    // Every module a route names is deployed.
-    let deployed: BTreeSet<&String> = at(agent_desired(&m), &["modules"])
-        .as_object()
-        .unwrap()
-        .keys()
-        .collect();
-    for t in &texts {
-        for part in t.split("/messages/modules/").skip(1) {
-            let name = part.split('/').next().unwrap().to_owned();
-            assert!(deployed.contains(&name), "{t} names {name}, not deployed");
+    for (name, expected) in [
+        (TEMPLATE, vec![upstream.clone()]),
+        (DEBUG_TEMPLATE, vec![upstream.clone(), to_echo.clone()]),
+    ] {
+        let m = template(name);
+        // The twin's routes are an object: compared in order of their texts.
+        let mut texts: Vec<String> = routes(&m).into_iter().map(|(_, r)| r).collect();
+        texts.sort();
+        let mut expected = expected;
+        expected.sort();
+        assert_eq!(texts, expected, "{name}");
+        // Every module a route names is deployed: as a source and as a BrokeredEndpoint
+        // (edgeHub's form is exactly `/modules/{module}/inputs/{input}`).
+        let deployed: BTreeSet<String> = module_names(&m).into_iter().collect();
+        for t in &texts {
+            for part in t.split("/messages/modules/").skip(1) {
+                let from = part.split('/').next().unwrap().to_owned();
+                assert!(
+                    deployed.contains(&from),
+                    "{name}: {t} names {from}, not deployed"
+                );
+            }
+            if let Some(endpoint) = t.split("BrokeredEndpoint(\"").nth(1) {
+                let path = endpoint.split('"').next().unwrap();
+                let parts: Vec<&str> = path.split('/').collect();
+                assert_eq!(parts.len(), 5, "{name}: {path}");
+                assert_eq!(
+                    (parts[0], parts[1], parts[3]),
+                    ("", "modules", "inputs"),
+                    "{path}"
+                );
+                assert!(
+                    deployed.contains(parts[2]),
+                    "{name}: {t} names {}, not deployed",
+                    parts[2]
+                );
+                assert!(!parts[4].is_empty(), "{path}");
+            }
         }
     }
 }
@@ -380,15 +715,17 @@ fn twin_problems(desired: &Value) -> Vec<String> {
 
 #[test]
 fn desired_twin_settings_if_any_are_ones_the_agent_configuration_accepts() {
-    let m = manifest();
     let mut checked = BTreeMap::new();
-    for (name, twin) in modules_content(&m) {
-        if name.starts_with('$') {
-            continue;
+    for template_name in TEMPLATES {
+        let m = template(template_name);
+        for (name, twin) in modules_content(&m) {
+            if name.starts_with('$') {
+                continue;
+            }
+            assert_eq!(name, MODULE, "a twin for a module that is not deployed");
+            let problems = twin_problems(at(twin, &["properties.desired"]));
+            checked.insert(format!("{template_name}: {name}"), problems);
         }
-        assert_eq!(name, MODULE, "a twin for a module that is not deployed");
-        let problems = twin_problems(at(twin, &["properties.desired"]));
-        checked.insert(name.clone(), problems);
     }
     for (name, problems) in &checked {
         assert!(problems.is_empty(), "{name}: {problems:?}");
@@ -765,6 +1102,9 @@ fn the_module_has_memory_cpu_and_pids_limits_and_no_swap() {
         "limits that are not positive integers"
     );
     let l = limits(&m);
+    // The debug template runs the module with the same limits (tests/deployment_load.rs
+    // measures them once for both).
+    assert_eq!(limits(&debug_manifest()), l);
     // MemorySwap is memory + swap in Docker: equal means no swap, so the limit is the
     // limit (an outbox paged out to swap would be slow to read back).
     assert_eq!(l.memory_swap, l.memory, "{l:?}");

@@ -1,5 +1,7 @@
-//! Reading `deployment.template.json`: the module's entry, its createOptions and its resource
-//! limits, for the manifest tests (quick tier) and the load test (full suite).
+//! Reading the deployment templates (`deployment.template.json`, production, and
+//! `deployment.debug.template.json`, the same plus debug logging, try-out and the echo module):
+//! the modules' entries, their createOptions, the routes and the resource limits, for the
+//! manifest tests (quick tier) and the load test (full suite).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -9,6 +11,16 @@ use serde_json::{Map, Value};
 /// The module's name in the manifest: Defender for IoT reads its twin under this name, and
 /// the route names it.
 pub const MODULE: &str = "azureiotsecurity";
+
+/// The echo module's name in the debug template (the route's `/modules/echo/inputs/…`).
+pub const ECHO: &str = "echo";
+
+/// The production template.
+pub const TEMPLATE: &str = "deployment.template.json";
+/// The debug template: the production one plus debug logging, try-out and the echo module.
+pub const DEBUG_TEMPLATE: &str = "deployment.debug.template.json";
+/// Both templates: what holds for the module holds in each.
+pub const TEMPLATES: [&str; 2] = [TEMPLATE, DEBUG_TEMPLATE];
 
 /// edgeAgent's longest twin string (`TwinMaxValueSize` in Azure/iotedge
 /// edge-agent/src/Microsoft.Azure.Devices.Edge.Agent.Docker/Constants.cs); a longer
@@ -23,16 +35,27 @@ pub fn read(name: &str) -> String {
     std::fs::read_to_string(root().join(name)).unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
 
+/// A template (one of [`TEMPLATES`]) as JSON.
+pub fn template(name: &str) -> Value {
+    let text = read(name);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// The production template.
 pub fn manifest() -> Value {
-    let text = read("deployment.template.json");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("deployment.template.json: {e}"))
+    template(TEMPLATE)
+}
+
+/// The debug template.
+pub fn debug_manifest() -> Value {
+    template(DEBUG_TEMPLATE)
 }
 
 /// `v` at `path`, or a failure naming the path.
 pub fn at<'a>(v: &'a Value, path: &[&str]) -> &'a Value {
     path.iter().fold(v, |v, key| {
         v.get(key)
-            .unwrap_or_else(|| panic!("deployment.template.json has no {}", path.join(" / ")))
+            .unwrap_or_else(|| panic!("the manifest has no {}", path.join(" / ")))
     })
 }
 
@@ -45,7 +68,44 @@ pub fn agent_desired(m: &Value) -> &Value {
 }
 
 pub fn module(m: &Value) -> &Value {
-    at(agent_desired(m), &["modules", MODULE])
+    module_named(m, MODULE)
+}
+
+/// The entry of the module `name` in `$edgeAgent`'s modules.
+pub fn module_named<'a>(m: &'a Value, name: &str) -> &'a Value {
+    at(agent_desired(m), &["modules", name])
+}
+
+/// The names of the modules the manifest deploys (system modules aside), sorted.
+pub fn module_names(m: &Value) -> Vec<String> {
+    at(agent_desired(m), &["modules"])
+        .as_object()
+        .expect("modules is an object")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// `$edgeHub`'s routes as (name, route text); a route may be a string or `{ "route": … }`.
+pub fn routes(m: &Value) -> Vec<(String, String)> {
+    at(
+        m,
+        &["modulesContent", "$edgeHub", "properties.desired", "routes"],
+    )
+    .as_object()
+    .expect("routes is an object")
+    .iter()
+    .map(|(name, r)| {
+        let text = match r {
+            Value::String(s) => s.clone(),
+            other => at(other, &["route"])
+                .as_str()
+                .expect("a route is a string")
+                .to_owned(),
+        };
+        (name.clone(), text)
+    })
+    .collect()
 }
 
 /// A module's createOptions as a JSON object: edgeAgent takes a string (at most
@@ -80,7 +140,12 @@ pub struct Limits {
 pub const LIMIT_KEYS: [&str; 4] = ["Memory", "MemorySwap", "NanoCpus", "PidsLimit"];
 
 pub fn limits(m: &Value) -> Limits {
-    let create = create_options(module(m));
+    limits_of(module(m))
+}
+
+/// [`limits`] of any module's entry.
+pub fn limits_of(module: &Value) -> Limits {
+    let create = create_options(module);
     let host = at(&create, &["HostConfig"]);
     let number = |key: &str| host.get(key).and_then(Value::as_u64).unwrap_or(0);
     Limits {
