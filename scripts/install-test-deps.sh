@@ -3,7 +3,9 @@
 # and the programs the live tests run, a Python venv (.venv) with the reference schema
 # validator and Qpid Proton for the edgeHub stand-in, openssl for test certificates, and
 # Node.js with the official Azure IoT SDK (tests/standin/node, from its package-lock.json)
-# as the reference client. Idempotent and quiet: a second run installs nothing.
+# as the reference client, and the ARM cross-build and its emulator (scripts/build-arm.sh,
+# scripts/check-arm.sh): rust-src, zig and cargo-zigbuild in the venv, qemu-user-static.
+# Idempotent and quiet: a second run installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +14,9 @@ pkgs=(auditd audispd-plugins openssh-server openssh-client sshpass sudo pamteste
       openssl
       # python-qpid-proton is only an sdist on PyPI: it compiles, and it has TLS only when
       # libssl-dev and pkg-config are there at build time (else SSL is silently stubbed).
-      python3-dev libssl-dev pkg-config)
+      python3-dev libssl-dev pkg-config
+      # The ARM binaries run under user-mode emulation (qemu-arm-static, qemu-aarch64-static).
+      qemu-user-static)
 # Node.js: Debian's, unless a node and npm are already there (e.g. from NodeSource).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   pkgs+=(nodejs npm)
@@ -43,6 +47,19 @@ if ! .venv/bin/python -c "$proton_ok" 2>/dev/null; then
 fi
 .venv/bin/python -c "$proton_ok" \
   || { echo "install-test-deps: python-qpid-proton in .venv has no TLS" >&2; exit 1; }
+
+# The ARM cross-build: std for the ARM musl targets is built from source (no prebuilt one
+# can be installed here), zig is the C compiler and linker. Pinned: a new zig can change
+# the binaries.
+if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+  echo "install-test-deps: rustup component add rust-src"
+  rustup component add rust-src >/dev/null
+fi
+if ! .venv/bin/python -m ziglang version 2>/dev/null | grep -qx '0.17.0' \
+   || ! .venv/bin/cargo-zigbuild --version 2>/dev/null | grep -qx 'cargo-zigbuild 0.24.0'; then
+  echo "install-test-deps: ziglang and cargo-zigbuild in .venv"
+  .venv/bin/pip install -q --disable-pip-version-check ziglang==0.17.0 cargo-zigbuild==0.24.0
+fi
 
 # The official Azure IoT Node.js SDK, pinned by package-lock.json; again only when
 # node_modules is missing or older than the lock file.
