@@ -64,6 +64,8 @@
 //! - [`config`]: the configuration room.
 //!   - [`config::settings`]: defaults < file < environment, check-config's ranges.
 //!   - [`config::agent`]: the agent configuration (the security module twin's settings).
+//!     - `config::keys`: the table of settings and the parsing of one setting.
+//!     - `config::layers`: one update parsed, layers resolved per key, their sources.
 //!   - [`config::duration`]: ISO 8601 durations.
 //!   - [`config::stages`]: one function per stage building its small config struct.
 //!   - [`config::twin`]: the twin's desired configuration as the top layer, the kept
