@@ -72,6 +72,7 @@ fn config() -> AmqpConfig {
         retry_delay: Duration::from_millis(50),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_millis(400),
+        output_name: None,
     }
 }
 

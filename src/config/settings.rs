@@ -159,6 +159,10 @@ pub struct EdgeHubSettings {
     /// from its desired properties (`crate::twin`); off: the settings' `[agent]` only, and
     /// no kept twin configuration is read at start.
     pub twin: bool,
+    /// The module output the security messages are sent to (`iothub-outputname`), so that
+    /// a route `FROM /messages/modules/<m>/outputs/<name>` takes them; empty (the default):
+    /// none. At most 128 characters of `[A-Za-z0-9_.-]` (checked by [`Settings::validate`]).
+    pub output_name: String,
 }
 
 impl Default for EdgeHubSettings {
@@ -176,6 +180,7 @@ impl Default for EdgeHubSettings {
             reconnect_max_ms: ms(c.reconnect_max),
             shutdown_grace_ms: 3_000,
             twin: true,
+            output_name: String::new(),
         }
     }
 }
@@ -197,6 +202,16 @@ impl Default for MetricsSettings {
             listen: "0.0.0.0:9600".to_owned(),
         }
     }
+}
+
+/// An output name a route can name: empty (none), or up to 128 ASCII letters, digits, `_`,
+/// `.` and `-`. IoT Edge route syntax puts it in a path (`/outputs/<name>`); a `/`, space or
+/// quote would make a route that cannot name it.
+pub fn output_name_ok(name: &str) -> bool {
+    name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// Test and diagnosis knobs; all off by default.
@@ -391,6 +406,12 @@ impl Settings {
         if e.connect_timeout_ms == 0 || e.request_timeout_ms == 0 || e.send_timeout_ms == 0 {
             return bad("edgehub.send_timeout_ms", "timeouts must be positive");
         }
+        if !output_name_ok(&e.output_name) {
+            return bad(
+                "edgehub.output_name",
+                "must be empty or at most 128 characters of letters, digits, '_', '.' and '-'",
+            );
+        }
         if self.metrics.enabled && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return bad(
                 "metrics.listen",
@@ -574,6 +595,30 @@ mod tests {
                 .as_u64()
                 .unwrap())
         );
+    }
+
+    /// `edgehub.output_name` comes from the environment; one a route cannot name (a `/`,
+    /// a space, more than 128 characters) is refused, naming the setting.
+    #[test]
+    fn output_names_a_route_can_name_are_taken() {
+        let s = Settings::load_from(
+            None,
+            env(&[("AZUREIOTSECURITY_EDGEHUB__OUTPUT_NAME", "security-1.a_b")]),
+        )
+        .unwrap();
+        assert_eq!(s.edgehub.output_name, "security-1.a_b");
+        assert_eq!(Settings::default().edgehub.output_name, "");
+        for bad in ["a/b", "a b", &"x".repeat(129)] {
+            let e =
+                Settings::load_from(None, env(&[("AZUREIOTSECURITY_EDGEHUB__OUTPUT_NAME", bad)]))
+                    .unwrap_err();
+            assert!(
+                e.to_string()
+                    .starts_with("setting edgehub.output_name: must be empty or"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(output_name_ok(&"x".repeat(128)));
     }
 
     /// A token lifetime beyond what an `Instant` can add (1.2e19 s) and the value the

@@ -79,6 +79,7 @@ pub fn amqp(s: &EdgeHubSettings) -> AmqpConfig {
         retry_delay: Duration::from_millis(s.retry_delay_ms),
         reconnect_min: Duration::from_millis(s.reconnect_min_ms),
         reconnect_max: Duration::from_millis(s.reconnect_max_ms),
+        output_name: (!s.output_name.is_empty()).then(|| s.output_name.clone()),
     }
 }
 
@@ -162,6 +163,10 @@ mod tests {
             [ms(33), ms(34), ms(35), ms(36)]
         );
         assert_eq!((a.reconnect_min, a.reconnect_max), (ms(37), ms(38)));
+        assert_eq!(a.output_name, None, "an empty output name is none");
+        let mut named = s.edgehub.clone();
+        named.output_name = "security".into();
+        assert_eq!(amqp(&named).output_name.as_deref(), Some("security"));
     }
 
     #[test]

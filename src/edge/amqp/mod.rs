@@ -44,6 +44,11 @@ pub struct AmqpConfig {
     pub retry_delay: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// The module output each security message is sent to (the application property
+    /// `iothub-outputname`, as the SDKs' `sendOutputEvent`), for edgeHub routes
+    /// `FROM /messages/modules/<m>/outputs/<name>`; None: no output name (routes on
+    /// `/messages/modules/<m>/*` still see the message).
+    pub output_name: Option<String>,
 }
 
 impl Default for AmqpConfig {
@@ -58,6 +63,7 @@ impl Default for AmqpConfig {
             retry_delay: Duration::from_secs(1),
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
+            output_name: None,
         }
     }
 }

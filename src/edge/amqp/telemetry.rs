@@ -72,6 +72,17 @@ pub fn message_id(id: &str) -> MessageId {
 /// body in one `data` section, the security marker, and the message's application
 /// properties (none: no section).
 pub fn security_message(m: &Outbound, to: &str) -> Message<Data> {
+    security_message_to(m, to, None)
+}
+
+/// The property naming the module output a message is sent to: the SDKs' `sendOutputEvent`
+/// (Node `azure-iot-device` ModuleClient) sets it as an application property on the telemetry
+/// link, and edgeHub routes the message as `/messages/modules/<m>/outputs/<name>`.
+pub const OUTPUT_NAME_KEY: &str = "iothub-outputname";
+
+/// [`security_message`] sent to the module output `output` (the application property
+/// [`OUTPUT_NAME_KEY`], after the message's own properties); None: as [`security_message`].
+pub fn security_message_to(m: &Outbound, to: &str, output: Option<&str>) -> Message<Data> {
     // The marker's key must be an AMQP **symbol** and its value an AMQP **string**: edgeHub
     // looks the key up as a symbol and reads the value `as string`; anything else is dropped
     // silently, and the message is then not a security message upstream.
@@ -91,9 +102,11 @@ pub fn security_message(m: &Outbound, to: &str) -> Message<Data> {
     // Keys are AMQP strings (the section's map is string-keyed) and values AMQP strings, as
     // the Node SDK's `message.properties.add(k, v)` sends a string value (compared on the
     // wire by tests/edgehub_interop.rs); edgeHub hands them on as the message's properties.
-    let application_properties = (!m.application_properties.is_empty()).then(|| {
+    let output = output.map(|o| (OUTPUT_NAME_KEY.to_owned(), o.to_owned()));
+    let pairs: Vec<&(String, String)> = m.application_properties.iter().chain(&output).collect();
+    let application_properties = (!pairs.is_empty()).then(|| {
         let mut b = ApplicationProperties::builder();
-        for (k, v) in &m.application_properties {
+        for (k, v) in pairs {
             b = b.insert(k.clone(), SimpleValue::String(v.clone()));
         }
         b.build()
@@ -159,6 +172,8 @@ pub struct Telemetry<O: Outbox> {
     stats: Arc<AmqpStats>,
     send_timeout: Duration,
     retry_delay: Duration,
+    /// `iothub-outputname` of every message ([`AmqpConfig::output_name`]).
+    output_name: Option<String>,
 }
 
 impl<O: Outbox> Telemetry<O> {
@@ -174,6 +189,7 @@ impl<O: Outbox> Telemetry<O> {
             stats,
             send_timeout: config.send_timeout,
             retry_delay: config.retry_delay,
+            output_name: config.output_name.clone(),
         }
     }
 
@@ -202,7 +218,7 @@ impl<O: Outbox> Telemetry<O> {
                 }
                 continue;
             };
-            let msg = security_message(&m, address);
+            let msg = security_message_to(&m, address, self.output_name.as_deref());
             let outcome = match tokio::time::timeout(self.send_timeout, events.send(msg)).await {
                 Err(_) => {
                     AmqpStats::add(&self.stats.send_timeouts, 1);
@@ -394,6 +410,37 @@ mod tests {
                     &SimpleValue::String("/subscriptions/s/x".into())
                 ),
             ]
+        );
+    }
+
+    /// With an output name, `iothub-outputname` follows the message's own properties (a
+    /// string key and value); a message without properties gets the section for it alone.
+    #[test]
+    fn an_output_name_is_the_last_application_property() {
+        let mut m = stored();
+        m.application_properties = vec![("MessagePriority".into(), "Low".into())];
+        let msg = security_message_to(&m, "/devices/d/messages/events", Some("security"));
+        let props = msg.application_properties.as_ref().unwrap();
+        let pairs: Vec<(&str, &SimpleValue)> =
+            props.0.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        assert_eq!(
+            pairs,
+            [
+                ("MessagePriority", &SimpleValue::String("Low".into())),
+                ("iothub-outputname", &SimpleValue::String("security".into())),
+            ]
+        );
+        let bare = security_message_to(&stored(), "/devices/d/messages/events", Some("o1"));
+        let props = bare.application_properties.as_ref().unwrap();
+        assert_eq!(props.0.len(), 1);
+        assert_eq!(
+            props.0.get("iothub-outputname"),
+            Some(&SimpleValue::String("o1".into()))
+        );
+        assert!(
+            security_message_to(&stored(), "/devices/d/messages/events", None)
+                .application_properties
+                .is_none()
         );
     }
 
