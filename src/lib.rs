@@ -71,6 +71,7 @@
 //!   - [`config::twin`]: the twin's desired configuration as the top layer, the kept
 //!     desired file, the reported form.
 //! - [`twin`]: the twin task: from edgeHub's module twin to the configuration in force.
+//! - [`echo`]: `azureiotsecurity echo`, the echo module: the inputs link and what it prints.
 //! - [`app`]: wiring of `run` and `replay`: tasks, channels, shutdown.
 //!
 //! Each stage that does the work is a plain synchronous state machine with no I/O and no
@@ -80,6 +81,7 @@ pub mod agent_id;
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod echo;
 pub mod edge;
 pub mod events;
 pub mod outbox;

@@ -14,7 +14,7 @@ use azureiotsecurity::config::settings::{Settings, SettingsError};
 use azureiotsecurity::config::twin;
 use azureiotsecurity::edge::credentials::Credentials;
 use azureiotsecurity::edge::identity::{self, Identity};
-use azureiotsecurity::{app, rules};
+use azureiotsecurity::{app, echo, rules};
 
 #[derive(Parser)]
 #[command(
@@ -60,6 +60,28 @@ enum Command {
     /// Check security messages (JSON lines, a file or - for stdin) with the module's own
     /// schema rules; exit 1 and say why on any failure.
     Validate { file: Option<PathBuf> },
+    /// The echo module: receive what edgeHub routes to this module's inputs and print one
+    /// line per message (input, sender, message-id, enqueued time, properties, size, body; for
+    /// a security message its events, MessagePriority, AgentId and the module's validation).
+    /// Every message is accepted. Uses the module identity from the environment like `run`.
+    Echo {
+        /// Settings file (TOML): the `[edgehub]` connection settings are used.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One JSON object per message instead of a line.
+        #[arg(long)]
+        json: bool,
+        /// Show only these inputs (comma-separated); the others are accepted, not shown.
+        #[arg(long, value_delimiter = ',')]
+        inputs: Vec<String>,
+        /// Exit 0 after this many messages shown.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Exit 3 when the count (or, without one, any message) has not arrived within this
+        /// many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
     /// Print the audit rules the module needs (auditctl -R format).
     Rules {
         /// Architecture (uname -m form: x86_64, i686, aarch64, armv7l); default: this machine's.
@@ -138,6 +160,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
             out.write_all(rules::render(arch).as_bytes())?;
             out.flush()?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo {
+            config,
+            json,
+            inputs,
+            count,
+            timeout,
+        } => {
+            let settings = Settings::load(config.as_deref())?;
+            let Some(identity) = Identity::from_env(&identity::process_env())
+                .context("reading the module identity from the environment")?
+            else {
+                bail!(
+                    "echo needs a module identity: the IoT Edge environment (IOTEDGE_*) or EdgeHubConnectionString"
+                );
+            };
+            tracing::info!(
+                device = identity.device_id(),
+                module = identity.module_id().unwrap_or("-"),
+                endpoint = %identity.endpoint(),
+                "echo: receiving this module's inputs"
+            );
+            tracing::info!("{}", echo::MARKER_NOTE);
+            let credentials = Arc::new(Credentials::new(identity));
+            let amqp = azureiotsecurity::config::stages::amqp(&settings.edgehub);
+            let options = echo::EchoOptions {
+                json,
+                inputs,
+                count,
+                timeout: timeout.map(Duration::from_secs),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let result = rt.block_on(async move {
+                let shutdown = Arc::new(tokio::sync::Notify::new());
+                let sd = shutdown.clone();
+                tokio::spawn(async move { signals(sd).await });
+                echo::run(credentials, amqp, options, std::io::stdout(), shutdown).await
+            });
+            match result {
+                Ok(n) => {
+                    tracing::info!(messages = n, "echo: done");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e @ (echo::EchoError::Nothing { .. } | echo::EchoError::TooFew { .. })) => {
+                    eprintln!("azureiotsecurity echo: {e}");
+                    Ok(ExitCode::from(3))
+                }
+                Err(e) => Err(e).context("echo"),
+            }
         }
         Command::CheckConfig { file } => {
             let s = Settings::load(file.as_deref())?;

@@ -10,6 +10,7 @@ mod support;
 mod agent_settings;
 mod bad_input;
 mod deployment_manifest;
+mod echo;
 mod golden;
 mod lifecycle;
 mod parse_equivalence;
