@@ -598,9 +598,17 @@ fn the_echo_module_runs_the_binarys_echo_command_and_listens_where_the_route_del
         Some("echo"),
         "{command:?}"
     );
-    // The image's entry point takes the default command.
+    // The image's entry point takes it: `echo` is a subcommand of the binary, and the
+    // arguments the manifest gives are ones it accepts (`--help` after them parses them).
     let commands = subcommands();
+    assert!(commands.contains("echo"), "{commands:?}");
     assert!(commands.contains("run"), "{commands:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+        .args(&command)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command:?} --help: {out:?}");
     // The module's entry has no Cmd: the image's default, `run`.
     assert_eq!(create_options(module(&m)).get("Cmd"), None);
     // The route's input is one the echo takes (all of them unless --inputs names some).
