@@ -549,7 +549,11 @@ pub fn records(path: &Path) -> Vec<Value> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
-    text.lines()
+    // Only whole lines: the stand-in may be writing the last one while this reads the file
+    // (a record cut at the end of the read is taken at the next read, not misread as bad).
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("a stand-in record is JSON"))
         .collect()
