@@ -333,6 +333,10 @@ impl<W: Write> Emitter<W> {
             );
             if durable {
                 o.set_run_salt(Uuid::new_v4());
+                // The telemetry link adds `iothub-outputname` to every message: the size cap
+                // reserves it.
+                let output = &self.settings.edgehub.output_name;
+                o.set_output_name((!output.is_empty()).then(|| output.clone()));
             }
             if let Some((severity, message)) = self.store_diagnostic.take() {
                 o.push(diagnostic_event(severity, message, wall_ms), now_ms);

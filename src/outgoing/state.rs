@@ -141,6 +141,8 @@ pub struct Outgoing {
     cache_full: bool,
     /// See [`Outgoing::set_run_salt`].
     salt: Uuid,
+    /// See [`Outgoing::set_output_name`]: its property is counted in each message's size.
+    output_name: Option<String>,
     max_aggregation_entries: usize,
     /// The latest `now_ms` seen (a settled message lets the next one be built at once).
     now_ms: u64,
@@ -195,7 +197,7 @@ impl Outgoing {
         let mut o = Outgoing {
             aggregator: Aggregator::new(stages::aggregate(&config, max_aggregation_entries)),
             batcher: Batcher::new(
-                stages::batch(&config, properties::bytes(&config)),
+                stages::batch(&config, properties::bytes(&config, None)),
                 envelope,
                 now_ms,
             ),
@@ -212,6 +214,7 @@ impl Outgoing {
             checkpointed_emitted: 0,
             cache_full: false,
             salt: Uuid::nil(),
+            output_name: None,
             max_aggregation_entries,
             now_ms,
             wall_ms: 0,
@@ -239,6 +242,21 @@ impl Outgoing {
     pub fn set_run_salt(&mut self, salt: Uuid) {
         self.salt = salt;
         self.batcher.set_salt(salt);
+    }
+
+    /// The module output the messages are sent to (`edgehub.output_name`; None: none): the
+    /// telemetry link adds its `iothub-outputname` property to every message, so the size
+    /// cap reserves it too ([`properties::bytes`]) from the next message built.
+    pub fn set_output_name(&mut self, output: Option<String>) {
+        self.output_name = output;
+        self.batcher
+            .set_config(stages::batch(&self.config, self.properties_bytes()));
+    }
+
+    /// What the application properties of a message under the configuration in force cost
+    /// on the wire, at most ([`properties::bytes`]).
+    pub fn properties_bytes(&self) -> usize {
+        properties::bytes(&self.config, self.output_name.as_deref())
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -307,7 +325,7 @@ impl Outgoing {
             &mut out,
         );
         self.batcher
-            .set_config(stages::batch(&self.config, properties::bytes(&self.config)));
+            .set_config(stages::batch(&self.config, self.properties_bytes()));
         if cache_changed {
             match self
                 .store
@@ -1381,6 +1399,24 @@ pub(crate) mod tests {
         assert_eq!(named(&events, "Diagnostic").len(), 5);
     }
 
+    /// With an output name (`edgehub.output_name`), the size cap reserves its
+    /// `iothub-outputname` pair too, and keeps it across a new configuration.
+    #[test]
+    fn an_output_name_is_reserved_in_the_size_cap() {
+        let mut o = outgoing(1_000_000);
+        let base = o.batcher.config().app_properties_bytes;
+        assert_eq!(base, properties::bytes(o.config(), None));
+        o.set_output_name(Some("security".into()));
+        let with = base + "iothub-outputname".len() + "security".len() + 10;
+        assert_eq!(o.properties_bytes(), with);
+        assert_eq!(o.batcher.config().app_properties_bytes, with);
+        let mut c = o.config().clone();
+        c.max_message_size_in_bytes = 4_096;
+        o.set_config(c, 1_000);
+        assert_eq!(o.batcher.config().app_properties_bytes, with);
+        assert_eq!(o.batcher.config().body_limit(), 4_096 - with);
+    }
+
     /// A smaller maxMessageSizeInBytes: the message already built stays as it is; the next
     /// ones are built under the new size, properties counted; nothing is lost.
     #[test]
@@ -1399,10 +1435,10 @@ pub(crate) mod tests {
         smaller.max_message_size_in_bytes = 4_096;
         smaller.hub_resource_id = Some("/subscriptions/s/resourceGroups/rg/hub".into());
         o.set_config(smaller, 1_500);
-        let limit = 4_096 - properties::bytes(o.config());
+        let limit = 4_096 - properties::bytes(o.config(), None);
         assert_eq!(
             o.batcher.config().app_properties_bytes,
-            properties::bytes(o.config())
+            properties::bytes(o.config(), None)
         );
         assert_eq!(o.batcher.config().body_limit(), limit);
         o.tick(2_000, 2_000, UpstreamDrops::default()).unwrap();
