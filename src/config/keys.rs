@@ -334,40 +334,47 @@ impl Kind {
     }
 }
 
-/// One setting's JSON: `Ok(None)` when it is unset (takes the default), `Err(why)` on a
-/// type error.
-pub(super) fn parse_entry(key: Key, value: &Value) -> Result<Option<Setting>, String> {
-    let kind = key.kind();
-    let inner = match value {
-        Value::Null => return Ok(None),
+/// The `{"value": …}` wrapping every setting of the twin object has, wherever the update
+/// comes from (twin, settings file, kept twin): `Ok(None)` for an unset key (`null`,
+/// `{"value": null}` or `{}`), `Ok(Some(inner))` for `{"value": inner}`, and an error that
+/// names `expected` for anything else. One rule for the schema's keys and for
+/// `hubResourceId`.
+pub(super) fn unwrap_value<'v>(
+    value: &'v Value,
+    expected: &str,
+) -> Result<Option<&'v Value>, String> {
+    match value {
+        Value::Null => Ok(None),
         Value::Object(m) => match m.get("value") {
-            Some(Value::Null) => return Ok(None),
+            Some(Value::Null) => Ok(None),
             // The one rule for `{}`, wherever the update comes from: unset, like
             // `{"value": null}`. It is what a twin patch `{"k": {"value": null}}` leaves
             // behind; the settings file's `k = {}` (no patch makes that) is read the same way
             // rather than by a rule of its own.
-            None if m.is_empty() => return Ok(None),
+            None if m.is_empty() => Ok(None),
             None => {
                 // Members but no "value" (`{"valu": "Off"}`, a typo): not an unset key.
                 let members: Vec<String> = m.keys().take(4).map(|k| quote(k)).collect();
-                let found = format!(
-                    "an object without \"value\" (members: {})",
+                Err(format!(
+                    "expected {{\"value\": …}} holding {expected}, found an object without \"value\" (members: {})",
                     members.join(", ")
-                );
-                return Err(format!(
-                    "expected {{\"value\": …}} holding {}, found {found}",
-                    kind.expected()
-                ));
+                ))
             }
-            Some(v) => v,
+            Some(v) => Ok(Some(v)),
         },
-        other => {
-            return Err(format!(
-                "expected {{\"value\": …}} holding {}, found {}",
-                kind.expected(),
-                describe(other)
-            ));
-        }
+        other => Err(format!(
+            "expected {{\"value\": …}} holding {expected}, found {}",
+            describe(other)
+        )),
+    }
+}
+
+/// One setting's JSON: `Ok(None)` when it is unset (takes the default), `Err(why)` on a
+/// type error.
+pub(super) fn parse_entry(key: Key, value: &Value) -> Result<Option<Setting>, String> {
+    let kind = key.kind();
+    let Some(inner) = unwrap_value(value, &kind.expected())? else {
+        return Ok(None);
     };
     let wrong_type = || {
         format!(

@@ -17,6 +17,7 @@ use super::agent::{DEFAULT_CACHE_SIZE, DEFAULT_HIGH_FREQUENCY};
 use super::duration::format_duration;
 use super::keys::{
     KEYS, Key, Setting, configuration_error, describe, parse_entry, quote, type_mismatch,
+    unwrap_value,
 };
 use super::settings::Settings;
 use crate::events::operational::{ConfigurationError, ConfigurationErrorType};
@@ -254,26 +255,8 @@ fn key_type_mismatch(index: usize, in_force: &AgentConfig, why: String) -> Confi
 /// `hubResourceId`'s JSON: `Ok(None)` when not given, `Ok(Some(None))` for `""`.
 fn parse_hub_resource_id(value: &Value) -> Result<Option<Option<String>>, String> {
     let expected = format!("a string of at most {MAX_HUB_RESOURCE_ID} bytes");
-    let inner = match value {
-        Value::Null => return Ok(None),
-        Value::Object(m) => match m.get("value") {
-            Some(Value::Null) => return Ok(None),
-            None if m.is_empty() => return Ok(None),
-            None => {
-                let members: Vec<String> = m.keys().take(4).map(|k| quote(k)).collect();
-                return Err(format!(
-                    "expected {{\"value\": …}} holding {expected}, found an object without \"value\" (members: {})",
-                    members.join(", ")
-                ));
-            }
-            Some(v) => v,
-        },
-        other => {
-            return Err(format!(
-                "expected {{\"value\": …}} holding {expected}, found {}",
-                describe(other)
-            ));
-        }
+    let Some(inner) = unwrap_value(value, &expected)? else {
+        return Ok(None);
     };
     match inner {
         Value::String(s) if s.len() > MAX_HUB_RESOURCE_ID => Err(format!(
