@@ -263,25 +263,7 @@ mod tests {
 
     /// The statistics line of `s`, as the module's log writes it (plain fmt, no colours).
     fn log_line(s: &Snapshot) -> String {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, || s.log());
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = crate::test_support::capture_log(|| s.log());
         assert_eq!(text.lines().count(), 1, "one line: {text}");
         text
     }

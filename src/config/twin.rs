@@ -639,6 +639,7 @@ mod tests {
     use crate::config::agent::{HUB_RESOURCE_ID, MAX_HUB_RESOURCE_ID, Priority};
     use crate::edge::amqp::twin::reported_error;
     use crate::events::EventKind;
+    use crate::test_support::capture_log;
     use serde_json::json;
     use std::collections::HashMap;
     use std::time::Duration;
@@ -1286,29 +1287,6 @@ mod tests {
             "{log}"
         );
         assert!(lines[1].contains("key=eventPriorityOperational"), "{log}");
-    }
-
-    fn capture_log(f: impl FnOnce()) -> String {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
     }
 
     // ---- the kept file ----
