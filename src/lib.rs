@@ -29,6 +29,11 @@
 //!   - [`events::process_create`], [`events::connection_create`], [`events::login`]: the
 //!     payloads.
 //!   - [`events::operational`]: ConfigurationError and the statistics events.
+//!   - [`events::system_information`], [`events::local_users`], [`events::listening_ports`],
+//!     [`events::firewall_configuration`], [`events::os_baseline`]: the snapshot payloads.
+//! - [`collectors`]: periodic snapshots of the host, read under the host root
+//!   ([`collectors::HostRoot`]), one file per kind, and the registry of collectors.
+//!   - [`collectors::system_information`], [`collectors::local_users`]: the collectors.
 //! - [`pipeline`]: lines → records → audit events → security events, shared by run and replay.
 //! - [`outgoing`]: the outgoing state, security events to stored messages.
 //!   - [`outgoing::aggregate`]: identical events within a window become one with a hit count.
@@ -80,6 +85,7 @@
 pub mod agent_id;
 pub mod app;
 pub mod audit;
+pub mod collectors;
 pub mod config;
 pub mod echo;
 pub mod edge;

@@ -1279,3 +1279,139 @@ fn the_reference_quirks_are_pinned() {
         assert_eq!(r == "ok", *expected, "{what}: {r}");
     }
 }
+
+/// The five snapshot payloads as the module's own types serialize them (synthetic items:
+/// every optional field set, so each one meets its schema rule), each event valid in both
+/// validators; and for each, one breakage of its typed schema that both call invalid.
+#[test]
+fn snapshot_payloads_are_valid_and_their_breakages_invalid_in_both() {
+    use azureiotsecurity::events::{
+        BaselineCheck, BaselineResult, BaselineSeverity, Details, FirewallAction, FirewallRule,
+        ListeningPort, LocalUser, Payload, SecurityEvent, SystemInformation,
+        connection_create::Direction,
+    };
+    let details = |pairs: &[(&str, &str)]| -> Details {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let payloads = vec![
+        Payload::SystemInformation(vec![SystemInformation {
+            os_name: Some("Debian GNU/Linux".into()),
+            os_version: Some("12 (bookworm)".into()),
+            os_vendor: Some("Debian".into()),
+            os_architecture: Some("x86_64".into()),
+            host_name: Some("edge-1".into()),
+            bios_version: Some("1.16.3-debian-1.16.3-2".into()),
+            boot_device: Some("/dev/vda1".into()),
+            total_physical_memory_kb: Some(4_026_532),
+            free_physical_memory_kb: Some(1_024_000),
+            total_virtual_memory_kb: Some(5_074_104),
+            free_virtual_memory_kb: Some(2_071_572),
+            extra_details: details(&[("KernelRelease", "6.1.0-18-amd64"), ("CpuCount", "2")]),
+        }]),
+        Payload::LocalUsers(vec![
+            LocalUser {
+                group_ids: "0".into(),
+                group_names: "root".into(),
+                user_id: "0".into(),
+                user_name: "root".into(),
+                extra_details: details(&[("Shell", "/bin/bash"), ("UidZero", "true")]),
+            },
+            LocalUser {
+                group_ids: "1000;27".into(),
+                group_names: "user;sudo".into(),
+                user_id: "1000".into(),
+                user_name: "user".into(),
+                extra_details: Details::new(),
+            },
+        ]),
+        Payload::ListeningPorts(vec![
+            ListeningPort {
+                remote_address: Some("0.0.0.0".parse().unwrap()),
+                remote_port: Some("*".into()),
+                local_address: Some("0.0.0.0".parse().unwrap()),
+                local_port: "22".into(),
+                protocol: "TCP".into(),
+                extra_details: details(&[("ProcessId", "612"), ("Executable", "/usr/sbin/sshd")]),
+            },
+            ListeningPort {
+                remote_address: None,
+                remote_port: None,
+                local_address: Some("::ffff:127.0.0.1".parse().unwrap()),
+                local_port: "5353".into(),
+                protocol: "UDP".into(),
+                extra_details: Details::new(),
+            },
+        ]),
+        Payload::FirewallConfiguration(vec![FirewallRule {
+            priority: Some(0),
+            direction: Some(Direction::In),
+            chain_name: Some("input".into()),
+            application: None,
+            enabled: true,
+            action: FirewallAction::Allow,
+            source_address: Some("10.0.0.0/8".into()),
+            source_port: Some("*".into()),
+            destination_address: Some("Local subnet".into()),
+            destination_port: Some("22,53".into()),
+            protocol: Some("TCP".into()),
+            extra_details: details(&[("Table", "inet filter")]),
+        }]),
+        Payload::OSBaseline(vec![BaselineCheck {
+            description: "Ensure SSH root login is disabled".into(),
+            cce_id: "CIS-debian-12-5.2.10".into(),
+            result: BaselineResult::Fail,
+            error: String::new(),
+            severity: BaselineSeverity::Critical,
+            extra_details: details(&[("File", "/etc/ssh/sshd_config")]),
+        }]),
+    ];
+    // One breakage per kind, in the order above: a wrong type, a required key gone, a bad
+    // address, an action outside the enum, a result outside the enum.
+    let breakages: [(&str, Option<Value>); 5] = [
+        (
+            "/Events/0/Payload/0/TotalPhysicalMemoryInKB",
+            Some(json!("4026532")),
+        ),
+        ("/Events/0/Payload/1/UserName", None),
+        (
+            "/Events/0/Payload/0/LocalAddress",
+            Some(json!("0.0.0.0:22")),
+        ),
+        ("/Events/0/Payload/0/Action", Some(json!("Block"))),
+        ("/Events/0/Payload/0/Result", Some(json!("Error"))),
+    ];
+    let mut messages = Vec::new();
+    let mut expect_ok = Vec::new();
+    for (i, (payload, (ptr, broken))) in payloads.into_iter().zip(breakages).enumerate() {
+        let name = payload.name();
+        let ev = SecurityEvent {
+            id: uuid::Uuid::from_u128(0x0f1e_2d3c_4b5a_4968_8776_a5b4_c3d2_e100 + i as u128),
+            time_ms: 1_700_000_000_123,
+            payload,
+        };
+        let event: Value = serde_json::to_value(&ev).unwrap();
+        assert_eq!(event["Category"], "Periodic", "{name}");
+        assert_eq!(event["EventType"], "Security", "{name}");
+        assert_eq!(event["IsEmpty"], false, "{name}");
+        let m = message_of(vec![event]);
+        messages.push(m.to_string());
+        expect_ok.push(true);
+        let bad = match broken {
+            Some(v) => with(&m, ptr, v),
+            None => without(&m, ptr),
+        };
+        messages.push(bad.to_string());
+        expect_ok.push(false);
+        // Periodic only: the same event called Triggered is not a snapshot.
+        messages.push(with(&m, "/Events/0/Category", json!("Triggered")).to_string());
+        expect_ok.push(false);
+    }
+    let reference = assert_agree("snapshots", &messages);
+    for ((m, r), ok) in messages.iter().zip(&reference).zip(expect_ok) {
+        assert_eq!(r == "ok", ok, "reference on {m}: {r}");
+        assert_eq!(ours_ok(m), ok, "ours on {m}");
+    }
+}

@@ -38,6 +38,7 @@ pub struct Settings {
     pub module: ModuleSettings,
     pub edgehub: EdgeHubSettings,
     pub metrics: MetricsSettings,
+    pub host: HostSettings,
     /// `[agent]`: the agent configuration (the module twin's
     /// `ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration` settings), as plain values
     /// (`highPriorityMessageFrequency = "PT7M"`) or `{ value = "PT7M" }` tables. Key names are
@@ -201,6 +202,31 @@ impl Default for MetricsSettings {
             enabled: false,
             listen: "0.0.0.0:9600".to_owned(),
         }
+    }
+}
+
+/// `[host]`: where the host is seen from (issue 14's snapshots).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostSettings {
+    /// The host's `/` as the module sees it: `/` on a plain host, `/host` in the container
+    /// (the manifest bind-mounts the host's root there read-only). Every snapshot reads
+    /// under it ([`crate::collectors::HostRoot`]); nothing under it is written or executed.
+    pub root: PathBuf,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            root: PathBuf::from("/"),
+        }
+    }
+}
+
+impl HostSettings {
+    /// The host root the collectors read under.
+    pub fn host_root(&self) -> crate::collectors::HostRoot {
+        crate::collectors::HostRoot::new(self.root.clone())
     }
 }
 
@@ -412,6 +438,12 @@ impl Settings {
                 "must be empty or at most 128 characters of letters, digits, '_', '.' and '-'",
             );
         }
+        if !self.host.root.is_absolute() {
+            return bad(
+                "host.root",
+                "must be an absolute path (the host's / as the module sees it, e.g. /host)",
+            );
+        }
         if self.metrics.enabled && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
             return bad(
                 "metrics.listen",
@@ -525,6 +557,23 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn host_root_is_slash_by_default_and_set_from_the_environment() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(s.host.root, PathBuf::from("/"));
+        assert_eq!(s.host.host_root().root(), Path::new("/"));
+        let s =
+            Settings::load_from(None, env(&[("AZUREIOTSECURITY_HOST__ROOT", "/host")])).unwrap();
+        assert_eq!(s.host.host_root().root(), Path::new("/host"));
+        let e =
+            Settings::load_from(None, env(&[("AZUREIOTSECURITY_HOST__ROOT", "host")])).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("setting host.root: must be an absolute path"),
+            "{e}"
+        );
     }
 
     #[test]

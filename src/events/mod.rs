@@ -1,19 +1,29 @@
-//! Security events: the payloads of `shared/schemas` (ProcessCreate, ConnectionCreate, Login)
-//! and the event object that carries them.
+//! Security events: the payloads of `shared/schemas` (the triggered ProcessCreate,
+//! ConnectionCreate, Login; the periodic snapshots SystemInformation, LocalUsers,
+//! ListeningPorts, FirewallConfiguration, OSBaseline; the operational ones) and the event
+//! object that carries them.
 //!
 //! An event serializes to the schema's event object:
 //! `{Id, TimestampLocal, TimestampUTC, Category, Name, EventType, IsEmpty,
 //! PayloadSchemaVersion, Payload: [ … ]}`. Security events are always
 //! `"Category":"Triggered"` with one payload item, aggregated ones too (the classic agents'
-//! `"Aggregated"` is not valid under the published schema). ExtraDetails values are
-//! strings, as the schema's `extradetails` type demands.
+//! `"Aggregated"` is not valid under the published schema). Snapshots are
+//! `"Category":"Periodic"`, `"EventType":"Security"`, with one or more items (collected by
+//! `crate::collectors`). ExtraDetails values are strings, as the schema's `extradetails`
+//! type demands; the snapshots' keys are built at run time (an interface's name), hence
+//! [`Details`].
 
 pub mod connection_create;
 pub mod derive;
+pub mod firewall_configuration;
 pub mod kind;
+pub mod listening_ports;
+pub mod local_users;
 pub mod login;
 pub mod operational;
+pub mod os_baseline;
 pub mod process_create;
+pub mod system_information;
 
 use std::collections::BTreeMap;
 
@@ -24,21 +34,35 @@ use uuid::Uuid;
 
 pub use connection_create::ConnectionCreate;
 pub use derive::{DeriveConfig, DeriveStats, Deriver};
+pub use firewall_configuration::{FirewallAction, FirewallRule};
 pub use kind::EventKind;
+pub use listening_ports::ListeningPort;
+pub use local_users::LocalUser;
 pub use login::Login;
 pub use operational::{ConfigurationError, Diagnostic, DroppedEvents, MessageStatistics};
+pub use os_baseline::{BaselineCheck, BaselineResult, BaselineSeverity};
 pub use process_create::ProcessCreate;
+pub use system_information::SystemInformation;
 
 /// Extra details: a string → string map, serialized in key order.
 pub type ExtraDetails = BTreeMap<&'static str, String>;
 
-/// The payload of an event: one item for the security events, one or more for the
-/// operational ones (DroppedEventsStatistics has one item per queue).
+/// The snapshots' extra details: a string → string map with keys made at run time,
+/// serialized in key order.
+pub type Details = BTreeMap<String, String>;
+
+/// The payload of an event: one item for the triggered security events, one or more for
+/// the snapshots and the operational ones (DroppedEventsStatistics has one item per queue).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Payload {
     ProcessCreate(ProcessCreate),
     ConnectionCreate(ConnectionCreate),
     Login(Login),
+    SystemInformation(Vec<SystemInformation>),
+    LocalUsers(Vec<LocalUser>),
+    ListeningPorts(Vec<ListeningPort>),
+    FirewallConfiguration(Vec<FirewallRule>),
+    OSBaseline(Vec<BaselineCheck>),
     ConfigurationError(Vec<ConfigurationError>),
     MessageStatistics(MessageStatistics),
     DroppedEventsStatistics(Vec<DroppedEvents>),
@@ -52,6 +76,11 @@ impl Payload {
             Payload::ProcessCreate(_) => EventKind::ProcessCreate,
             Payload::ConnectionCreate(_) => EventKind::ConnectionCreate,
             Payload::Login(_) => EventKind::Login,
+            Payload::SystemInformation(_) => EventKind::SystemInformation,
+            Payload::LocalUsers(_) => EventKind::LocalUsers,
+            Payload::ListeningPorts(_) => EventKind::ListeningPorts,
+            Payload::FirewallConfiguration(_) => EventKind::FirewallConfiguration,
+            Payload::OSBaseline(_) => EventKind::OSBaseline,
             Payload::ConfigurationError(_) => EventKind::ConfigurationError,
             Payload::MessageStatistics(_) => EventKind::MessageStatistics,
             Payload::DroppedEventsStatistics(_) => EventKind::DroppedEventsStatistics,
@@ -67,18 +96,30 @@ impl Payload {
     /// The event's `EventType`.
     pub fn event_type(&self) -> &'static str {
         match self {
-            Payload::ProcessCreate(_) | Payload::ConnectionCreate(_) | Payload::Login(_) => {
-                "Security"
-            }
+            Payload::ProcessCreate(_)
+            | Payload::ConnectionCreate(_)
+            | Payload::Login(_)
+            | Payload::SystemInformation(_)
+            | Payload::LocalUsers(_)
+            | Payload::ListeningPorts(_)
+            | Payload::FirewallConfiguration(_)
+            | Payload::OSBaseline(_) => "Security",
             Payload::Diagnostic(_) => "Diagnostic",
             _ => "Operational",
         }
     }
 
-    /// The event's `Category`: statistics are periodic snapshots, the rest is triggered.
+    /// The event's `Category`: the host snapshots and the statistics are periodic, the rest
+    /// is triggered.
     pub fn category(&self) -> &'static str {
         match self {
-            Payload::MessageStatistics(_) | Payload::DroppedEventsStatistics(_) => "Periodic",
+            Payload::SystemInformation(_)
+            | Payload::LocalUsers(_)
+            | Payload::ListeningPorts(_)
+            | Payload::FirewallConfiguration(_)
+            | Payload::OSBaseline(_)
+            | Payload::MessageStatistics(_)
+            | Payload::DroppedEventsStatistics(_) => "Periodic",
             _ => "Triggered",
         }
     }
@@ -100,6 +141,11 @@ impl Serialize for Payload {
             Payload::ProcessCreate(p) => [p].serialize(s),
             Payload::ConnectionCreate(p) => [p].serialize(s),
             Payload::Login(p) => [p].serialize(s),
+            Payload::SystemInformation(v) => v.serialize(s),
+            Payload::LocalUsers(v) => v.serialize(s),
+            Payload::ListeningPorts(v) => v.serialize(s),
+            Payload::FirewallConfiguration(v) => v.serialize(s),
+            Payload::OSBaseline(v) => v.serialize(s),
             Payload::ConfigurationError(v) => v.serialize(s),
             Payload::MessageStatistics(p) => [p].serialize(s),
             Payload::DroppedEventsStatistics(v) => v.serialize(s),
@@ -122,6 +168,11 @@ impl SecurityEvent {
     /// `IsEmpty`: a periodic event with no payload item.
     pub fn is_empty(&self) -> bool {
         match &self.payload {
+            Payload::SystemInformation(v) => v.is_empty(),
+            Payload::LocalUsers(v) => v.is_empty(),
+            Payload::ListeningPorts(v) => v.is_empty(),
+            Payload::FirewallConfiguration(v) => v.is_empty(),
+            Payload::OSBaseline(v) => v.is_empty(),
             Payload::ConfigurationError(v) => v.is_empty(),
             Payload::DroppedEventsStatistics(v) => v.is_empty(),
             _ => false,
