@@ -24,30 +24,8 @@ const ECHO: &str = "echo";
 const INPUTS: &str = "/devices/dev1/modules/echo/messages/events";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime for the hub")
-}
-
 fn env(port: u16, ca: &Path) -> Vec<(String, String)> {
-    let cs = format!(
-        "HostName={};DeviceId={DEVICE};ModuleId={ECHO};SharedAccessKey={};GatewayHostName=localhost:{port}",
-        inprocess_hub::HUB,
-        inprocess_hub::KEY
-    );
-    [
-        ("EdgeHubConnectionString", cs),
-        ("EdgeModuleCACertificateFile", ca.display().to_string()),
-        ("AZUREIOTSECURITY_EDGEHUB__RECONNECT_MIN_MS", "100".into()),
-        ("AZUREIOTSECURITY_EDGEHUB__RECONNECT_MAX_MS", "500".into()),
-        ("RUST_LOG", "info".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    inprocess_hub::module_env(DEVICE, ECHO, port, ca)
 }
 
 /// Synthetic routing: a message as edgeHub hands one from `azureiotsecurity` to input
@@ -135,7 +113,7 @@ fn wait_exit(module: &mut Module) -> i32 {
 fn the_echo_accepts_and_prints_what_edgehub_routes_to_it() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::make(dir.path());
-    let rt = runtime();
+    let rt = inprocess_hub::runtime();
     let hub = rt.block_on(Hub::start(&certs, script(&[], &[]), 0));
     let env = env(hub.port, &certs.ca);
     let mut echo = Module::start(
@@ -215,7 +193,7 @@ fn the_echo_accepts_and_prints_what_edgehub_routes_to_it() {
 fn too_few_messages_within_the_timeout_exit_3() {
     let dir = tempfile::tempdir().unwrap();
     let certs = Certs::make(dir.path());
-    let rt = runtime();
+    let rt = inprocess_hub::runtime();
     let hub = rt.block_on(Hub::start(&certs, script(&[], &[]), 0));
     let env = env(hub.port, &certs.ca);
     let mut echo = Module::start(

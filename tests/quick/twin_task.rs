@@ -135,38 +135,19 @@ fn frequency(value: &str, version: i64) -> Value {
     json!({OBJECT_NAME: {"highPriorityMessageFrequency": {"value": value}}, "$version": version})
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime for the hub")
-}
-
 fn env(port: u16, ca: &Path, dir: &Path, data: &Path) -> Vec<(String, String)> {
-    let cs = format!(
-        "HostName={};DeviceId={DEVICE};ModuleId={MODULE};SharedAccessKey={};GatewayHostName=localhost:{port}",
-        inprocess_hub::HUB,
-        inprocess_hub::KEY
-    );
-    [
-        ("EdgeHubConnectionString", cs),
-        ("EdgeModuleCACertificateFile", ca.display().to_string()),
+    let mut env = inprocess_hub::module_env(DEVICE, MODULE, port, ca);
+    env.extend([
         (
-            "AZUREIOTSECURITY_AUDIT__SOCKET_PATH",
+            "AZUREIOTSECURITY_AUDIT__SOCKET_PATH".to_owned(),
             dir.join("no-audit-socket").display().to_string(),
         ),
         (
-            "AZUREIOTSECURITY_MODULE__DATA_DIR",
+            "AZUREIOTSECURITY_MODULE__DATA_DIR".to_owned(),
             data.display().to_string(),
         ),
-        ("AZUREIOTSECURITY_EDGEHUB__RECONNECT_MIN_MS", "100".into()),
-        ("AZUREIOTSECURITY_EDGEHUB__RECONNECT_MAX_MS", "500".into()),
-        ("RUST_LOG", "info".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    ]);
+    env
 }
 
 /// Connection 1: GET (version 3), PUT, PATCH of what is in force; a patch (version 4) is
@@ -180,7 +161,7 @@ fn the_twin_task_applies_patches_gets_on_a_gap_and_reports_only_changes() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let certs = Certs::make(dir.path());
-    let rt = runtime();
+    let rt = inprocess_hub::runtime();
     let hub = rt.block_on(Hub::start(&certs, script(&[], &[]), 0));
     let port = hub.port;
     let env = env(port, &certs.ca, dir.path(), &data);
@@ -255,7 +236,7 @@ fn the_twin_task_applies_patches_gets_on_a_gap_and_reports_only_changes() {
     wait_log(&mut module, "reported properties updated version=6", 1);
     drop(hub);
     rt.shutdown_timeout(Duration::from_secs(5));
-    let rt = runtime();
+    let rt = inprocess_hub::runtime();
     let hub = rt.block_on(Hub::start(&certs, script(&[], &[]), port));
     let (id, op, _) = request(&hub, 0, &mut module);
     assert_eq!(op, "GET");

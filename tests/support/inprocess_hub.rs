@@ -27,6 +27,39 @@ use super::certs::Certs;
 
 /// The module's shared access key (base64) the hub checks tokens against.
 pub const KEY: &str = "c2VjcmV0LWtleS1mb3ItdGhlLWluLXByb2Nlc3MtaHVi"; // base64("secret-key-for-the-in-process-hub")
+/// A runtime for the hub (the module binary under test runs as its own process).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime for the hub")
+}
+
+/// The environment that points module `module` of device `device` at the hub on `port`:
+/// its connection string (signed with [`KEY`]), the CA to verify the hub's certificate,
+/// fast reconnections and info logs. Tests add what their part needs.
+pub fn module_env(
+    device: &str,
+    module: &str,
+    port: u16,
+    ca: &std::path::Path,
+) -> Vec<(String, String)> {
+    let cs = format!(
+        "HostName={HUB};DeviceId={device};ModuleId={module};SharedAccessKey={KEY};GatewayHostName=localhost:{port}"
+    );
+    [
+        ("EdgeHubConnectionString", cs),
+        ("EdgeModuleCACertificateFile", ca.display().to_string()),
+        ("AZUREIOTSECURITY_EDGEHUB__RECONNECT_MIN_MS", "100".into()),
+        ("AZUREIOTSECURITY_EDGEHUB__RECONNECT_MAX_MS", "500".into()),
+        ("RUST_LOG", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 /// The IoT hub name the token's audience must carry.
 pub const HUB: &str = "hub.example.net";
 
