@@ -26,8 +26,9 @@ export RUSTC_BOOTSTRAP=1
 # zig links its own musl and C runtime objects: rustc's self-contained musl copies (its
 # default for *-musl targets, shipped with a prebuilt std we do not have) are not used.
 export RUSTFLAGS="-C link-self-contained=no"
-# panic_abort is built beside std only because std's build needs it; the release profile
-# keeps panic = unwind (the supervised tasks' JoinHandles catch panics).
-cargo zigbuild --release --locked --target "$target" -Zbuild-std=std,panic_abort \
+# panic_abort is built beside std only because std's build needs it; the image profile
+# (Cargo.toml: release with fat LTO, symbols stripped) keeps panic = unwind (the supervised
+# tasks' JoinHandles catch panics).
+cargo zigbuild --profile image --locked --target "$target" -Zbuild-std=std,panic_abort \
   --bin azureiotsecurity >&2
-echo "${CARGO_TARGET_DIR:-$PWD/target}/$target/release/azureiotsecurity"
+echo "${CARGO_TARGET_DIR:-$PWD/target}/$target/image/azureiotsecurity"

@@ -8,7 +8,10 @@
 # aarch64 is run before a release:
 #   scripts/check-arm.sh armv7-unknown-linux-musleabihf
 #   scripts/check-arm.sh aarch64-unknown-linux-musl
-# AMD64_BIN: the reference binary (default target/release/azureiotsecurity, built if absent).
+# AMD64_BIN: the reference binary (default target/release/azureiotsecurity, built).
+# ARM_BIN: an ARM binary already built (default: scripts/build-arm.sh builds it).
+# ARM_RUNNER: what runs the ARM binary (default qemu-arm-static / qemu-aarch64-static; on an
+# ARM machine `env` runs it natively).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +21,7 @@ case "$target" in
   aarch64-unknown-linux-musl) qemu=qemu-aarch64-static; elf_class=2; elf_machine=183 ;;  # EM_AARCH64
   *) echo "check-arm: unsupported target $target" >&2; exit 2 ;;
 esac
+qemu=${ARM_RUNNER:-$qemu}
 command -v "$qemu" >/dev/null \
   || { echo "check-arm: $qemu missing: run scripts/install-test-deps.sh" >&2; exit 1; }
 
@@ -26,7 +30,11 @@ amd64=${AMD64_BIN:-$PWD/target/release/azureiotsecurity}
 if [ -z "${AMD64_BIN:-}" ]; then
   cargo build --release --locked --bin azureiotsecurity
 fi
-arm=$(scripts/build-arm.sh "$target" | tail -n 1)
+if [ -n "${ARM_BIN:-}" ]; then
+  arm=$ARM_BIN
+else
+  arm=$(scripts/build-arm.sh "$target" | tail -n 1)
+fi
 built=$((SECONDS - start))
 
 # The binary must really be for the target: ELF class (byte 4) and e_machine (bytes 18-19,
@@ -45,11 +53,12 @@ checks=0
 failed=0
 # run NAME STDIN ARGS...: the same command with both binaries, stdout and exit code compared.
 run() {
-  local name=$1 input=$2 rc_a=0 rc_b=0
+  local name=$1 input=$2 rc_a=0 rc_b=0 t0=$SECONDS
   shift 2
   "$amd64" "$@" <"$input" >"$work/amd64/$name" 2>"$work/amd64/$name.err" || rc_a=$?
   "$qemu" "$arm" "$@" <"$input" >"$work/arm/$name" 2>"$work/arm/$name.err" || rc_b=$?
   checks=$((checks + 1))
+  echo "check-arm: $name: $((SECONDS - t0)) s"
   if [ "$rc_a" != "$rc_b" ]; then
     echo "check-arm: MISMATCH $name: exit code amd64 $rc_a, $target $rc_b" >&2
     head -n 5 "$work/arm/$name.err" >&2

@@ -916,7 +916,7 @@ fn every_dockerfile_cross_compiles_the_static_musl_binary_from_the_lock_file() {
             .unwrap_or_else(|| panic!("{name}: no cargo zigbuild"));
         let words: Vec<&str> = build.split_whitespace().collect();
         for flag in [
-            "--release",
+            "--profile",
             "--locked",
             "-Zbuild-std=std,panic_abort",
             "--bin",
@@ -936,9 +936,11 @@ fn every_dockerfile_cross_compiles_the_static_musl_binary_from_the_lock_file() {
         };
         assert_eq!(after("--target"), Some(target), "{name}: {build}");
         assert_eq!(after("--bin"), Some("azureiotsecurity"), "{name}: {build}");
+        // The image profile (Cargo.toml), as scripts/build-arm.sh builds it.
+        assert_eq!(after("--profile"), Some("image"), "{name}: {build}");
         assert!(
-            build.contains(&format!("target/{target}/release/azureiotsecurity")),
-            "{name}: the binary is not taken from target/{target}/release: {build}"
+            build.contains(&format!("target/{target}/image/azureiotsecurity")),
+            "{name}: the binary is not taken from target/{target}/image: {build}"
         );
         // No OpenSSL is installed or built against (comments aside).
         for (k, a) in &ins {
