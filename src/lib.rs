@@ -34,6 +34,7 @@
 //! - [`collectors`]: periodic snapshots of the host, read under the host root
 //!   ([`collectors::HostRoot`]), one file per kind, and the registry of collectors.
 //!   - [`collectors::system_information`], [`collectors::local_users`]: the collectors.
+//!   - [`collectors::listening_ports`]: ListeningPorts from `/proc/1/net` and the fd tables.
 //! - [`pipeline`]: lines → records → audit events → security events, shared by run and replay.
 //! - [`outgoing`]: the outgoing state, security events to stored messages.
 //!   - [`outgoing::aggregate`]: identical events within a window become one with a hit count.

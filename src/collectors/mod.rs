@@ -17,6 +17,7 @@
 //! [`REGISTRY`] lists the collectors that `azureiotsecurity snapshot` and the scheduler
 //! run, in the schema's order of kinds.
 
+pub mod listening_ports;
 pub mod local_users;
 pub mod system_information;
 
@@ -276,6 +277,10 @@ pub struct Collector {
 
 /// Every collector, in the schema's order of kinds; `snapshot` and the scheduler run these.
 pub const REGISTRY: &[Collector] = &[
+    Collector {
+        kind: EventKind::ListeningPorts,
+        collect: listening_ports::collect,
+    },
     Collector {
         kind: EventKind::SystemInformation,
         collect: system_information::collect,
