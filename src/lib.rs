@@ -35,6 +35,7 @@
 //!   ([`collectors::HostRoot`]), one file per kind, and the registry of collectors.
 //!   - [`collectors::system_information`], [`collectors::local_users`]: the collectors.
 //!   - [`collectors::listening_ports`]: ListeningPorts from `/proc/1/net` and the fd tables.
+//!   - [`collectors::watch`]: the within-a-minute watcher of accounts and listening sockets.
 //! - [`pipeline`]: lines → records → audit events → security events, shared by run and replay.
 //! - [`outgoing`]: the outgoing state, security events to stored messages.
 //!   - [`outgoing::aggregate`]: identical events within a window become one with a hit count.

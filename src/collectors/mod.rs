@@ -20,6 +20,7 @@
 pub mod listening_ports;
 pub mod local_users;
 pub mod system_information;
+pub mod watch;
 
 use std::ffi::OsString;
 use std::fs::Metadata;
