@@ -36,6 +36,9 @@
 //!   - [`collectors::system_information`], [`collectors::local_users`]: the collectors.
 //!   - [`collectors::listening_ports`]: ListeningPorts from `/proc/1/net` and the fd tables.
 //!   - [`collectors::watch`]: the within-a-minute watcher of accounts and listening sockets.
+//!   - [`collectors::os_baseline`]: OSBaseline, the CIS Debian 12 checks decided read-only;
+//!     [`collectors::os_baseline::sshd`] (sshd_config as sshd reads it),
+//!     [`collectors::os_baseline::parse`] (sysctl, limits.conf, accounts, mounts).
 //! - [`pipeline`]: lines → records → audit events → security events, shared by run and replay.
 //! - [`outgoing`]: the outgoing state, security events to stored messages.
 //!   - [`outgoing::aggregate`]: identical events within a window become one with a hit count.

@@ -19,6 +19,7 @@
 
 pub mod listening_ports;
 pub mod local_users;
+pub mod os_baseline;
 pub mod system_information;
 pub mod watch;
 
@@ -289,6 +290,10 @@ pub const REGISTRY: &[Collector] = &[
     Collector {
         kind: EventKind::LocalUsers,
         collect: local_users::collect,
+    },
+    Collector {
+        kind: EventKind::OSBaseline,
+        collect: os_baseline::collect,
     },
 ];
 
