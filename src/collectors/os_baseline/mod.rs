@@ -383,7 +383,7 @@ const DEFAULT_CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-ctr,aes192-c
 const DEFAULT_MACS: &str = "umac-64-etm@openssh.com,umac-128-etm@openssh.com,hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-sha1-etm@openssh.com,umac-64@openssh.com,umac-128@openssh.com,hmac-sha2-256,hmac-sha2-512,hmac-sha1";
 const DEFAULT_KEX: &str = "sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,diffie-hellman-group-exchange-sha256,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,diffie-hellman-group14-sha256";
 
-const WEAK_CIPHERS: &[&str] = &[
+pub const WEAK_CIPHERS: &[&str] = &[
     "3des-cbc",
     "aes128-cbc",
     "aes192-cbc",
@@ -395,7 +395,7 @@ const WEAK_CIPHERS: &[&str] = &[
     "arcfour128",
     "arcfour256",
 ];
-const WEAK_MACS: &[&str] = &[
+pub const WEAK_MACS: &[&str] = &[
     "hmac-md5",
     "hmac-md5-96",
     "hmac-ripemd160",
@@ -407,7 +407,7 @@ const WEAK_MACS: &[&str] = &[
     "hmac-sha1-96-etm@openssh.com",
     "umac-64-etm@openssh.com",
 ];
-const WEAK_KEX: &[&str] = &[
+pub const WEAK_KEX: &[&str] = &[
     "diffie-hellman-group1-sha1",
     "diffie-hellman-group14-sha1",
     "diffie-hellman-group-exchange-sha1",
