@@ -421,8 +421,7 @@ fn this_machine_gives_the_results_its_files_say() {
     let mounts = std::fs::read_to_string("/proc/1/mounts").expect("/proc/1/mounts");
     let tmp = mounts
         .lines()
-        .filter(|l| l.split(' ').nth(1) == Some("/tmp"))
-        .next_back()
+        .rfind(|l| l.split(' ').nth(1) == Some("/tmp"))
         .map(|l| l.split(' ').nth(3).unwrap_or("").to_string());
     put("1.1.2.1.1", pass_if(tmp.is_some()));
     for (id, o) in [
