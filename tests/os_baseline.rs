@@ -14,9 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use azureiotsecurity::collectors::os_baseline::{
-    self, CHECKS, CheckResult, Host, Outcome, WALK_ROOTS, WEAK_CIPHERS, WEAK_KEX, WEAK_MACS,
-    WalkLimits,
+    self, CHECKS, CheckResult, Outcome, WALK_ROOTS, WEAK_CIPHERS, WEAK_KEX, WEAK_MACS, WalkLimits,
 };
+use azureiotsecurity::collectors::{self, CollectOptions, HostRoot};
+use azureiotsecurity::events::{EventKind, Payload, SecurityEvent};
+use azureiotsecurity::validate::validate_message;
+use serde_json::Value;
 
 /// A temporary directory removed on drop.
 struct Temp(PathBuf);
@@ -116,7 +119,7 @@ fn fail(s: &str) -> Outcome {
 #[test]
 fn the_synthetic_host_fails_every_check_with_the_finding_it_was_made_for() {
     let t = synthetic();
-    let results = os_baseline::run(&t.0);
+    let results = os_baseline::run(&HostRoot::new(&t.0));
     assert_eq!(results.len(), CHECKS.len());
     let not_failed: Vec<(&str, &Outcome)> = results
         .iter()
@@ -223,7 +226,7 @@ fn passed_checks_are_kept_only_when_asked_for() {
     let aslr = format!("{}1.5.1", os_baseline::CIS);
     let tmp = format!("{}1.1.2.1.1", os_baseline::CIS);
 
-    let sent = by_id(&os_baseline::collect(&t.0, false));
+    let sent = by_id(&os_baseline::results(&HostRoot::new(&t.0), false));
     assert_eq!(sent.get(&aslr), None);
     assert_eq!(sent.get(&tmp), None);
     // /tmp is now a mount with nodev and nosuid: 1.1.2.1.2 and .3 pass as well.
@@ -235,7 +238,7 @@ fn passed_checks_are_kept_only_when_asked_for() {
         ))
     );
 
-    let all = by_id(&os_baseline::collect(&t.0, true));
+    let all = by_id(&os_baseline::results(&HostRoot::new(&t.0), true));
     assert_eq!(all.len(), CHECKS.len());
     assert_eq!(all.get(&aslr), Some(&Outcome::Pass));
     assert_eq!(all.get(&tmp), Some(&Outcome::Pass));
@@ -244,14 +247,14 @@ fn passed_checks_are_kept_only_when_asked_for() {
 #[test]
 fn a_missing_or_unreadable_file_errs_only_the_checks_that_need_it() {
     let t = synthetic();
-    let before = by_id(&os_baseline::run(&t.0));
+    let before = by_id(&os_baseline::run(&HostRoot::new(&t.0)));
     std::fs::remove_file(t.0.join("etc/shadow")).expect("rm shadow");
     // An included file that cannot be read as a file: the effective sshd configuration is
     // unknown, so every sshd setting check errs (the permission checks still decide).
     let inc = t.0.join("etc/ssh/sshd_config.d/10-synthetic.conf");
     std::fs::remove_file(&inc).expect("rm include");
     std::fs::create_dir(&inc).expect("mkdir include");
-    let after = by_id(&os_baseline::run(&t.0));
+    let after = by_id(&os_baseline::run(&HostRoot::new(&t.0)));
 
     let mut changed: Vec<String> = after
         .iter()
@@ -283,7 +286,7 @@ fn a_missing_or_unreadable_file_errs_only_the_checks_that_need_it() {
 #[test]
 fn the_world_writable_walk_says_when_it_hit_its_limits() {
     let t = synthetic();
-    let host = Host::new(&t.0);
+    let host = HostRoot::new(&t.0);
     let full = os_baseline::world_writable(&host, WALK_ROOTS, os_baseline::WALK_LIMITS);
     assert_eq!(full.stopped, None);
     assert_eq!(full.found, ["/usr/share/synthetic/ww-file", "/var/shared"]);
@@ -401,7 +404,7 @@ fn auditd_seen() -> bool {
 #[test]
 fn this_machine_gives_the_results_its_files_say() {
     let audit_before = auditd_seen();
-    let results = os_baseline::run(Path::new("/"));
+    let results = os_baseline::run(&HostRoot::default());
     let audit_after = auditd_seen();
     let got: BTreeMap<String, &str> = results
         .iter()
@@ -709,4 +712,74 @@ fn this_machine_gives_the_results_its_files_say() {
 
     assert_eq!(want.len(), CHECKS.len(), "every check has an expectation");
     assert_eq!(got, want);
+}
+
+// ---------------------------------------------------------------------------------------
+// The events.
+
+/// The payloads the registry's OSBaseline collector makes of a root, as events in messages.
+fn messages_of(host: &HostRoot, include_passed: bool) -> (Vec<Value>, Vec<String>) {
+    let c = collectors::collector(EventKind::OSBaseline).expect("OSBaseline is in the registry");
+    let payloads = (c.collect)(
+        host,
+        &CollectOptions {
+            include_passed_checks: include_passed,
+        },
+    );
+    let mut items = Vec::new();
+    let mut messages = Vec::new();
+    for (i, p) in payloads.into_iter().enumerate() {
+        if let Payload::OSBaseline(v) = &p {
+            items.extend(v.iter().map(|c| serde_json::to_value(c).expect("item")));
+        } else {
+            panic!("not an OSBaseline payload: {p:?}");
+        }
+        let ev = SecurityEvent {
+            id: uuid::Uuid::from_u128(0x5eed_0000_0000_4000_8000_0000_0000_0000 + i as u128),
+            time_ms: 1_700_000_000_000,
+            payload: p,
+        };
+        let ev = serde_json::to_value(&ev).expect("event");
+        messages.push(support::envelope(&[ev]));
+    }
+    (items, messages)
+}
+
+#[test]
+fn every_osbaseline_event_is_valid_for_validate_and_the_reference_validator() {
+    let t = synthetic();
+    let mut all = Vec::new();
+    let mut counts = Vec::new();
+    for (root, passed) in [
+        (HostRoot::new(&t.0), false),
+        (HostRoot::new(&t.0), true),
+        (HostRoot::default(), false),
+        (HostRoot::default(), true),
+    ] {
+        let (items, messages) = messages_of(&root, passed);
+        counts.push(items.len());
+        for m in &messages {
+            assert_eq!(validate_message(m), Ok(()), "{m}");
+        }
+        if passed {
+            assert_eq!(items.len(), CHECKS.len());
+        }
+        for i in &items {
+            let result = i["Result"].as_str().expect("Result");
+            let error = i["Error"].as_str().expect("Error");
+            assert!(passed || result != "Pass", "{i}");
+            // Error says why for Err only; a failure's finding is in ExtraDetails.
+            assert_eq!(result == "Err", !error.is_empty(), "{i}");
+            assert_eq!(
+                result == "Fail",
+                i["ExtraDetails"]["Finding"].is_string(),
+                "{i}"
+            );
+        }
+        all.extend(messages);
+    }
+    // The synthetic host fails every check.
+    assert_eq!(counts[0], CHECKS.len());
+    let verdicts = support::reference_validate(&all);
+    assert!(verdicts.iter().all(|v| v == "ok"), "{verdicts:?}");
 }

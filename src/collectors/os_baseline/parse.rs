@@ -1,7 +1,6 @@
 //! The small text formats the baseline checks decide on, pure over text: a sysctl value,
 //! pam_limits' limits.conf, the account databases (passwd, group, shadow) and
-//! /proc/<pid>/mounts. Nothing here reads a file; malformed lines are skipped (counted where
-//! a check needs to know).
+//! `/proc/<pid>/mounts`. Nothing here reads a file; malformed lines are skipped.
 
 /// A sysctl file's value as an integer (`/proc/sys/...` holds it with a newline).
 pub fn sysctl_int(text: &str) -> Option<i64> {
@@ -117,7 +116,7 @@ pub fn duplicates<T: PartialEq + Clone>(items: impl IntoIterator<Item = T>) -> V
     dup
 }
 
-/// One line of /proc/<pid>/mounts.
+/// One line of `/proc/<pid>/mounts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
     pub target: String,
@@ -125,7 +124,7 @@ pub struct Mount {
     pub options: Vec<String>,
 }
 
-/// The mounts of a /proc/<pid>/mounts text. The kernel writes a space in a path as `\040`.
+/// The mounts of a `/proc/<pid>/mounts` text. The kernel writes a space in a path as `\040`.
 pub fn mounts(text: &str) -> Vec<Mount> {
     text.lines()
         .filter_map(|l| {
