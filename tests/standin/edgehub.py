@@ -26,8 +26,32 @@ shared/reference/auditd-here.md part B.
   `--hub` or `--gateway` and the ids of the link path; `se` + `--clock-skew-secs` must not be
   in the past. On failure the link is detached with amqp:unauthorized-access and the reason
   as the description (edgeHub: "Unable to open ... link as the connection could not be
-  authenticated"). Other addresses are refused (the stand-in serves no methods, C2D or
-  inputs) and logged on stderr.
+  authenticated"). `--module` may name several modules (a comma list; one key for all), e.g.
+  the module, the echo and the Node SDK's modules. Other addresses are refused (the stand-in
+  serves no methods or C2D) and logged on stderr.
+* A module's inputs (docs/edgehub-inputs.md; edgeHub's ModuleMessageLinkHandler): a link on
+  the same `/devices/{d}/modules/{m}/messages/events` address with the client a receiver,
+  authorised by the token as the events link; the stand-in sends unsettled, receiver settle
+  mode first (AtLeastOnce). The newest such link of a module receives.
+* Routes (edgeHub's route syntax, no WHERE), added by the control command `{"cmd": "route",
+  "route": "FROM <source> INTO <sink>"}` (`{"cmd": "routes", "routes": [...]}` replaces the
+  table): source `/*`, `/messages/*`, `/messages/modules/*`, `/messages/modules/<m>/*` (with
+  or without an output name), `/messages/modules/<m>/outputs/*` (any output name) or
+  `/messages/modules/<m>/outputs/<name>` (the application property `iothub-outputname`);
+  sink `$upstream` or `BrokeredEndpoint("/modules/<m>/inputs/<input>")`. Without a route
+  table a message goes upstream only (what the stand-in did before it routed). A message the
+  stand-in accepts (its `--outcomes`) goes to each matching route's sink once (RoutingEdgeHub);
+  for a module sink it is converted as AmqpMessageConverter.FromMessage does: the body in one
+  data section, message-id / to / correlation-id / content-type / content-encoding as the
+  sender set them, the sender's application properties but `iothub-outputname` (a system
+  property in edgeHub), the annotations `x-opt-input-name`, `iothub-connection-device-id`,
+  `iothub-connection-module-id`, `x-opt-sequence-number` (ulong, from 1, one per routed
+  delivery), `iothub-enqueuedtime` (timestamp), `x-opt-lock-token` (also the delivery tag),
+  and NOT `iothub-interface-id`. Each target module gets one message at a time, queued until
+  its inputs link has credit (store and forward), the next only after the disposition:
+  Accepted completes it; Rejected, Released, Modified, no answer within 30 s
+  (DeviceMessageHandler's message ack timeout) or the link going away drop it. Each delivery
+  is recorded (`routed`) and so is its outcome (`routed-outcome`).
 * The module twin (ref §4; edgeHub's TwinReceivingLinkHandler / TwinSendingLinkHandler,
   DeviceMessageHandler, AmqpTwinMessageConverter): a sender and a receiver link on
   `/devices/{d}/modules/{m}/twin`, authorised by the token as the events link ("Unable to open
@@ -67,7 +91,8 @@ shared/reference/auditd-here.md part B.
   token is caught.
 * Everything seen goes to `--record` as JSON lines, one flush per line (never the token or
   its signature). Kinds: connection, put-token, cbs-reply, attach, detach, message, closed,
-  disconnect, twin-request, twin-reply, twin-desired, link-closed, control; the keys of each are listed in
+  disconnect, twin-request, twin-reply, twin-desired, link-closed, control, routed,
+  routed-outcome; the keys of each are listed in
   tests/support/standin.rs.
 * SIGTERM: exits 0 promptly (SystemExit from the handler, auditd-here.md B.3.5).
 
@@ -127,7 +152,7 @@ def parse_args():
     p.add_argument("--gateway", default="localhost",
                    help="edge host name an audience may name (edgeHub's EdgeDeviceHostName)")
     p.add_argument("--device", help="serve only this device id (default: any)")
-    p.add_argument("--module", help="serve only this module id (default: any)")
+    p.add_argument("--module", help="serve only these module ids, a comma list (default: any)")
     p.add_argument("--outcomes", default="", help="comma list of " + ",".join(OUTCOMES))
     p.add_argument("--clock-skew-secs", type=int, default=0,
                    help="a token is expired when se + this < now")
@@ -138,6 +163,7 @@ def parse_args():
     p.add_argument("--control", help="JSON-lines file of test commands, polled (see the doc)")
     args = p.parse_args()
     args.outcomes = [o.strip() for o in args.outcomes.split(",") if o.strip()]
+    args.modules = [m.strip() for m in (args.module or "").split(",") if m.strip()]
     for o in args.outcomes:
         if o not in OUTCOMES:
             p.error("unknown outcome %r (known: %s)" % (o, ", ".join(OUTCOMES)))
@@ -398,6 +424,62 @@ def reported_error(patch, text):
     return check("", patch, 0, False)
 
 
+# ------------------------------------------------------------------ routes
+
+# The application property a module names its output with (the SDKs' sendOutputEvent);
+# edgeHub's AmqpMessageConverter.ToMessage takes it into the system property OutputName,
+# which is not handed on to a module.
+OUTPUT_NAME_KEY = "iothub-outputname"
+# DeviceMessageHandler.messageAckTimeout (edgeHub's MessageAckTimeout, 30 s by default).
+FEEDBACK_TIMEOUT_SECS = 30.0
+
+
+def parse_route(text):
+    """A route as edgeHub's route syntax writes one, as far as the stand-in routes:
+    `FROM <source> INTO <sink>`; source `/*`, `/messages/*`, `/messages/modules/*`,
+    `/messages/modules/<m>/*`, `/messages/modules/<m>/outputs/*` or
+    `/messages/modules/<m>/outputs/<name>`; sink `$upstream` or
+    `BrokeredEndpoint("/modules/<m>/inputs/<input>")`. No WHERE (ValueError, as anything
+    else it cannot route)."""
+    if not isinstance(text, str):
+        raise ValueError("a route is a string, not %r" % (text,))
+    words = text.split()
+    if len(words) < 4 or words[0].upper() != "FROM" or words[2].upper() != "INTO":
+        raise ValueError("route %r is not FROM <source> INTO <sink> (no WHERE here)" % text)
+    source, sink_text = words[1], " ".join(words[3:])
+    parts = source.split("/")
+    if source in ("/*", "/messages/*", "/messages/modules/*"):
+        module, output = None, None  # any module, with or without an output
+    elif len(parts) == 5 and parts[:3] == ["", "messages", "modules"] and parts[4] == "*":
+        module, output = parts[3], None
+    elif len(parts) == 6 and parts[:3] == ["", "messages", "modules"] and parts[4] == "outputs":
+        module, output = parts[3], parts[5]  # "*": any output name
+    else:
+        raise ValueError("route %r: source %r is not one the stand-in routes" % (text, source))
+    if sink_text == "$upstream":
+        sink = ("upstream",)
+    else:
+        inner = sink_text[len('BrokeredEndpoint("'):-len('")')] \
+            if sink_text.startswith('BrokeredEndpoint("') and sink_text.endswith('")') else ""
+        p = inner.split("/")
+        if len(p) != 5 or p[:2] != ["", "modules"] or p[3] != "inputs" or not p[2] or not p[4]:
+            raise ValueError("route %r: sink %r is neither $upstream nor "
+                             "BrokeredEndpoint(\"/modules/<m>/inputs/<input>\")" % (text, sink_text))
+        sink = ("module", p[2], p[4])
+    return {"text": text, "module": module, "output": output, "sink": sink}
+
+
+def route_matches(route, module, output):
+    """Whether a message from `module` sent to `output` (None: no output name) is taken."""
+    if route["module"] is not None and route["module"] != module:
+        return False
+    if route["output"] is None:
+        return True
+    if output is None:
+        return False
+    return route["output"] in ("*", output)
+
+
 # ------------------------------------------------------------------ the stand-in
 
 
@@ -422,6 +504,13 @@ class EdgeHub(MessagingHandler):
         self.reported = {"$version": 1}
         self.twin_failures = []  # [{"operation", "status" (None: never answer), "count"}]
         self.control_offset = 0
+        # Routing (see the doc): the route table, the modules' inputs links (module -> the
+        # newest link), what waits for each module (in order) and the one in flight.
+        self.routes = []
+        self.inputs = {}
+        self.pending = {}  # module -> [routed message dicts]
+        self.in_flight = {}  # module -> {"dlv", "item"}
+        self.sequence = 0  # x-opt-sequence-number: edgeHub's store numbers messages from 1
 
     # -------------------------------------------------------------- plumbing
 
@@ -440,6 +529,7 @@ class EdgeHub(MessagingHandler):
         return s
 
     def on_start(self, event):
+        self.container = event.container
         event.container.ssl.server.set_credentials(self.args.cert, self.args.key, None)
         acceptor = event.container.listen("amqps://127.0.0.1:%d" % self.args.port)
         self.port = acceptor._selectable._delegate.getsockname()[1]
@@ -492,6 +582,9 @@ class EdgeHub(MessagingHandler):
 
     def on_transport_closed(self, event):
         c = event.connection
+        for module, link in list(self.inputs.items()):
+            if link.connection == c:
+                self.forget_inputs_link(link)
         s = self.conns.pop(c, None)
         if s is None:
             cond = event.transport.condition
@@ -548,14 +641,14 @@ class EdgeHub(MessagingHandler):
         elif link.is_receiver and node is None:
             refused = ("amqp:not-found", "the stand-in serves no node %s" % address)
             warn("refused a sender link to an unknown node %r" % address)
-        elif link.is_sender and (node is None or node[2] != "twin"):
-            refused = ("amqp:not-implemented", "the stand-in serves no receiver links but $cbs "
-                       "and the module twin (asked for %s)" % address)
+        elif link.is_sender and node is None:
+            refused = ("amqp:not-implemented", "the stand-in serves no receiver links but $cbs, "
+                       "the module twin and a module's inputs (asked for %s)" % address)
             warn("refused a receiver link from %r" % address)
         else:
             ids = node[:2]
             if (self.args.device and ids[0] != self.args.device) or (
-                    self.args.module and ids[1] != self.args.module):
+                    self.args.modules and ids[1] not in self.args.modules):
                 refused = ("amqp:unauthorized-access",
                            "identity %s/%s is not served by this edgeHub" % ids)
                 warn("refused a link for %s/%s" % ids)
@@ -564,8 +657,10 @@ class EdgeHub(MessagingHandler):
                 if reason:
                     refused = ("amqp:unauthorized-access",
                                "Unable to open %s link as the connection could not be "
-                               "authenticated: %s" % ("Twin" if node[2] == "twin" else "Events",
-                                                      reason))
+                               "authenticated: %s" % (
+                                   "Twin" if node[2] == "twin"
+                                   else "ModuleMessages" if link.is_sender else "Events",
+                                   reason))
         self.record(
             kind="attach",
             conn=s["id"],
@@ -603,12 +698,25 @@ class EdgeHub(MessagingHandler):
                 s["twin_subscribed"] = True
             else:
                 link.rcv_settle_mode = Link.RCV_FIRST
+        elif link.is_sender and node is not None:
+            # The module's inputs (ModuleMessageLinkHandler, AtLeastOnce): edgeHub sends
+            # unsettled, the module settles first with its disposition.
+            link.snd_settle_mode = Link.SND_UNSETTLED
+            link.rcv_settle_mode = Link.RCV_FIRST
+            self.inputs[node[1]] = link  # the newest inputs link of the module receives
 
     def on_link_opened(self, event):
         refused = self.refusals.pop(event.link, None)
         if refused:
             event.link.condition = Condition(*refused)
             event.link.close()
+            return
+        self.on_sendable(event)
+
+    def on_link_flow(self, event):
+        # Credit may come before the link is open on our side (then Proton's on_sendable
+        # does not fire): try again at every flow.
+        self.on_sendable(event)
 
     def on_link_remote_close(self, event):
         link = event.link
@@ -628,6 +736,7 @@ class EdgeHub(MessagingHandler):
             for key in ("twin_senders", "twin_receivers"):
                 if link in s[key]:
                     s[key].remove(link)
+            self.forget_inputs_link(link)
 
     def on_link_error(self, event):
         pass  # recorded as detach
@@ -712,7 +821,7 @@ class EdgeHub(MessagingHandler):
         dlv = event.delivery
         link = dlv.link
         if not link.is_receiver:
-            return  # our CBS replies: settled by OutgoingMessageHandler
+            return  # our CBS replies and routed messages: see on_accepted and the others
         if dlv.aborted:
             warn("a client aborted a transfer")
             dlv.settle()
@@ -756,6 +865,10 @@ class EdgeHub(MessagingHandler):
             self.twin_request(s, dlv, msg, raw)
             return
         outcome = self.outcomes.pop(0) if self.outcomes else "accept"
+        output = (msg.properties or {}).get(OUTPUT_NAME_KEY)
+        output = output if isinstance(output, str) else None
+        sinks = self.sinks_for(node[1] if node else None, output)
+        fields = describe(msg, raw)
         self.record(
             kind="message",
             conn=s["id"],
@@ -763,11 +876,17 @@ class EdgeHub(MessagingHandler):
             address=self.address_of(link),
             settled_by_client=dlv.settled,
             outcome=outcome,
-            **describe(msg, raw),
+            output_name=output,
+            routes=[x["text"] for x in sinks] if self.routes else None,
+            **fields,
         )
         if outcome == "accept":
             dlv.update(Delivery.ACCEPTED)
             dlv.settle()
+            # Taken (stored) by edgeHub: each route's endpoint gets it (RoutingEdgeHub).
+            for r in sinks:
+                if r["sink"][0] == "module":
+                    self.enqueue(r, node, msg, fields)
         elif outcome == "release":
             dlv.update(Delivery.RELEASED)
             dlv.settle()
@@ -795,6 +914,143 @@ class EdgeHub(MessagingHandler):
                 warn("drop: no socket to shut down")
             event.transport.close_tail()
             event.transport.close_head()
+
+    # -------------------------------------------------------------- routing to modules
+
+    def sinks_for(self, module, output):
+        """The routes that take a message from `module` to `output`, one per sink; with no
+        route table, everything goes upstream (what the stand-in did before routing)."""
+        out, seen = [], set()
+        for r in self.routes:
+            if route_matches(r, module, output) and r["sink"] not in seen:
+                seen.add(r["sink"])
+                out.append(r)
+        return out
+
+    def enqueue(self, route, node, msg, fields):
+        """A message for a module's input, converted as AmqpMessageConverter.FromMessage
+        hands it to a module; queued until the module's inputs link can take it."""
+        _, target, input_name = route["sink"]
+        self.sequence += 1
+        props = {k: v for k, v in (msg.properties or {}).items() if k != OUTPUT_NAME_KEY}
+        item = {
+            "route": route["text"],
+            "module": target,
+            "input": input_name,
+            "from_device": node[0],
+            "from_module": node[1],
+            "sequence": self.sequence,
+            "enqueued_ms": int(time.time() * 1000),
+            "lock_token": str(uuid.uuid4()),
+            "message_id": msg.id,
+            "correlation_id": msg.correlation_id,
+            "to": msg.address,
+            "content_type": none_if_absent(msg.content_type),
+            "content_encoding": none_if_absent(msg.content_encoding),
+            "properties": props,
+            "body": bytes(msg.body) if isinstance(msg.body, (bytes, memoryview))
+            else str(msg.body).encode(),
+            "source_message_id": fields["message_id"],
+        }
+        self.pending.setdefault(target, []).append(item)
+        self.pump(target)
+
+    def pump(self, module):
+        """Send the module its next message: one at a time, the next only after the
+        disposition (or the 30 s feedback timeout) of the one before."""
+        if module in self.in_flight or not self.pending.get(module):
+            return
+        link = self.inputs.get(module)
+        if link is None or link.credit <= 0 or not (link.state & proton.Endpoint.LOCAL_ACTIVE):
+            return
+        item = self.pending[module].pop(0)
+        ann = {
+            symbol("x-opt-input-name"): item["input"],
+            symbol("iothub-connection-device-id"): item["from_device"],
+            symbol("iothub-connection-module-id"): item["from_module"],
+            symbol("x-opt-sequence-number"): proton.ulong(item["sequence"]),
+            symbol("iothub-enqueuedtime"): proton.timestamp(item["enqueued_ms"]),
+            symbol("x-opt-lock-token"): item["lock_token"],
+        }
+        # FromMessage: the body in one data section; message-id, to, correlation-id,
+        # content-type/-encoding only when the sender set them; the sender's properties.
+        m = Message(body=item["body"], inferred=True, annotations=ann,
+                    properties=item["properties"] or None)
+        for attr, key in (("id", "message_id"), ("correlation_id", "correlation_id"),
+                          ("address", "to"), ("content_type", "content_type"),
+                          ("content_encoding", "content_encoding")):
+            if item[key] is not None:
+                setattr(m, attr, item[key])
+        raw = m.encode()
+        # Tagged with the lock token (FromMessage's DeliveryTag is the lock token's GUID).
+        dlv = link.send(m, tag=item["lock_token"])
+        self.in_flight[module] = {"tag": dlv.tag, "link": link.name, "item": item}
+        s = self.conns.get(link.connection) or {"id": None}
+        self.record(
+            kind="routed",
+            conn=s["id"],
+            link=link.name,
+            route=item["route"],
+            module=module,
+            input=item["input"],
+            sequence=item["sequence"],
+            lock_token=item["lock_token"],
+            from_device=item["from_device"],
+            from_module=item["from_module"],
+            **describe(m, raw),
+        )
+        self.container.schedule(FEEDBACK_TIMEOUT_SECS,
+                                FeedbackTimeout(self, module, item["sequence"]))
+
+    def settled_routed(self, dlv, outcome, settled_by_client=None):
+        """The module's disposition of a routed message (or the timeout): Accepted completes
+        it; Rejected, Released, Modified and no answer drop it, as edgeHub does."""
+        for module, f in list(self.in_flight.items()):
+            if f["tag"] == dlv.tag and f["link"] == dlv.link.name:
+                del self.in_flight[module]
+                item = f["item"]
+                s = self.conns.get(dlv.link.connection) or {"id": None}
+                self.record(kind="routed-outcome", conn=s["id"], module=module,
+                            input=item["input"], sequence=item["sequence"],
+                            message_id=plain(item["message_id"]), outcome=outcome,
+                            settled_by_client=settled_by_client)
+                dlv.settle()
+                self.pump(module)
+                return True
+        return False
+
+    def on_accepted(self, event):
+        self.settled_routed(event.delivery, "accepted", event.delivery.settled)
+
+    def on_rejected(self, event):
+        self.settled_routed(event.delivery, "rejected", event.delivery.settled)
+
+    def on_released(self, event):
+        self.settled_routed(event.delivery,
+                            "modified" if event.delivery.remote_state == Delivery.MODIFIED
+                            else "released", event.delivery.settled)
+
+    def on_settled(self, event):
+        # Settled by the module without an outcome (after the three above: already done).
+        self.settled_routed(event.delivery, "settled-without-outcome", True)
+
+    def on_sendable(self, event):
+        for module, link in list(self.inputs.items()):
+            if link == event.link:  # Proton wraps anew: compare, not identity
+                self.pump(module)
+
+    def forget_inputs_link(self, link):
+        """An inputs link went away: its module's message in flight is dropped as unanswered
+        (edgeHub's feedback never comes) and the next waits for a new link."""
+        for module, x in list(self.inputs.items()):
+            if x == link:
+                del self.inputs[module]
+                f = self.in_flight.pop(module, None)
+                if f is not None:
+                    self.record(kind="routed-outcome", conn=None, module=module,
+                                input=f["item"]["input"], sequence=f["item"]["sequence"],
+                                message_id=plain(f["item"]["message_id"]),
+                                outcome="link-gone", settled_by_client=None)
 
     # -------------------------------------------------------------- the module twin
 
@@ -976,11 +1232,40 @@ class EdgeHub(MessagingHandler):
                                            "count": int(cmd.get("count", 1))})
             elif c == "state":
                 pass
+            elif c in ("route", "routes"):
+                texts = [cmd.get("route")] if c == "route" else (cmd.get("routes") or [])
+                try:
+                    parsed = [parse_route(t) for t in texts]
+                except ValueError as e:
+                    error = str(e)
+                    warn("control: " + error)
+                else:
+                    self.routes = (self.routes if c == "route" else []) + parsed
+                    result = [r["text"] for r in self.routes]
             else:
                 error = "unknown command %r" % (c,)
                 warn("control: " + error)
             self.record(kind="control", command=cmd, result=result, error=error,
                         twin=self.twin_state())
+
+
+class FeedbackTimeout:
+    """The 30 s edgeHub waits for a module's disposition of a routed message."""
+
+    def __init__(self, hub, module, sequence):
+        self.hub, self.module, self.sequence = hub, module, sequence
+
+    def on_timer_task(self, event):
+        f = self.hub.in_flight.get(self.module)
+        if f is not None and f["item"]["sequence"] == self.sequence:
+            warn("no disposition from module %s within %ds: dropped" % (
+                self.module, FEEDBACK_TIMEOUT_SECS))
+            del self.hub.in_flight[self.module]
+            self.hub.record(kind="routed-outcome", conn=None, module=self.module,
+                            input=f["item"]["input"], sequence=self.sequence,
+                            message_id=plain(f["item"]["message_id"]), outcome="timeout",
+                            settled_by_client=None)
+            self.hub.pump(self.module)
 
 
 class ControlPoller:

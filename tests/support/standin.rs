@@ -41,10 +41,25 @@
 //!   does (`name`, `reason`: a newer link of the same type, or another channel correlation id).
 //! * `control`: a command of the control file applied: `command` (with its `id`), `result`,
 //!   `error`, `twin`.
+//! * `message` also has `output_name` (the sender's `iothub-outputname`, or null) and
+//!   `routes` (null without a route table, else the routes that took it, one per sink).
+//! * `routed`: a message the stand-in sent a module on its inputs link, as edgeHub's
+//!   `AmqpMessageConverter.FromMessage` makes it: `link`, `route`, `module` (the target),
+//!   `input`, `sequence` (`x-opt-sequence-number`), `lock_token`, `from_device`,
+//!   `from_module`, and the `message` fields of what was sent (`annotations`, `body`, …).
+//! * `routed-outcome`: the target's disposition of it: `module`, `input`, `sequence`,
+//!   `message_id`, `outcome` ("accepted", "rejected", "released", "modified", "timeout" after
+//!   30 s, "link-gone", "settled-without-outcome"), `settled_by_client`.
 //! * `ignored`: a transfer on a refused link (`link`, `reason`).
 //! * `closed`: the stand-in closed the connection (`reason`: an expired or bad token).
 //! * `disconnect`: `client_closed` (the client sent Close), `client_condition`,
 //!   `client_description`, `transport_condition`.
+//!
+//! Routing (tests/standin/edgehub.py's doc has the contract): [`EdgeHub::route`] adds a route
+//! (`FROM /messages/modules/<m>/* INTO BrokeredEndpoint("/modules/<t>/inputs/<i>")`, …);
+//! [`EdgeHubOptions::module`] may name several modules (a comma list), the sender and its
+//! targets; [`NodeScript`] runs the Node SDK's receive.js (`on('inputMessage')`) and
+//! [`node_output`] its output.js (`sendOutputEvent`).
 //!
 //! The module twin (tests/standin/edgehub.py's doc has the contract): its initial desired is
 //! [`EdgeHubOptions::twin_desired`]; a test changes it or makes requests fail through
@@ -335,6 +350,8 @@ pub struct EdgeHub {
     pub record: PathBuf,
     /// The stand-in's `--control` file: one JSON command a line (see [`EdgeHub::control`]).
     pub control: PathBuf,
+    /// The device it serves.
+    pub device: String,
     control_seq: std::sync::atomic::AtomicU64,
 }
 
@@ -380,14 +397,17 @@ impl EdgeHub {
             port,
             record,
             control,
+            device: o.device.clone(),
             control_seq: std::sync::atomic::AtomicU64::new(o.control_at_start.len() as u64),
         }
     }
 
     /// Give the stand-in a command and wait (10 s at most) until it has applied it; returns
     /// its `control` record (`result`, `error`, `twin` = the twin after the command).
-    /// Commands: `{"cmd": "desired", "patch": {…}, "version": n (optional: default the next
-    /// one), "push": true (default; false changes the twin without telling anyone)}`,
+    /// Commands: `{"cmd": "route", "route": "FROM … INTO …"}` (add a route; `{"cmd":
+    /// "routes", "routes": [...]}` replaces the table), `{"cmd": "desired", "patch": {…},
+    /// "version": n (optional: default the next one), "push": true (default; false changes
+    /// the twin without telling anyone)}`,
     /// `{"cmd": "fail", "operation": "GET"|"PATCH"|"PUT"|"DELETE"|"*", "status": 429 (null:
     /// never answer), "count": 1}`, `{"cmd": "state"}` (nothing: read the twin back).
     pub fn control(&self, mut cmd: Value) -> Value {
@@ -415,6 +435,49 @@ impl EdgeHub {
             .expect("found above");
         assert!(rec["error"].is_null(), "the stand-in refused {cmd}: {rec}");
         rec
+    }
+
+    /// Add `route` to the stand-in's route table (edgeHub's syntax, no WHERE); returns the
+    /// table. Without any route, everything goes upstream only.
+    pub fn route(&self, route: &str) -> Vec<String> {
+        let r = self.control(serde_json::json!({"cmd": "route", "route": route}));
+        serde_json::from_value(r["result"].clone()).expect("the route table")
+    }
+
+    /// The messages the stand-in sent to `module`'s inputs, in order.
+    pub fn routed(&self, module: &str) -> Vec<Value> {
+        self.of("routed", None)
+            .into_iter()
+            .filter(|r| r["module"] == module)
+            .collect()
+    }
+
+    /// `module`'s dispositions of what was routed to it, in order.
+    pub fn routed_outcomes(&self, module: &str) -> Vec<Value> {
+        self.of("routed-outcome", None)
+            .into_iter()
+            .filter(|r| r["module"] == module)
+            .collect()
+    }
+
+    /// The attach record of `module`'s inputs link (the client a receiver on its events
+    /// address), waiting up to `limit`.
+    pub fn wait_inputs_link(&self, module: &str, limit: Duration) -> Value {
+        let address = format!("/devices/{}/modules/{module}/messages/events", self.device);
+        let find = |r: &[Value]| {
+            r.iter()
+                .find(|x| {
+                    x["kind"] == "attach"
+                        && x["role"] == "receiver"
+                        && x["address"]
+                            .as_str()
+                            .is_some_and(|a| a.ends_with(address.as_str()))
+                })
+                .cloned()
+        };
+        let what = format!("{module}'s inputs link");
+        let r = self.wait(&what, limit, |r| find(r).is_some());
+        find(&r).expect("found above")
     }
 
     /// Push a desired-properties patch (the next `$version`) to every subscribed client;
@@ -718,6 +781,139 @@ impl NodeTwin {
             "stderr: {}",
             std::fs::read_to_string(&self.stderr).unwrap_or_default()
         )
+    }
+}
+
+/// Send one message to module output `output` with the official Node.js SDK's
+/// `sendOutputEvent` (tests/standin/node/output.js); the body as given (any text), with
+/// application properties. Runs with only `env` and PATH, like [`node_send`].
+pub fn node_output(
+    env: &[(String, String)],
+    output: &str,
+    body: &str,
+    message_id: &str,
+    properties: &[(&str, &str)],
+) -> std::process::Output {
+    require_node();
+    let properties: serde_json::Map<String, Value> = properties
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    Command::new("node")
+        .current_dir(root().join("tests/standin/node"))
+        .arg("output.js")
+        .args([
+            output,
+            body,
+            message_id,
+            &Value::Object(properties).to_string(),
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("run node (run scripts/install-test-deps.sh)")
+}
+
+/// A Node SDK script of tests/standin/node running (e.g. receive.js), its stdout lines read
+/// as they come ([`NodeScript::wait_lines`]); killed on drop.
+pub struct NodeScript {
+    pub proc: Proc,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The stdout lines read so far.
+    pub seen: Vec<String>,
+    pub stderr: PathBuf,
+}
+
+impl NodeScript {
+    /// Runs `node <script> <args>` with only `env` and PATH, like [`node_send`]; its stderr
+    /// goes to `dir`.
+    pub fn start(dir: &Path, script: &str, args: &[&str], env: &[(String, String)]) -> Self {
+        require_node();
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stderr = dir.join(format!("node-{script}-{n}.err"));
+        let mut child = Command::new("node")
+            .current_dir(root().join("tests/standin/node"))
+            .arg(script)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("run node (run scripts/install-test-deps.sh)");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        NodeScript {
+            proc: Proc {
+                child,
+                name: "node script",
+            },
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// The rests of the first `n` lines starting with the word `prefix`, waiting up to
+    /// `limit` for them.
+    pub fn wait_lines(&mut self, prefix: &str, n: usize, limit: Duration) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let found: Vec<String> = self
+                .seen
+                .iter()
+                .filter_map(|l| {
+                    l.strip_prefix(prefix)
+                        .filter(|r| r.is_empty() || r.starts_with(' '))
+                        .map(|r| r.trim().to_owned())
+                })
+                .collect();
+            if found.len() >= n {
+                return found.into_iter().take(n).collect();
+            }
+            let left = limit.saturating_sub(start.elapsed());
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(line) => self.seen.push(line),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => {}
+                Err(e) => panic!(
+                    "{} of {n} {prefix:?} lines within {limit:?} ({e}); stdout {:#?}; stderr: {}",
+                    found.len(),
+                    self.seen,
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    /// The exit status within `limit`.
+    pub fn finish(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.proc.child.try_wait().expect("wait") {
+                return st;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "the node script did not exit within {limit:?}; stdout {:#?}; stderr: {}",
+                self.seen,
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
