@@ -525,3 +525,56 @@ fn the_modules_output_name_is_the_node_sdks_send_output_event() {
     let tail = |r: &Value, m: &str| r["address"].as_str().unwrap().replace(m, "{m}");
     assert_eq!(tail(ours, MODULE), tail(&node, NODE_SENDER));
 }
+
+/// edgeHub's dispositions, as the stand-in plays them against the Node SDK's settlements:
+/// one message at a time; Rejected (`reject`) and Released (`abandon`) drop the message (it
+/// is not sent again), Accepted (`complete`) completes it; each recorded in order.
+#[test]
+fn rejected_and_released_routed_messages_are_dropped_and_the_next_is_sent() {
+    let s = setup(&[
+        r#"FROM /messages/modules/nodesender/outputs/* INTO BrokeredEndpoint("/modules/nodeecho/inputs/in")"#,
+    ]);
+    let (_w_recv, recv_env) = node_env(&s, NODE_RECEIVER);
+    let (_w_send, send_env) = node_env(&s, NODE_SENDER);
+    let mut node = NodeScript::start(
+        s.dir.path(),
+        "receive.js",
+        &["3", "reject,abandon,complete"],
+        &recv_env,
+    );
+    s.hub.wait_inputs_link(NODE_RECEIVER, WAIT);
+    for i in 0..3 {
+        let id = format!("d-{i}");
+        let o = standin::node_output(&send_env, "any", "{}", &id, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let got = node.wait_lines("input", 3, WAIT);
+    assert!(node.finish(WAIT).success());
+    let ids: Vec<Value> = got
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["messageId"].clone())
+        .collect();
+    assert_eq!(ids, ["d-0", "d-1", "d-2"]);
+    let outcomes: Vec<(Value, Value)> = s
+        .hub
+        .routed_outcomes(NODE_RECEIVER)
+        .iter()
+        .map(|o| (o["message_id"].clone(), o["outcome"].clone()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("d-0".into(), "rejected".into()),
+            ("d-1".into(), "released".into()),
+            ("d-2".into(), "accepted".into())
+        ]
+    );
+    // Dropped, not sent again: three deliveries for three messages.
+    let routed: Vec<Value> = s
+        .hub
+        .routed(NODE_RECEIVER)
+        .iter()
+        .map(|r| r["message_id"].clone())
+        .collect();
+    assert_eq!(routed, ["d-0", "d-1", "d-2"]);
+}

@@ -5,7 +5,9 @@
 // each message (an Accepted disposition). The edgeHub stand-in records the SDK's attach and
 // dispositions: the reference the module's `azureiotsecurity echo` is compared with.
 //
-//   node receive.js <count>
+//   node receive.js <count> [dispositions]
+// dispositions: a comma list, one per message in order (complete, reject, abandon; the SDK's
+// Accepted, Rejected, Released), then complete.
 // Prints one line per message: "input " + JSON {input, messageId, correlationId, to,
 // contentType, contentEncoding, properties: {k: v}, annotations: {k: v} (the AMQP message
 // annotations as rhea decoded them; a timestamp as epoch milliseconds), body (UTF-8 text)},
@@ -15,6 +17,13 @@ const { ModuleClient } = require('azure-iot-device');
 const { Amqp } = require('azure-iot-device-amqp');
 
 const count = parseInt(process.argv[2] || '1', 10);
+const dispositions = (process.argv[3] || '').split(',').filter((d) => d);
+for (const d of dispositions) {
+  if (!['complete', 'reject', 'abandon'].includes(d)) {
+    console.error('unknown disposition ' + d);
+    process.exit(1);
+  }
+}
 
 function fail(what, err) {
   console.error(what + ': ' + (err && (err.stack || err.message || err)));
@@ -58,8 +67,9 @@ ModuleClient.fromEnvironment(Amqp, (err, client) => {
         annotations,
         body: data,
       }));
-      client.complete(msg, (err) => {
-        if (err) return fail('complete', err);
+      const how = dispositions[seen] || 'complete';
+      client[how](msg, (err) => {
+        if (err) return fail(how, err);
         seen += 1;
         if (seen >= count) {
           client.close((err) => {
