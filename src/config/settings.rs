@@ -39,6 +39,7 @@ pub struct Settings {
     pub edgehub: EdgeHubSettings,
     pub metrics: MetricsSettings,
     pub host: HostSettings,
+    pub snapshot: SnapshotSettings,
     /// `[agent]`: the agent configuration (the module twin's
     /// `ms_iotn:urn_azureiot_Security_SecurityAgentConfiguration` settings), as plain values
     /// (`highPriorityMessageFrequency = "PT7M"`) or `{ value = "PT7M" }` tables. Key names are
@@ -227,6 +228,25 @@ impl HostSettings {
     /// The host root the collectors read under.
     pub fn host_root(&self) -> crate::collectors::HostRoot {
         crate::collectors::HostRoot::new(self.root.clone())
+    }
+}
+
+/// `[snapshot]`: what the snapshots send (local only; when they run is the twin's
+/// `snapshotFrequency`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotSettings {
+    /// OSBaseline: send the checks that passed too (false: only failed and errored ones, as
+    /// the issue asks: a passed check is noise on every snapshot).
+    pub baseline_include_passed: bool,
+}
+
+impl SnapshotSettings {
+    /// What the collectors are told (`snapshot` and the scheduler pass it to each one).
+    pub fn collect_options(&self) -> crate::collectors::CollectOptions {
+        crate::collectors::CollectOptions {
+            include_passed_checks: self.baseline_include_passed,
+        }
     }
 }
 
@@ -557,6 +577,19 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn baseline_include_passed_is_off_by_default_and_reaches_the_collect_options() {
+        let s = Settings::load_from(None, env(&[])).unwrap();
+        assert!(!s.snapshot.baseline_include_passed);
+        assert!(!s.snapshot.collect_options().include_passed_checks);
+        let s = Settings::load_from(
+            None,
+            env(&[("AZUREIOTSECURITY_SNAPSHOT__BASELINE_INCLUDE_PASSED", "true")]),
+        )
+        .unwrap();
+        assert!(s.snapshot.collect_options().include_passed_checks);
     }
 
     #[test]

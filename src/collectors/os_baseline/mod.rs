@@ -1424,6 +1424,29 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_lists_every_check_as_the_table_has_it() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("## OSBaseline checks")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .unwrap();
+        let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| `")).collect();
+        let want: Vec<String> = CHECKS
+            .iter()
+            .map(|c| {
+                format!(
+                    "| `{}` | {} | {} |",
+                    c.cce_id(),
+                    c.severity.as_str(),
+                    c.description
+                )
+            })
+            .collect();
+        assert_eq!(rows, want);
+    }
+
+    #[test]
     fn algorithm_lists_follow_the_modifiers() {
         assert_eq!(effective_list(None, "a,b"), ["a", "b"]);
         assert_eq!(effective_list(Some("+c"), "a,b"), ["a", "b", "c"]);
