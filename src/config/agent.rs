@@ -1443,8 +1443,9 @@ mod tests {
         assert_eq!(report["edgehub"], serde_json::to_value(&s.edgehub).unwrap());
         assert_eq!(report["metrics"], serde_json::to_value(&s.metrics).unwrap());
         assert_eq!(report["host"], json!({"root": "/"}));
-        // The seven sections, the agent configuration, its sources and the twin layer.
-        assert_eq!(report.as_object().unwrap().len(), 10);
+        assert_eq!(report["snapshot"], json!({"baseline_include_passed": false}));
+        // The eight sections, the agent configuration, its sources and the twin layer.
+        assert_eq!(report.as_object().unwrap().len(), 11);
         assert_eq!(
             report["agent_sources"]["maxMessageSizeInBytes"],
             json!("file")
