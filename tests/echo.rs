@@ -527,10 +527,12 @@ fn the_modules_output_name_is_the_node_sdks_send_output_event() {
 }
 
 /// edgeHub's dispositions, as the stand-in plays them against the Node SDK's settlements:
-/// one message at a time; Rejected (`reject`) and Released (`abandon`) drop the message (it
-/// is not sent again), Accepted (`complete`) completes it; each recorded in order.
+/// one message at a time; Rejected (`reject`) and Released (`abandon`) fail the send and the
+/// same message is sent again before any later one (DeviceMessageHandler +
+/// ModuleEndpoint's retryable EdgeHubIOException), Accepted (`complete`) completes it; each
+/// recorded in order.
 #[test]
-fn rejected_and_released_routed_messages_are_dropped_and_the_next_is_sent() {
+fn rejected_and_released_routed_messages_are_sent_again_before_the_next() {
     let s = setup(&[
         r#"FROM /messages/modules/nodesender/outputs/* INTO BrokeredEndpoint("/modules/nodeecho/inputs/in")"#,
     ]);
@@ -539,7 +541,7 @@ fn rejected_and_released_routed_messages_are_dropped_and_the_next_is_sent() {
     let mut node = NodeScript::start(
         s.dir.path(),
         "receive.js",
-        &["3", "reject,abandon,complete"],
+        &["5", "reject,abandon,complete"],
         &recv_env,
     );
     s.hub.wait_inputs_link(NODE_RECEIVER, WAIT);
@@ -548,13 +550,14 @@ fn rejected_and_released_routed_messages_are_dropped_and_the_next_is_sent() {
         let o = standin::node_output(&send_env, "any", "{}", &id, &[]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let got = node.wait_lines("input", 3, WAIT);
+    let got = node.wait_lines("input", 5, WAIT);
     assert!(node.finish(WAIT).success());
     let ids: Vec<Value> = got
         .iter()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["messageId"].clone())
         .collect();
-    assert_eq!(ids, ["d-0", "d-1", "d-2"]);
+    // The refused d-0 comes back (after the stand-in's 1 s back-off) before d-1 and d-2.
+    assert_eq!(ids, ["d-0", "d-0", "d-0", "d-1", "d-2"]);
     let outcomes: Vec<(Value, Value)> = s
         .hub
         .routed_outcomes(NODE_RECEIVER)
@@ -565,16 +568,31 @@ fn rejected_and_released_routed_messages_are_dropped_and_the_next_is_sent() {
         outcomes,
         [
             ("d-0".into(), "rejected".into()),
-            ("d-1".into(), "released".into()),
+            ("d-0".into(), "released".into()),
+            ("d-0".into(), "accepted".into()),
+            ("d-1".into(), "accepted".into()),
             ("d-2".into(), "accepted".into())
         ]
     );
-    // Dropped, not sent again: three deliveries for three messages.
-    let routed: Vec<Value> = s
+    // Sent again, not dropped: five deliveries for three messages; a retry keeps its
+    // sequence number and gets a new lock token, as edgeHub's SendMessageAsync makes one
+    // for every send.
+    let routed: Vec<(Value, Value, Value)> = s
         .hub
         .routed(NODE_RECEIVER)
         .iter()
-        .map(|r| r["message_id"].clone())
+        .map(|r| {
+            (
+                r["message_id"].clone(),
+                r["sequence"].clone(),
+                r["lock_token"].clone(),
+            )
+        })
         .collect();
-    assert_eq!(routed, ["d-0", "d-1", "d-2"]);
+    let ids: Vec<&Value> = routed.iter().map(|r| &r.0).collect();
+    assert_eq!(ids, ["d-0", "d-0", "d-0", "d-1", "d-2"]);
+    assert_eq!(routed[0].1, routed[2].1, "{routed:?}");
+    assert_ne!(routed[2].1, routed[3].1, "{routed:?}");
+    let tokens: std::collections::HashSet<&Value> = routed.iter().map(|r| &r.2).collect();
+    assert_eq!(tokens.len(), 5, "{routed:?}");
 }

@@ -48,10 +48,15 @@ shared/reference/auditd-here.md part B.
   `iothub-connection-module-id`, `x-opt-sequence-number` (ulong, from 1, one per routed
   delivery), `iothub-enqueuedtime` (timestamp), `x-opt-lock-token` (also the delivery tag),
   and NOT `iothub-interface-id`. Each target module gets one message at a time, queued until
-  its inputs link has credit (store and forward), the next only after the disposition:
-  Accepted completes it; Rejected, Released, Modified, no answer within 30 s
-  (DeviceMessageHandler's message ack timeout) or the link going away drop it. Each delivery
-  is recorded (`routed`) and so is its outcome (`routed-outcome`).
+  its inputs link has credit (store and forward), the next only after the disposition
+  (DeviceMessageHandler.SendMessageAsync holds a per-module lock around each send and its
+  feedback wait): Accepted completes it; Rejected, Released, Modified, no answer within 30 s
+  (MessageResponseTimeout) or the link going away are not final: ProcessMessageFeedbackAsync
+  fails the send with EdgeHubIOException (a timeout with TimeoutException), which
+  ModuleEndpoint counts as retryable, so the routing executor sends the same message again
+  (same sequence number, a new lock token) before any later one, after a back-off
+  (RETRY_SECS here; edgeHub's retry policy until the message's time to live). Each delivery
+  is recorded (`routed`) and so is its outcome (`routed-outcome`, with `retry`).
 * The module twin (ref §4; edgeHub's TwinReceivingLinkHandler / TwinSendingLinkHandler,
   DeviceMessageHandler, AmqpTwinMessageConverter): a sender and a receiver link on
   `/devices/{d}/modules/{m}/twin`, authorised by the token as the events link ("Unable to open
@@ -432,6 +437,9 @@ def reported_error(patch, text):
 OUTPUT_NAME_KEY = "iothub-outputname"
 # DeviceMessageHandler.messageAckTimeout (edgeHub's MessageAckTimeout, 30 s by default).
 FEEDBACK_TIMEOUT_SECS = 30.0
+# The back-off before a message whose send failed (not Accepted) is sent again; edgeHub's
+# endpoint executor uses its retry policy (exponential, until the time to live).
+RETRY_SECS = 1.0
 
 
 def parse_route(text):
@@ -509,6 +517,7 @@ class EdgeHub(MessagingHandler):
         self.routes = []
         self.inputs = {}
         self.pending = {}  # module -> [routed message dicts]
+        self.retrying = set()  # modules whose failed message waits out RETRY_SECS
         self.in_flight = {}  # module -> {"dlv", "item"}
         self.sequence = 0  # x-opt-sequence-number: edgeHub's store numbers messages from 1
 
@@ -958,12 +967,14 @@ class EdgeHub(MessagingHandler):
     def pump(self, module):
         """Send the module its next message: one at a time, the next only after the
         disposition (or the 30 s feedback timeout) of the one before."""
-        if module in self.in_flight or not self.pending.get(module):
+        if module in self.in_flight or module in self.retrying or not self.pending.get(module):
             return
         link = self.inputs.get(module)
         if link is None or link.credit <= 0 or not (link.state & proton.Endpoint.LOCAL_ACTIVE):
             return
         item = self.pending[module].pop(0)
+        # A new lock token for every send, retries too (SendMessageAsync's Guid.NewGuid()).
+        item["lock_token"] = str(uuid.uuid4())
         ann = {
             symbol("x-opt-input-name"): item["input"],
             symbol("iothub-connection-device-id"): item["from_device"],
@@ -1000,24 +1011,35 @@ class EdgeHub(MessagingHandler):
             **describe(m, raw),
         )
         self.container.schedule(FEEDBACK_TIMEOUT_SECS,
-                                FeedbackTimeout(self, module, item["sequence"]))
+                                FeedbackTimeout(self, module, item["lock_token"]))
 
     def settled_routed(self, dlv, outcome, settled_by_client=None):
-        """The module's disposition of a routed message (or the timeout): Accepted completes
-        it; Rejected, Released, Modified and no answer drop it, as edgeHub does."""
+        """The module's disposition of a routed message: Accepted completes it; anything
+        else fails the send and the same message is sent again (see the module docstring)."""
         for module, f in list(self.in_flight.items()):
             if f["tag"] == dlv.tag and f["link"] == dlv.link.name:
-                del self.in_flight[module]
-                item = f["item"]
                 s = self.conns.get(dlv.link.connection) or {"id": None}
-                self.record(kind="routed-outcome", conn=s["id"], module=module,
-                            input=item["input"], sequence=item["sequence"],
-                            message_id=plain(item["message_id"]), outcome=outcome,
-                            settled_by_client=settled_by_client)
                 dlv.settle()
-                self.pump(module)
+                self.routed_done(module, outcome, s["id"], settled_by_client)
                 return True
         return False
+
+    def routed_done(self, module, outcome, conn, settled_by_client):
+        """The end of one send of `module`'s message in flight: recorded; Accepted takes the
+        next, any other outcome puts the message back first in line for a retry."""
+        f = self.in_flight.pop(module)
+        item = f["item"]
+        retry = outcome != "accepted"
+        self.record(kind="routed-outcome", conn=conn, module=module,
+                    input=item["input"], sequence=item["sequence"],
+                    message_id=plain(item["message_id"]), outcome=outcome,
+                    settled_by_client=settled_by_client, retry=retry)
+        if retry:
+            self.pending.setdefault(module, []).insert(0, item)
+            self.retrying.add(module)
+            self.container.schedule(RETRY_SECS, RetryTimer(self, module))
+        else:
+            self.pump(module)
 
     def on_accepted(self, event):
         self.settled_routed(event.delivery, "accepted", event.delivery.settled)
@@ -1040,17 +1062,13 @@ class EdgeHub(MessagingHandler):
                 self.pump(module)
 
     def forget_inputs_link(self, link):
-        """An inputs link went away: its module's message in flight is dropped as unanswered
-        (edgeHub's feedback never comes) and the next waits for a new link."""
+        """An inputs link went away: its module's message in flight failed (edgeHub's
+        feedback never comes) and waits, first in line, for a new link."""
         for module, x in list(self.inputs.items()):
             if x == link:
                 del self.inputs[module]
-                f = self.in_flight.pop(module, None)
-                if f is not None:
-                    self.record(kind="routed-outcome", conn=None, module=module,
-                                input=f["item"]["input"], sequence=f["item"]["sequence"],
-                                message_id=plain(f["item"]["message_id"]),
-                                outcome="link-gone", settled_by_client=None)
+                if module in self.in_flight:
+                    self.routed_done(module, "link-gone", None, None)
 
     # -------------------------------------------------------------- the module twin
 
@@ -1252,20 +1270,26 @@ class EdgeHub(MessagingHandler):
 class FeedbackTimeout:
     """The 30 s edgeHub waits for a module's disposition of a routed message."""
 
-    def __init__(self, hub, module, sequence):
-        self.hub, self.module, self.sequence = hub, module, sequence
+    def __init__(self, hub, module, lock_token):
+        self.hub, self.module, self.lock_token = hub, module, lock_token
 
     def on_timer_task(self, event):
         f = self.hub.in_flight.get(self.module)
-        if f is not None and f["item"]["sequence"] == self.sequence:
-            warn("no disposition from module %s within %ds: dropped" % (
+        if f is not None and f["item"]["lock_token"] == self.lock_token:
+            warn("no disposition from module %s within %ds: sent again" % (
                 self.module, FEEDBACK_TIMEOUT_SECS))
-            del self.hub.in_flight[self.module]
-            self.hub.record(kind="routed-outcome", conn=None, module=self.module,
-                            input=f["item"]["input"], sequence=self.sequence,
-                            message_id=plain(f["item"]["message_id"]), outcome="timeout",
-                            settled_by_client=None)
-            self.hub.pump(self.module)
+            self.hub.routed_done(self.module, "timeout", None, None)
+
+
+class RetryTimer:
+    """The back-off after a failed send: then the same message is sent again."""
+
+    def __init__(self, hub, module):
+        self.hub, self.module = hub, module
+
+    def on_timer_task(self, event):
+        self.hub.retrying.discard(self.module)
+        self.hub.pump(self.module)
 
 
 class ControlPoller:

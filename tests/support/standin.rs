@@ -49,7 +49,9 @@
 //!   `from_module`, and the `message` fields of what was sent (`annotations`, `body`, …).
 //! * `routed-outcome`: the target's disposition of it: `module`, `input`, `sequence`,
 //!   `message_id`, `outcome` ("accepted", "rejected", "released", "modified", "timeout" after
-//!   30 s, "link-gone", "settled-without-outcome"), `settled_by_client`.
+//!   30 s, "link-gone", "settled-without-outcome"), `settled_by_client`, `retry` (true for
+//!   any outcome but "accepted": the same message is sent again, first in line, as edgeHub's
+//!   routing retries a failed module send).
 //! * `ignored`: a transfer on a refused link (`link`, `reason`).
 //! * `closed`: the stand-in closed the connection (`reason`: an expired or bad token).
 //! * `disconnect`: `client_closed` (the client sent Close), `client_condition`,
