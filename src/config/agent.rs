@@ -1443,7 +1443,10 @@ mod tests {
         assert_eq!(report["edgehub"], serde_json::to_value(&s.edgehub).unwrap());
         assert_eq!(report["metrics"], serde_json::to_value(&s.metrics).unwrap());
         assert_eq!(report["host"], json!({"root": "/"}));
-        assert_eq!(report["snapshot"], json!({"baseline_include_passed": false}));
+        assert_eq!(
+            report["snapshot"],
+            json!({"baseline_include_passed": false})
+        );
         // The eight sections, the agent configuration, its sources and the twin layer.
         assert_eq!(report.as_object().unwrap().len(), 11);
         assert_eq!(
