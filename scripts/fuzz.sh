@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Fuzz the audit parser, the coalescer + pipeline, the decoders and the twin's apply step
-# (cargo-fuzz, libFuzzer).
+# Fuzz the audit parser, the coalescer + pipeline, the decoders, the twin's apply step and
+# the /proc/net socket table parser (cargo-fuzz, libFuzzer).
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     default: 60 s each for parse, coalesce, decode, twin
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     default: 60 s each for parse, coalesce, decode,
+#                                             twin, proc_net
 #
 # Installs cargo-fuzz when missing, seeds fuzz/corpus/<target>/ from the real captures in
 # tests/data (plus the committed regression inputs in fuzz/regressions/<target>/; twin's seeds
-# are only those: the published default desired document and hand-written patches), then runs
+# are only those: the published default desired document and hand-written patches; proc_net's
+# are the synthetic socket tables of tests/data/host-ports, whole and line by line), then runs
 # each target for SECONDS on stable Rust without a sanitizer (`-s none`: sanitizers need
 # nightly). Debug assertions and overflow checks are on. Exits non-zero if any target
 # crashed; the crashing input is in fuzz/artifacts/<target>/. fuzz/corpus and
@@ -19,7 +21,7 @@ shift || true
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  targets=(parse coalesce decode twin)
+  targets=(parse coalesce decode twin proc_net)
 fi
 case "$secs" in
   ''|*[!0-9]*) echo "fuzz.sh: SECONDS must be a number, got '$secs'" >&2; exit 2 ;;
@@ -91,7 +93,21 @@ def seeds_decode():
                     if j >= 0:
                         yield l[j + len(key):].split(b" ")[0].split(b"\x1d")[0]
 
-seeders = {"parse": seeds_parse, "coalesce": seeds_coalesce, "decode": seeds_decode}
+def seeds_proc_net():
+    # The first byte picks the table (low 2 bits) and the byte order (bit 2): the tables as
+    # this little-endian machine printed them, whole and one row (with the header) at a time.
+    net = data / "host-ports" / "proc" / "1" / "net"
+    for i, name in enumerate(("tcp", "tcp6", "udp", "udp6")):
+        text = (net / name).read_bytes()
+        yield bytes([i]) + text
+        yield bytes([i | 4]) + text
+        head, *rows = text.split(b"\n")
+        for r in rows:
+            if r.strip():
+                yield bytes([i]) + head + b"\n" + r + b"\n"
+
+seeders = {"parse": seeds_parse, "coalesce": seeds_coalesce, "decode": seeds_decode,
+           "proc_net": seeds_proc_net}
 for target in sys.argv[1:]:
     d = corpus / target
     d.mkdir(parents=True, exist_ok=True)
