@@ -30,7 +30,9 @@ use std::path::{Component, Path, PathBuf};
 
 use thiserror::Error;
 
-use crate::events::{EventKind, Payload};
+use uuid::Uuid;
+
+use crate::events::{EventKind, Payload, SecurityEvent};
 
 /// The most bytes [`HostRoot::read_to_string`] reads of one file: `/etc/passwd` of a large
 /// directory-backed host stays far below it, and a FIFO or a runaway file cannot hold the
@@ -302,6 +304,128 @@ pub fn collector(kind: EventKind) -> Option<&'static Collector> {
     REGISTRY.iter().find(|c| c.kind == kind)
 }
 
+/// One kind's snapshot as collected: its payloads and their digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub kind: EventKind,
+    pub payloads: Vec<Payload>,
+    /// [`digest`] of the payloads: equal digests, identical snapshots.
+    pub digest: u64,
+}
+
+/// Run one collector.
+pub fn take(c: &Collector, host: &HostRoot, opts: &CollectOptions) -> Snapshot {
+    let payloads = (c.collect)(host, opts);
+    Snapshot {
+        kind: c.kind,
+        digest: digest(&payloads),
+        payloads,
+    }
+}
+
+/// A digest of payloads: FNV-1a over their JSON (the items and their order; stable across
+/// runs and builds, unlike `std`'s hasher). Only ever compared with another of this build.
+pub fn digest(payloads: &[Payload]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in payloads {
+        // Serializing the module's own payload types cannot fail (no maps with non-string
+        // keys, no failing Serialize impls); an error would only make the digest differ.
+        let json = serde_json::to_vec(p).unwrap_or_default();
+        for b in json.iter().chain(&[0u8]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The events of a snapshot taken at `wall_ms`, each at most `event_limit` bytes of JSON
+/// (the message's body limit less the envelope): a payload whose items do not fit in one
+/// event is split into several, each with as many whole items as fit, in order. An item too
+/// large even alone gets an event of its own (the outgoing state then counts it as too
+/// large, as any event).
+pub fn events(payloads: &[Payload], wall_ms: u64, event_limit: usize) -> Vec<SecurityEvent> {
+    let event = |payload| SecurityEvent {
+        id: Uuid::new_v4(),
+        time_ms: wall_ms,
+        payload,
+    };
+    let mut out = Vec::new();
+    for p in payloads {
+        // The bytes of the event without items (IsEmpty false is one byte longer than true).
+        let head = serde_json::to_string(&event(empty_like(p))).map_or(0, |j| j.len() + 1);
+        let budget = event_limit.saturating_sub(head);
+        for part in split(p, budget) {
+            out.push(event(part));
+        }
+    }
+    out
+}
+
+/// An empty payload of `p`'s kind.
+fn empty_like(p: &Payload) -> Payload {
+    match p {
+        Payload::SystemInformation(_) => Payload::SystemInformation(Vec::new()),
+        Payload::LocalUsers(_) => Payload::LocalUsers(Vec::new()),
+        Payload::ListeningPorts(_) => Payload::ListeningPorts(Vec::new()),
+        Payload::FirewallConfiguration(_) => Payload::FirewallConfiguration(Vec::new()),
+        Payload::OSBaseline(_) => Payload::OSBaseline(Vec::new()),
+        other => other.clone(),
+    }
+}
+
+/// `p` cut into payloads whose items (with their commas) take at most `budget` bytes.
+fn split(p: &Payload, budget: usize) -> Vec<Payload> {
+    match p {
+        Payload::SystemInformation(v) => pack(v, budget)
+            .into_iter()
+            .map(Payload::SystemInformation)
+            .collect(),
+        Payload::LocalUsers(v) => pack(v, budget)
+            .into_iter()
+            .map(Payload::LocalUsers)
+            .collect(),
+        Payload::ListeningPorts(v) => pack(v, budget)
+            .into_iter()
+            .map(Payload::ListeningPorts)
+            .collect(),
+        Payload::FirewallConfiguration(v) => pack(v, budget)
+            .into_iter()
+            .map(Payload::FirewallConfiguration)
+            .collect(),
+        Payload::OSBaseline(v) => pack(v, budget)
+            .into_iter()
+            .map(Payload::OSBaseline)
+            .collect(),
+        other => vec![other.clone()],
+    }
+}
+
+/// Items into consecutive groups of at most `budget` bytes of JSON (commas included); an
+/// item larger than the budget makes a group of its own. No items, no groups.
+fn pack<T: serde::Serialize + Clone>(items: &[T], budget: usize) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut current: Vec<T> = Vec::new();
+    let mut used = 0usize;
+    for item in items {
+        let len = serde_json::to_string(item).map_or(0, |j| j.len());
+        let cost = if current.is_empty() { len } else { len + 1 };
+        if !current.is_empty() && used + cost > budget {
+            groups.push(std::mem::take(&mut current));
+            used = 0;
+            current.push(item.clone());
+            used += len;
+        } else {
+            current.push(item.clone());
+            used += cost;
+        }
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,5 +542,71 @@ mod tests {
             assert_eq!(collector(c.kind).map(|c| c.kind), Some(c.kind));
         }
         assert!(collector(EventKind::Login).is_none());
+    }
+
+    fn users(n: usize) -> Payload {
+        // Synthetic accounts, for the sizes only.
+        Payload::LocalUsers(
+            (0..n)
+                .map(|i| crate::events::LocalUser {
+                    group_ids: format!("{i};27"),
+                    group_names: format!("user{i};sudo"),
+                    user_id: i.to_string(),
+                    user_name: format!("user{i}"),
+                    extra_details: [("Shell".to_string(), "/bin/bash".to_string())].into(),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_large_snapshot_is_split_into_valid_events_that_each_fit() {
+        let big = users(500);
+        let limit = 8192 - 200;
+        let evs = events(std::slice::from_ref(&big), 1_700_000_000_000, limit);
+        assert!(evs.len() > 1, "{}", evs.len());
+        let mut names = Vec::new();
+        for (i, ev) in evs.iter().enumerate() {
+            let json = serde_json::to_string(ev).unwrap();
+            assert!(json.len() <= limit, "{} > {limit}", json.len());
+            // Nearly full but the last: the next item would not have fitted.
+            if i + 1 < evs.len() {
+                assert!(json.len() > limit - 200, "{}", json.len());
+            }
+            let msg = format!(
+                r#"{{"AgentVersion":"1","AgentId":"00000000-0000-4000-8000-000000000000","MessageSchemaVersion":"1.0","Events":[{json}]}}"#
+            );
+            assert_eq!(crate::validate::validate_message(&msg), Ok(()), "{json}");
+            let Payload::LocalUsers(v) = &ev.payload else {
+                panic!("{:?}", ev.payload.kind())
+            };
+            names.extend(v.iter().map(|u| u.user_name.clone()));
+        }
+        let want: Vec<String> = (0..500).map(|i| format!("user{i}")).collect();
+        assert_eq!(names, want);
+        // A small one stays one event; none stays none.
+        assert_eq!(events(&[users(3)], 0, limit).len(), 1);
+        assert_eq!(events(&[users(0)], 0, limit).len(), 0);
+        // An item larger than the limit alone gets an event of its own.
+        assert_eq!(events(&[users(3)], 0, 10).len(), 3);
+    }
+
+    #[test]
+    fn digests_tell_identical_snapshots_from_changed_ones() {
+        assert_eq!(digest(&[users(3)]), digest(&[users(3)]));
+        assert_ne!(digest(&[users(3)]), digest(&[users(4)]));
+        assert_ne!(digest(&[users(3)]), digest(&[]));
+        // Stable across builds: FNV-1a of the JSON.
+        assert_eq!(digest(&[]), 0xcbf2_9ce4_8422_2325);
+        let snap = take(
+            &Collector {
+                kind: EventKind::LocalUsers,
+                collect: |_, _| vec![users(2)],
+            },
+            &HostRoot::default(),
+            &CollectOptions::default(),
+        );
+        assert_eq!(snap.digest, digest(&[users(2)]));
+        assert_eq!(snap.kind, EventKind::LocalUsers);
     }
 }
