@@ -550,6 +550,17 @@ fn blocked(said: &mut bool) {
     }
 }
 
+/// The most bytes of JSON one snapshot event may have so that a message holds it: the body
+/// limit of the agent configuration (`maxMessageSizeInBytes`, edgeHub's limit, the
+/// application properties with `output` among them) less the envelope, as the outgoing
+/// state measures it.
+pub fn snapshot_event_limit(config: &AgentConfig, output: Option<&str>) -> usize {
+    let body =
+        crate::config::stages::batch(config, crate::outgoing::properties::bytes(config, output))
+            .body_limit();
+    body.saturating_sub(Envelope::new(Uuid::nil(), env!("CARGO_PKG_VERSION")).overhead())
+}
+
 /// Replay audit.log text: security events or messages, one per line on `out`, with time
 /// taken from the records.
 pub fn replay<R: BufRead, W: Write>(

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use azureiotsecurity::collectors::{self, HostRoot};
 use azureiotsecurity::config::settings::{Settings, SettingsError};
 use azureiotsecurity::config::twin;
 use azureiotsecurity::edge::credentials::Credentials;
@@ -81,6 +82,18 @@ enum Command {
         /// many seconds.
         #[arg(long)]
         timeout: Option<u64>,
+    },
+    /// Print the snapshots of the host (SystemInformation, LocalUsers, …) as the security
+    /// events `run` sends, one JSON object per line, a large snapshot split into events that
+    /// each fit a message. Reads files under the host root only: nothing of the host is
+    /// executed or written.
+    Snapshot {
+        /// Settings file (TOML): `host.root` and the agent configuration's message size.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The host's `/` (default: the `host.root` setting, `/`).
+        #[arg(long)]
+        host_root: Option<PathBuf>,
     },
     /// Print the audit rules the module needs (auditctl -R format).
     Rules {
@@ -213,6 +226,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 Err(e) => Err(e).context("echo"),
             }
+        }
+        Command::Snapshot { config, host_root } => {
+            let settings = Settings::load(config.as_deref())?;
+            let host = match host_root {
+                Some(root) => HostRoot::new(root),
+                None => settings.host.host_root(),
+            };
+            let applied = settings.agent_config();
+            let output = &settings.edgehub.output_name;
+            let limit =
+                app::snapshot_event_limit(&applied.config, (!output.is_empty()).then_some(output));
+            let opts = collectors::CollectOptions::default();
+            let wall_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for c in collectors::REGISTRY {
+                let snap = collectors::take(c, &host, &opts);
+                for ev in collectors::events(&snap.payloads, wall_ms, limit) {
+                    serde_json::to_writer(&mut out, &ev)?;
+                    out.write_all(b"\n")?;
+                }
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => {
             let s = Settings::load(file.as_deref())?;
