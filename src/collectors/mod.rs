@@ -10,7 +10,8 @@
 //! - it is pure over the host root: no clock, no randomness, no state kept between calls
 //!   (the scheduler owns when to collect and what was last sent);
 //! - it never fails: a missing or unreadable file leaves that field (or item) out, or gives
-//!   that check `Err`; an empty `Vec` means there is nothing to send;
+//!   that check `Err`; an empty `Vec` means nothing is known (nothing to send), a payload
+//!   with no items that there is nothing (an `IsEmpty` event says so);
 //! - its payloads may hold any number of items: the scheduler splits them into events that
 //!   each fit a message.
 //!
@@ -402,8 +403,13 @@ fn split(p: &Payload, budget: usize) -> Vec<Payload> {
 }
 
 /// Items into consecutive groups of at most `budget` bytes of JSON (commas included); an
-/// item larger than the budget makes a group of its own. No items, no groups.
+/// item larger than the budget makes a group of its own. No items, one empty group: a
+/// collector that returned an empty payload knows there is nothing (nothing listens), and
+/// says so in an `IsEmpty` event.
 fn pack<T: serde::Serialize + Clone>(items: &[T], budget: usize) -> Vec<Vec<T>> {
+    if items.is_empty() {
+        return vec![Vec::new()];
+    }
     let mut groups: Vec<Vec<T>> = Vec::new();
     let mut current: Vec<T> = Vec::new();
     let mut used = 0usize;
@@ -584,9 +590,12 @@ mod tests {
         }
         let want: Vec<String> = (0..500).map(|i| format!("user{i}")).collect();
         assert_eq!(names, want);
-        // A small one stays one event; none stays none.
+        // A small one stays one event; an empty one is one IsEmpty event; no payload, none.
         assert_eq!(events(&[users(3)], 0, limit).len(), 1);
-        assert_eq!(events(&[users(0)], 0, limit).len(), 0);
+        let empty = events(&[users(0)], 0, limit);
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].is_empty());
+        assert_eq!(events(&[], 0, limit).len(), 0);
         // An item larger than the limit alone gets an event of its own.
         assert_eq!(events(&[users(3)], 0, 10).len(), 3);
     }
