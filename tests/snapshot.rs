@@ -60,7 +60,12 @@ fn synthetic() -> std::path::PathBuf {
 fn the_synthetic_host_maps_to_every_field() {
     let events = snapshot(&["--host-root", &synthetic().display().to_string()]);
     assert_valid(&events);
-    let names: Vec<&str> = events.iter().map(|e| e["Name"].as_str().unwrap()).collect();
+    // One event each of the two kinds this test maps (the others have tests of their own).
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["Name"].as_str().unwrap())
+        .filter(|n| ["SystemInformation", "LocalUsers"].contains(n))
+        .collect();
     assert_eq!(names, ["SystemInformation", "LocalUsers"]);
     for e in &events {
         assert_eq!(e["Category"], "Periodic");
@@ -225,11 +230,16 @@ fn missing_files_leave_their_fields_out_and_never_fail_the_snapshot() {
     assert_eq!(si[0]["HostName"], "container-name");
     assert_eq!(si[0]["BootDevice"], "PARTUUID=abcd-02");
 
-    // A root with nothing of a host: no events, still exit 0.
+    // A root with nothing of a host: neither event, still exit 0.
     let empty = tempfile::tempdir().unwrap();
-    assert_eq!(
-        snapshot(&["--host-root", &empty.path().display().to_string()]),
-        Vec::<Value>::new()
+    let events = snapshot(&["--host-root", &empty.path().display().to_string()]);
+    assert_eq!(items(&events, "SystemInformation"), Vec::<Value>::new());
+    assert_eq!(items(&events, "LocalUsers"), Vec::<Value>::new());
+    assert!(
+        events
+            .iter()
+            .all(|e| !["SystemInformation", "LocalUsers"].contains(&e["Name"].as_str().unwrap())),
+        "{events:?}"
     );
 }
 
@@ -377,7 +387,10 @@ fn this_machine_s_accounts_match_getent_and_id_with_users_the_test_added() {
     // Removed again: the next snapshot no longer has them.
     let after = items(&snapshot(&[]), "LocalUsers");
     for name in [&plain, &member, &zero] {
-        assert!(after.iter().all(|u| u["UserName"] != name.as_str()), "{name} left");
+        assert!(
+            after.iter().all(|u| u["UserName"] != name.as_str()),
+            "{name} left"
+        );
     }
 }
 

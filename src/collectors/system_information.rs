@@ -196,15 +196,12 @@ pub fn parse_uptime(text: &str) -> Option<u64> {
 /// The device mounted at `/` in a mounts table (the last mount there wins, as it hides the
 /// ones below; the initramfs' `rootfs` is not a device).
 pub fn root_device(mounts: &str) -> Option<String> {
-    mounts
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let dev = f.next()?;
-            let at = f.next()?;
-            (at == "/" && dev != "rootfs" && dev != "none").then(|| dev.to_owned())
-        })
+    mounts.lines().rev().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let dev = f.next()?;
+        let at = f.next()?;
+        (at == "/" && dev != "rootfs" && dev != "none").then(|| dev.to_owned())
+    })
 }
 
 /// `root=` of a kernel command line.
