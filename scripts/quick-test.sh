@@ -12,7 +12,7 @@ QUICK_CRATES=(quick amqp_inprocess error_catalogue)
 # reference validator in .venv (messages, schema_reference, validate_agreement), Qpid Proton in
 # .venv (deployment_load, edgehub_interop, outbox_faults, standin_node, twin_interop, twin_task,
 # twin_live), Node (edgehub_interop, standin_node).
-FULL_ONLY_CRATES=(deployment_load echo edgehub_interop listening_ports live messages os_baseline outbox_faults rules_live schema_reference snapshot standin_node twin_interop twin_live twin_task validate_agreement)
+FULL_ONLY_CRATES=(deployment_load echo edgehub_interop listening_ports live messages os_baseline outbox_faults rules_live schema_reference snapshot standin_node twin_interop twin_live twin_task validate_agreement watch)
 
 args=(--lib)
 for c in "${QUICK_CRATES[@]}"; do args+=(--test "$c"); done
