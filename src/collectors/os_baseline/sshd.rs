@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 
 /// sshd's own bound on nested `Include`s (`READCONF_MAX_DEPTH` in OpenSSH's readconf.c).
 pub const MAX_INCLUDE_DEPTH: usize = 16;
+/// The most files one configuration reads. sshd has no such bound, but a file that
+/// includes its own directory twice doubles the work at each of the 16 levels.
+pub const MAX_FILES: usize = 256;
 
 /// The global settings of an sshd configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,6 +38,8 @@ pub enum SshdError {
     },
     #[error("Include nested deeper than {MAX_INCLUDE_DEPTH} at {file}")]
     TooDeep { file: String },
+    #[error("more than {MAX_FILES} files included, at {file}")]
+    TooMany { file: String },
 }
 
 impl SshdConfig {
@@ -61,6 +66,11 @@ impl SshdConfig {
     {
         if depth > MAX_INCLUDE_DEPTH {
             return Err(SshdError::TooDeep {
+                file: name.to_string(),
+            });
+        }
+        if self.files.len() >= MAX_FILES {
+            return Err(SshdError::TooMany {
                 file: name.to_string(),
             });
         }
@@ -269,6 +279,17 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(e, SshdError::TooDeep { .. }), "{e:?}");
+        // A file including itself twice would read 2^16 files within the depth bound.
+        let e = SshdConfig::parse("main", "Include a b\n", |_| {
+            Ok(vec![("f".into(), "Include a b\n".into())])
+        })
+        .unwrap_err();
+        assert!(matches!(e, SshdError::TooDeep { .. }), "{e:?}");
+        let e = SshdConfig::parse("main", "Include *\n", |_| {
+            Ok((0..300).map(|i| (format!("f{i}"), String::new())).collect())
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "more than 256 files included, at f255");
     }
 
     #[test]
