@@ -331,6 +331,56 @@ fn the_socket_directory_mounted_is_the_one_the_settings_read_and_the_setup_scrip
     }
 }
 
+/// Where the templates mount the host's root for the snapshots.
+const HOST_ROOT: &str = "/host";
+
+/// The host root the snapshots read (`host.root`) is where the templates mount the host's
+/// `/`, read-only: the root file system alone (not recursive, so the host's `/run` with
+/// docker.sock and the IoT Edge sockets stays out: read-only does not stop connect()), and
+/// the host's `/proc` and `/sys` beside it, read-only too.
+#[test]
+fn the_host_root_is_mounted_read_only_where_host_root_points() {
+    for name in TEMPLATES {
+        let m = template(name);
+        let settings = effective_settings(&m);
+        assert_eq!(settings.host.root, Path::new(HOST_ROOT), "{name}");
+        let create = create_options(module(&m));
+        let all = mounts(&create);
+        let under: Vec<&Mount> = all
+            .iter()
+            .filter(|mt| mt.target.starts_with(HOST_ROOT))
+            .collect();
+        let pairs: Vec<(String, PathBuf)> = under
+            .iter()
+            .map(|mt| (mt.source.clone(), mt.target.clone()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("/".to_owned(), PathBuf::from("/host")),
+                ("/proc".to_owned(), PathBuf::from("/host/proc")),
+                ("/sys".to_owned(), PathBuf::from("/host/sys")),
+            ],
+            "{name}"
+        );
+        for mt in &under {
+            assert_eq!(mt.kind, "bind", "{name}: {mt:?}");
+            assert!(
+                mt.read_only,
+                "{name}: the host is mounted read-only: {mt:?}"
+            );
+        }
+        // The root's bind is not recursive: no submount of the host (its /run) comes along.
+        let root = at(&create, &["HostConfig", "Mounts"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["Target"] == HOST_ROOT)
+            .unwrap();
+        assert_eq!(root["BindOptions"]["NonRecursive"], true, "{name}: {root}");
+    }
+}
+
 #[test]
 fn the_data_directory_is_a_writable_volume_where_the_settings_keep_the_outbox() {
     for name in TEMPLATES {
@@ -399,13 +449,20 @@ fn every_module_runs_with_least_privilege() {
             if module_name == MODULE {
                 // With a read-only root, SQLite's temporary files need a writable /tmp.
                 assert!(at(host, &["Tmpfs"]).get("/tmp").is_some(), "{what}: {host}");
-                // Only the socket's directory and the data volume.
+                // Only the socket's directory, the data volume and the host root's three
+                // read-only binds (see the_host_root_is_mounted_read_only_…).
                 let settings = Settings::default();
                 assert_eq!(
                     targets,
-                    [PathBuf::from(SOCKET_DIR), settings.module.data_dir]
-                        .into_iter()
-                        .collect(),
+                    [
+                        PathBuf::from(SOCKET_DIR),
+                        settings.module.data_dir,
+                        PathBuf::from(HOST_ROOT),
+                        PathBuf::from(HOST_ROOT).join("proc"),
+                        PathBuf::from(HOST_ROOT).join("sys"),
+                    ]
+                    .into_iter()
+                    .collect(),
                     "{what}"
                 );
             } else {

@@ -109,19 +109,35 @@ pub fn routes(m: &Value) -> Vec<(String, String)> {
 }
 
 /// A module's createOptions as a JSON object: edgeAgent takes a string (at most
-/// [`TWIN_MAX_VALUE_SIZE`] bytes) holding JSON.
+/// [`TWIN_MAX_VALUE_SIZE`] bytes a field) holding JSON, a longer one split into
+/// `createOptions01` … `createOptions07` after it, joined in order (iotedgedev's
+/// `convert_create_options`).
 pub fn create_options(module: &Value) -> Value {
     let settings = at(module, &["settings"]);
-    let raw = settings
-        .get("createOptions")
-        .and_then(Value::as_str)
-        .expect("createOptions is a string, as the twin holds it");
+    let mut raw = String::new();
+    for (i, key) in std::iter::once("createOptions".to_owned())
+        .chain((1..=7).map(|n| format!("createOptions{n:02}")))
+        .enumerate()
+    {
+        let Some(part) = settings.get(&key) else {
+            break;
+        };
+        let part = part
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} is a string, as the twin holds it"));
+        assert!(
+            part.len() <= TWIN_MAX_VALUE_SIZE,
+            "{key} is {} bytes: edgeAgent takes at most {TWIN_MAX_VALUE_SIZE} per field",
+            part.len()
+        );
+        assert!(i == 0 || !raw.is_empty());
+        raw.push_str(part);
+    }
     assert!(
-        raw.len() <= TWIN_MAX_VALUE_SIZE,
-        "createOptions is {} bytes: edgeAgent takes at most {TWIN_MAX_VALUE_SIZE} per field",
-        raw.len()
+        !raw.is_empty(),
+        "createOptions is a string, as the twin holds it"
     );
-    let v: Value = serde_json::from_str(raw).unwrap_or_else(|e| panic!("createOptions: {e}"));
+    let v: Value = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("createOptions: {e}"));
     assert!(v.is_object(), "createOptions is not an object: {v}");
     v
 }
