@@ -36,6 +36,8 @@
 //!   - [`collectors::system_information`], [`collectors::local_users`]: the collectors.
 //!   - [`collectors::listening_ports`]: ListeningPorts from `/proc/1/net` and the fd tables.
 //!   - [`collectors::watch`]: the within-a-minute watcher of accounts and listening sockets.
+//!   - [`collectors::schedule`]: when to snapshot and which to send (the scheduler state
+//!     machine).
 //!   - [`collectors::os_baseline`]: OSBaseline, the CIS Debian 12 checks decided read-only;
 //!     [`collectors::os_baseline::sshd`] (sshd_config as sshd reads it),
 //!     [`collectors::os_baseline::parse`] (sysctl, limits.conf, accounts, mounts).

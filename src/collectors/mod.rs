@@ -21,6 +21,7 @@
 pub mod listening_ports;
 pub mod local_users;
 pub mod os_baseline;
+pub mod schedule;
 pub mod system_information;
 pub mod watch;
 
