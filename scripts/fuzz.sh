@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Fuzz the audit parser, the coalescer + pipeline, the decoders, the twin's apply step and
-# the /proc/net socket table parser (cargo-fuzz, libFuzzer).
+# Fuzz the audit parser, the coalescer + pipeline, the decoders, the twin's apply step, the
+# /proc/net socket table parser and the OSBaseline parsers (cargo-fuzz, libFuzzer).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     default: 60 s each for parse, coalesce, decode,
-#                                             twin, proc_net
+#                                             twin, proc_net, baseline
 #
 # Installs cargo-fuzz when missing, seeds fuzz/corpus/<target>/ from the real captures in
 # tests/data (plus the committed regression inputs in fuzz/regressions/<target>/; twin's seeds
 # are only those: the published default desired document and hand-written patches; proc_net's
-# are the synthetic socket tables of tests/data/host-ports, whole and line by line), then runs
+# are the synthetic socket tables of tests/data/host-ports, whole and line by line; baseline's
+# the text files of the synthetic tree tests/data/host-baseline), then runs
 # each target for SECONDS on stable Rust without a sanitizer (`-s none`: sanitizers need
 # nightly). Debug assertions and overflow checks are on. Exits non-zero if any target
 # crashed; the crashing input is in fuzz/artifacts/<target>/. fuzz/corpus and
@@ -21,7 +22,7 @@ shift || true
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  targets=(parse coalesce decode twin proc_net)
+  targets=(parse coalesce decode twin proc_net baseline)
 fi
 case "$secs" in
   ''|*[!0-9]*) echo "fuzz.sh: SECONDS must be a number, got '$secs'" >&2; exit 2 ;;
@@ -106,8 +107,18 @@ def seeds_proc_net():
             if r.strip():
                 yield bytes([i]) + head + b"\n" + r + b"\n"
 
+def seeds_baseline():
+    # The synthetic host tree's text files (sshd_config, limits, passwd, group, shadow,
+    # mounts), and sshd_config with its included file after a NUL, as the target splits.
+    tree = data / "host-baseline"
+    files = sorted(p for p in tree.rglob("*") if p.is_file() and p.name != "README.md")
+    for p in files:
+        yield p.read_bytes()
+    ssh = tree / "etc/ssh"
+    yield (ssh / "sshd_config").read_bytes() + b"\0" + (ssh / "sshd_config.d/10-synthetic.conf").read_bytes()
+
 seeders = {"parse": seeds_parse, "coalesce": seeds_coalesce, "decode": seeds_decode,
-           "proc_net": seeds_proc_net}
+           "proc_net": seeds_proc_net, "baseline": seeds_baseline}
 for target in sys.argv[1:]:
     d = corpus / target
     d.mkdir(parents=True, exist_ok=True)
