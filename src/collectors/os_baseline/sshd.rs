@@ -202,12 +202,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // A `*` in the pattern is a wildcard even when the name has a `*` there too.
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ni));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
         } else if let Some((sp, sn)) = star {
             pi = sp + 1;
             ni = sn + 1;
@@ -303,5 +304,8 @@ mod tests {
         assert!(!glob_match("*.conf", "a.conf.bak"));
         assert!(glob_match("a?c*", "abcdef"));
         assert!(!glob_match("a?c", "ac"));
+        // Found by the baseline fuzz target: a name with a `*` in it.
+        assert!(glob_match("*", "*x"));
+        assert!(glob_match("a*", "a*b"));
     }
 }
