@@ -237,7 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let output = &settings.edgehub.output_name;
             let limit =
                 app::snapshot_event_limit(&applied.config, (!output.is_empty()).then_some(output));
-            let opts = collectors::CollectOptions::default();
+            let opts = settings.snapshot.collect_options();
             let wall_ms = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for c in collectors::REGISTRY {

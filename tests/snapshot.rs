@@ -466,3 +466,54 @@ fn this_machine_s_system_information_matches_uname_and_proc() {
         }
     }
 }
+
+/// `snapshot.baseline_include_passed` reaches the collectors: a host (synthetic, a temporary
+/// tree with only `kernel.randomize_va_space = 2`) whose ASLR check passes shows it only
+/// when the setting asks for passed checks; the other checks err (their files are missing)
+/// either way.
+#[test]
+fn passed_baseline_checks_are_printed_only_when_the_setting_asks() {
+    let host = tempfile::tempdir().expect("temp dir");
+    let sys = host.path().join("proc/sys/kernel");
+    std::fs::create_dir_all(&sys).expect("mkdir");
+    std::fs::write(sys.join("randomize_va_space"), "2\n").expect("write");
+    let root = host.path().to_str().expect("utf-8 temp path");
+    let results = |include: &str| -> Vec<(String, String)> {
+        let out = Command::new(env!("CARGO_BIN_EXE_azureiotsecurity"))
+            .args(["snapshot", "--host-root", root])
+            .env(
+                "AZUREIOTSECURITY_SNAPSHOT__BASELINE_INCLUDE_PASSED",
+                include,
+            )
+            .output()
+            .expect("run snapshot");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        items(&events, "OSBaseline")
+            .iter()
+            .map(|i| {
+                (
+                    i["CceId"].as_str().unwrap_or_default().to_owned(),
+                    i["Result"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let aslr = "CIS-debian-12-1.5.1".to_owned();
+    let without = results("false");
+    let with = results("true");
+    assert!(!without.iter().any(|(id, _)| *id == aslr), "{without:?}");
+    assert!(with.contains(&(aslr, "Pass".to_owned())), "{with:?}");
+    assert!(without.iter().all(|(_, r)| r != "Pass"), "{without:?}");
+    assert_eq!(
+        with.len(),
+        without.len() + with.iter().filter(|(_, r)| r == "Pass").count()
+    );
+}
